@@ -91,6 +91,37 @@ class ComponentConfig:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+def _positive_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefitConfig:
+    """Online P-POTS (SPEC §4 [beyond]): refit the importance density during training.
+
+    The trainer tracks ``E[l² | t]`` per bin of t from its own training losses (no extra
+    forward passes; :class:`maskdiff.ppots.SecondMomentTracker`, all-reduced across ranks) and
+    every ``refit_every`` steps fits EPR to the tracked p̂ and hands it to the sampler. Bins with
+    fewer than ``min_count`` draws are left out of the fit; ``decay`` < 1 forgets old losses.
+    """
+
+    refit_every: int = 50
+    n_bins: int = 20
+    min_count: float = 8.0
+    decay: float = 1.0
+    restarts: int = 4
+
+    def __post_init__(self) -> None:
+        _positive_int("estimator.refit", "refit_every", self.refit_every)
+        _positive_int("estimator.refit", "n_bins", self.n_bins, minimum=8)
+        _positive_int("estimator.refit", "restarts", self.restarts)
+        if not self.min_count > 0:
+            raise ValueError(f"estimator.refit.min_count must be > 0, got {self.min_count!r}")
+        if not 0.0 < self.decay <= 1.0:
+            raise ValueError(f"estimator.refit.decay must lie in (0, 1], got {self.decay!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EstimatorConfig:
     """Sampler + masker + optional control variate (DESIGN §3 "Estimator").
@@ -105,8 +136,12 @@ class EstimatorConfig:
     normalizer: str = "eligible"
     syntax_eligible: bool = False
     fuse_views: bool = True
+    refit: RefitConfig | None = None  # online P-POTS: needs the "importance" sampler
 
     def __post_init__(self) -> None:
+        if self.refit is not None and self.sampler.name != "importance":
+            raise ValueError(f"estimator.refit (online P-POTS) needs sampler 'importance', "
+                             f"got {self.sampler.name!r}")
         if self.sampler.name not in SAMPLERS:
             raise ValueError(f"sampler.name={self.sampler.name!r} is not one of {sorted(SAMPLERS)}")
         if self.masker.name not in MASKERS:
@@ -129,11 +164,6 @@ class EstimatorConfig:
             syntax_eligible=self.syntax_eligible,
             fuse_views=self.fuse_views,
         )
-
-
-def _positive_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

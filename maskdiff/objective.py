@@ -161,7 +161,8 @@ class Estimator:
             batch.x0, eligible, t, uniforms.to(device), self.mask_token_id)
         return t, w, views
 
-    def _logits(self, model: Model, views: list[View], attention: torch.Tensor) -> list[torch.Tensor]:
+    def forward_views(self, model: Model, views: list[View], attention: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every view, fused into one forward pass when ``fuse_views``."""
         if self.fuse_views and len(views) > 1:
             stacked = torch.cat([v.xt for v in views])
             logits = model(stacked, attention.repeat(len(views), 1))
@@ -180,7 +181,7 @@ class Estimator:
         t, w, views = self.draw(batch, randomness, eligible)
         counts = normalizer_counts(eligible, self.normalizer)
         per_view, ce_sum, count = [], 0.0, 0
-        for view, logits in zip(views, self._logits(model, views, batch.attention_mask)):
+        for view, logits in zip(views, self.forward_views(model, views, batch.attention_mask)):
             token_losses = masked_token_losses(logits, batch.x0, view)
             per_view.append(token_losses.sum(dim=1) / counts)
             # Undo the 1/inclusion_prob to log the plain masked cross-entropy.

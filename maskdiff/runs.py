@@ -9,7 +9,8 @@ import torch
 
 from maskdiff.checkpoint import latest_checkpoint, load_checkpoint
 from maskdiff.config import TrainConfig, from_dict, to_dict
-from maskdiff.data import load_tokenizer
+from maskdiff.batch import Batch
+from maskdiff.data import Collator, CollatorConfig, TaskData, load_tokenizer, single_token_ids
 from maskdiff.models import TransformerConfig, build_model
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -43,3 +44,22 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> L
     model.load_state_dict(ckpt.weights)
     return LoadedRun(config=config, model=model.to(device).eval(), tokenizer=tokenizer,
                      checkpoint=path)
+
+
+def make_collator(config: TrainConfig, task: TaskData) -> Collator:
+    """The collator a run with ``config`` trains with (pad policy, overflow, SyRM syntax ids)."""
+    tok = task.tokenizer
+    syntax = single_token_ids(tok, task.syntax_tokens) if task.syntax_tokens else None
+    return Collator(tok, CollatorConfig(max_len=config.data.max_len, pad_policy=config.data.pad_policy,
+                                        overflow=config.data.overflow), syntax_ids=syntax)
+
+
+def example_batch(config: TrainConfig, task: TaskData, n_examples: int, split: str = "train") -> Batch:
+    """The first ``n_examples`` of a split, collated as the run collates them."""
+    examples = {"train": task.train, "val": task.val, "test": task.test}.get(split)
+    if examples is None:
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    if not 1 <= n_examples <= len(examples):
+        raise ValueError(f"n_examples must lie in [1, {len(examples)}] for the {split} split, "
+                         f"got {n_examples}")
+    return make_collator(config, task)([(i, examples[i]) for i in range(n_examples)])

@@ -27,12 +27,12 @@ from maskdiff.config import (
     RESUME_FREE_FIELDS, ComponentConfig, EstimatorConfig, TrainConfig, diff_configs, to_dict,
 )
 from maskdiff.control import VarianceProxy
-from maskdiff.data import Collator, CollatorConfig, TaskData, single_token_ids
+from maskdiff.data import TaskData
 from maskdiff.data.setup import load_task
 from maskdiff.evaluate import EvalResult, causal_nll, elbo
 from maskdiff.models import TransformerConfig, build_model
 from maskdiff.models.transformer import causal_lm_loss
-from maskdiff.runs import TOKENIZER_FILE
+from maskdiff.runs import TOKENIZER_FILE, make_collator
 from maskdiff.seeding import BatchRandomness, generator_for
 
 STREAM_DATA_ORDER = 4
@@ -141,10 +141,7 @@ class Trainer:
                 f"optim.batch_size={optim.batch_size} must be a positive multiple of "
                 f"world size ({self.world}) × grad_accum ({optim.grad_accum})")
         self.micro_batch = per_rank
-        syntax = single_token_ids(tok, self.task.syntax_tokens) if self.task.syntax_tokens else None
-        self.collate = Collator(tok, CollatorConfig(
-            max_len=config.data.max_len, pad_policy=config.data.pad_policy,
-            overflow=config.data.overflow), syntax_ids=syntax)
+        self.collate = make_collator(config, self.task)
         self.causal = config.model.causal
         model_cfg = TransformerConfig(
             vocab_size=tok.vocab_size, max_len=config.data.max_len, mask_token_id=tok.mask_id,
@@ -156,6 +153,10 @@ class Trainer:
             self.model.load_state_dict(init_weights)
         self.estimator = CausalObjective() if self.causal else self.config.estimator.build(
             mask_token_id=tok.mask_id)
+        self.refitter = None
+        if not self.causal and self.config.estimator.refit is not None:
+            from maskdiff.ppots import OnlineRefitter
+            self.refitter = OnlineRefitter(self.config.estimator.refit, self.estimator.rate_sampler)
         self.ddp = distributed.wrap(self.model, self.device)
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
@@ -176,6 +177,7 @@ class Trainer:
             "sampler": getattr(self.estimator.rate_sampler, "state_dict", dict)(),
             "control": self.estimator.control.state_dict() if self.estimator.control else {},
             "proxy": self.proxy.state_dict(),
+            "refit": self.refitter.state_dict() if self.refitter else {},
             "early_stopping": {"best": self.best, "best_se": self.best_se,
                                "best_step": self.best_step, "bad_evals": self.bad_evals},
             "counters": {"forward_passes": self.forward_passes, "tokens": self.tokens},
@@ -202,6 +204,8 @@ class Trainer:
         if self.estimator.control is not None:
             self.estimator.control.load_state_dict(state["control"])
         self.proxy.load_state_dict(state["proxy"])
+        if self.refitter is not None:
+            self.refitter.load_state_dict(state["refit"])
         stop = state["early_stopping"]
         self.best, self.best_se = stop["best"], stop["best_se"]
         self.best_step, self.bad_evals = stop["best_step"], int(stop["bad_evals"])
@@ -228,7 +232,7 @@ class Trainer:
                     device=self.device)
 
     # -- the loop -------------------------------------------------------------------------
-    def _train_step(self) -> dict:
+    def train_step(self) -> dict:
         cfg, step = self.config, self.step
         lr = cfg.optim.lr_at(step)
         for group in self.optimizer.param_groups:
@@ -267,6 +271,9 @@ class Trainer:
         """Gather the step's per-example values over ranks; update control, proxy, counters."""
         cat = lambda name: torch.cat([getattr(o, name).detach().float().cpu() for o, _ in outputs])  # noqa: E731
         t, w, raw, values = cat("t"), cat("w"), cat("raw_loss"), cat("values")
+        refit = None
+        if self.refitter is not None:  # local values: the tracker all-reduces its statistics
+            refit = self.refitter.after_step(self.step + 1, t, raw, w)
         scalars = torch.tensor([sum(o.masked_ce_sum for o, _ in outputs),
                                 sum(o.masked_count for o, _ in outputs),
                                 sum(n for _, n in outputs)], dtype=torch.float64)
@@ -281,7 +288,7 @@ class Trainer:
         bins = (torch.ceil(t.double() * T_BINS) - 1).long().clamp(0, T_BINS - 1)
         return {"loss": float(values.mean()), "raw": raw, "bins": bins, "lr": lr,
                 "grad_norm": grad_norm, "ce_sum": float(scalars[0]), "ce_count": float(scalars[1]),
-                "tokens": float(scalars[2]) * passes}
+                "tokens": float(scalars[2]) * passes, "refit": refit}
 
     def fit(self, resume: bool = True, stop_after: int | None = None) -> TrainResult:
         """Train until ``optim.max_steps`` or early stopping.
@@ -306,10 +313,12 @@ class Trainer:
         stopped_early = False
         with bar, _open_metrics(metrics_path, self.rank) as log:
             while self.step < cfg.optim.max_steps:
-                stats = self._train_step()
+                stats = self.train_step()
                 self.step += 1
                 window.add(stats)
                 bar.update(1)
+                if stats["refit"] is not None:
+                    log({"step": self.step, "ppots_refit": stats["refit"]})
                 record = None
                 if self.step % cfg.log_every == 0 or self.step == cfg.optim.max_steps:
                     record = window.flush(self.step, self.proxy.variance())

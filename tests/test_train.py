@@ -31,7 +31,7 @@ def _weights(trainer):
 def _metrics(path):
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
-        row.pop("tokens_per_s")
+        row.pop("tokens_per_s", None)
     return rows
 
 

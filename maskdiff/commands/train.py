@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from maskdiff.config import TrainConfig, from_dict, load_json, to_dict
-from maskdiff.methods import CAUSAL, METHOD_NAMES, method_estimator
+from maskdiff.methods import CAUSAL, METHOD_NAMES, density_from_ppots, method_estimator
 from maskdiff.presets import PRESETS
 
 
@@ -21,7 +21,9 @@ def register(subparsers) -> None:
                    help="a named preset (default: small, unless --config is given)")
     p.add_argument("--config", type=Path, help="a JSON TrainConfig (e.g. a run's config.json)")
     p.add_argument("--method", choices=METHOD_NAMES, help="a named estimator (SPEC §11)")
-    p.add_argument("--ppots", type=Path, help="ppots.json with the density for the ppots methods")
+    p.add_argument("--ppots", type=Path,
+                   help="ppots.json (from `maskdiff fit-pots`): the fitted density of the ppots "
+                        "methods; ppots_online starts from it (else from uniform) and refits online")
     p.add_argument("--window", type=float, nargs=2, metavar=("T_MIN", "T_MAX"),
                    default=(0.45, 0.55), help="the window of --method window")
     p.add_argument("--task", help="built-in task: arithmetic, table or text")
@@ -70,8 +72,7 @@ def build_config(args) -> TrainConfig:
     if args.method:
         density = None
         if args.ppots is not None:
-            table = json.loads(Path(args.ppots).read_text())
-            density = table.get("density") or {"t": table["t"], "p": table["p_hat"]}
+            density = density_from_ppots(args.ppots)
         data["estimator"] = to_dict(method_estimator(args.method, density=density,
                                                      window=tuple(args.window)))
         data["model"]["causal"] = args.method == CAUSAL

@@ -1,0 +1,172 @@
+"""``maskdiff fit-pots``: fit the P-POTS rate density (SPEC §4) and write ppots.json + ppots.png.
+
+The p̂ table comes from one *source*: ``--from-table FILE.json`` (``{"t": [...], "p_hat": [...]}``,
+optionally ``p_hat_paper``, ``p_hat_direct``, ``estimator``, ``eps``, ``forward_passes``,
+``seconds``), or a model — ``--run DIR`` (a maskdiff run's best checkpoint, on its own data) or
+``--preset NAME`` (that preset's model, trained once into ``OUT/model`` and reused) — whose
+nested losses (a examples × b grid rates × c masks, SPEC §4) give p̂.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from maskdiff.ppots import ESTIMATORS, fit_ppots, plot_ppots, save_ppots_json
+
+
+@dataclass(frozen=True, eq=False)
+class TableInput:
+    """A p̂ table and what is known about how it was estimated."""
+
+    t: np.ndarray
+    p_hat: np.ndarray
+    estimator: str = "direct"
+    eps: float = 1e-3
+    p_hat_paper: np.ndarray | None = None
+    p_hat_direct: np.ndarray | None = None
+    forward_passes: int | None = None
+    seconds: float | None = None
+    source: dict | None = None  # the model it came from: run dir, training seconds
+
+
+def table_from_file(args: argparse.Namespace) -> TableInput | None:
+    """Source ``--from-table``: a JSON file with at least ``t`` and ``p_hat``."""
+    if args.from_table is None:
+        return None
+    path = Path(args.from_table)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--from-table {path}: cannot read JSON ({err})") from err
+    if not isinstance(doc, dict) or "t" not in doc or "p_hat" not in doc:
+        raise ValueError(f"--from-table {path}: needs an object with keys 't' and 'p_hat'")
+
+    def optional(key: str) -> np.ndarray | None:
+        return None if doc.get(key) is None else np.asarray(doc[key], dtype=np.float64)
+
+    return TableInput(
+        t=np.asarray(doc["t"], dtype=np.float64), p_hat=np.asarray(doc["p_hat"], dtype=np.float64),
+        estimator=doc.get("estimator", "direct"), eps=float(doc.get("eps", 1e-3)),
+        p_hat_paper=optional("p_hat_paper"), p_hat_direct=optional("p_hat_direct"),
+        forward_passes=doc.get("forward_passes"), seconds=doc.get("seconds"))
+
+
+def _model_and_data(args: argparse.Namespace):
+    """(model, TrainConfig, TaskData, run dir) of ``--run`` or ``--preset`` (trained into OUT/model)."""
+    from maskdiff.data.setup import load_task
+    from maskdiff.presets import preset
+    from maskdiff.runs import load_run
+    from maskdiff.train import Trainer
+
+    if args.run is not None:
+        loaded = load_run(args.run, device=args.device)
+        return loaded.model, loaded.config, load_task(loaded.config.data), Path(args.run)
+    config = preset(args.preset, out_dir=str(Path(args.out) / "model"), device=args.device)
+    trainer = Trainer(config, quiet=args.quiet)
+    trainer.fit(resume=True)
+    trainer.load_best()
+    return trainer.model, trainer.config, trainer.task, Path(config.out_dir)
+
+
+def table_from_model(args: argparse.Namespace) -> TableInput | None:
+    """Sources ``--run`` / ``--preset``: p̂ from the model's nested losses (SPEC §4)."""
+    if args.run is None and args.preset is None:
+        return None
+    from maskdiff.ppots import model_p_hat
+    from maskdiff.runs import example_batch
+
+    model, config, task, run_dir = _model_and_data(args)
+    batch = example_batch(config, task, min(args.a, len(task.train)), split="train")
+    measured = model_p_hat(model, batch, mask_token_id=task.tokenizer.mask_id, n_rates=args.b,
+                           n_masks=args.c, eps=args.eps or 1e-3, estimator=args.estimator,
+                           normalizer=config.estimator.normalizer, seed=args.seed,
+                           device=args.device, progress=not args.quiet)
+    phat = measured.phat
+    return TableInput(t=phat.t, p_hat=phat.p_hat, estimator=phat.estimator, eps=args.eps or 1e-3,
+                      p_hat_paper=phat.p_hat_paper, p_hat_direct=phat.p_hat_direct,
+                      forward_passes=measured.forward_passes, seconds=measured.seconds,
+                      source=_source(run_dir))
+
+
+def _source(run_dir: Path) -> dict:
+    """Where the model came from and, when the run recorded it, how long it trained."""
+    info: dict = {"run": str(run_dir)}
+    results = run_dir / "results.json"
+    if results.exists():
+        info["training_seconds"] = json.loads(results.read_text()).get("seconds")
+    return info
+
+
+# Tried in order; exactly one must produce a table.
+TABLE_SOURCES: list[Callable[[argparse.Namespace], TableInput | None]] = [table_from_file, table_from_model]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fit-pots", help="fit the P-POTS rate density (EPR + degree-7 polynomial) to a p̂ table",
+        description="Fit EPR, p(t) = sqrt(a t^r + b (1-t)^q + A^2 exp(2 kappa t^m)), and a clamped "
+                    "degree-7 polynomial to p̂ by minimising KL over the grid (SPEC §4); write "
+                    "OUT/ppots.json and OUT/ppots.png.")
+    p.add_argument("--from-table", metavar="FILE.json",
+                   help='JSON with {"t": [...], "p_hat": [...]} (optionally p_hat_paper, eps, ...)')
+    p.add_argument("--run", metavar="DIR", help="a maskdiff run directory: estimate p̂ for its best model")
+    p.add_argument("--preset", help="a training preset: train its model once into OUT/model, "
+                                    "then estimate p̂ for it")
+    p.add_argument("--a", type=int, default=15, help="examples of the nested design (default 15)")
+    p.add_argument("--b", type=int, default=70, help="rates on the midpoint grid (default 70)")
+    p.add_argument("--c", type=int, default=15, help="masks per (example, rate) (default 15)")
+    p.add_argument("--estimator", choices=("direct", "paper"), default="direct",
+                   help="p̂ ∝ sqrt(mean l²) (direct, SPEC §4 [fix]) or sqrt(ĝ² + v̂) (paper)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--mix", type=float, default=0.05,
+                   help="uniform mixing λ for the sampler, p <- (1-λ) p + λ u, so w <= 1/λ (default 0.05)")
+    p.add_argument("--restarts", type=int, default=16, help="EPR fit restarts (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the restart draws (default 0)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="rate floor: density on [eps, 1] (default: the table's eps, else 1e-3)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    tables = [table for source in TABLE_SOURCES if (table := source(args)) is not None]
+    if len(tables) != 1:
+        raise ValueError("give exactly one table source: --from-table FILE.json, --run DIR or --preset NAME")
+    table = tables[0]
+    if table.estimator not in ESTIMATORS:
+        raise ValueError(f"table estimator must be one of {ESTIMATORS}, got {table.estimator!r}")
+    fit_start = time.perf_counter()
+    result = fit_ppots(table.t, table.p_hat, eps=table.eps if args.eps is None else args.eps,
+                       mix=args.mix, restarts=args.restarts, seed=args.seed,
+                       estimator=table.estimator, p_hat_paper=table.p_hat_paper,
+                       p_hat_direct=table.p_hat_direct, forward_passes=table.forward_passes,
+                       seconds=table.seconds)
+    if table.source is not None:  # a measured estimation: its cost includes the fits
+        result = replace(result, seconds=table.seconds + time.perf_counter() - fit_start)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_ppots_json(out / "ppots.json", result)
+    if table.source is not None:
+        doc = json.loads((out / "ppots.json").read_text())
+        doc["source"] = table.source
+        trained = table.source.get("training_seconds")
+        if trained:
+            doc["cost_fraction"] = result.seconds / trained
+            print(f"estimation + fit: {result.seconds:.1f}s = {100 * doc['cost_fraction']:.1f}% of "
+                  f"the {trained:.0f}s training run; {result.forward_passes} forward passes")
+        (out / "ppots.json").write_text(json.dumps(doc, indent=1) + "\n")
+    plot_ppots(out / "ppots.png", result)
+    params = "  ".join(f"{key}={value:.6g}" for key, value in result.epr.params.items())
+    print(f"EPR params: {params}")
+    print(f"KL(p_hat || EPR)   = {result.epr.kl:.4e}")
+    print(f"KL(p_hat || poly7) = {result.poly7.kl:.4e}")
+    print(f"wrote {out / 'ppots.json'} and {out / 'ppots.png'}")
+    return 0

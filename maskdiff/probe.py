@@ -1,0 +1,67 @@
+"""Model probes for the nested loss engine: the per-example value a training estimator
+averages, at given rates and mask seeds, without gradient.
+
+:func:`maskdiff.nested.nested_losses` knows nothing about models; :func:`estimator_loss_fn`
+turns (model, collated examples, estimator) into the ``loss_fn`` it calls. Both the P-POTS
+estimation (SPEC §4) and the variance decomposition (SPEC §2) use it, so they measure exactly
+what :class:`maskdiff.objective.Estimator` trains on.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from maskdiff.batch import Batch
+from maskdiff.nested import LossFn
+from maskdiff.objective import Estimator, masked_token_losses, normalizer_counts
+
+__all__ = ["estimator_loss_fn"]
+
+
+def _mask_uniforms(mask_seeds: torch.Tensor, n_sets: int, length: int) -> torch.Tensor:
+    """(n_sets, n, length) uniforms; row r from a generator seeded by ``mask_seeds[r]``."""
+    out = torch.empty(n_sets, len(mask_seeds), length, dtype=torch.float32)
+    gen = torch.Generator()
+    for row, seed in enumerate(mask_seeds.tolist()):
+        gen.manual_seed(int(seed))
+        out[:, row] = torch.rand((n_sets, length), generator=gen)
+    return out
+
+
+def estimator_loss_fn(model, batch: Batch, estimator: Estimator, *,
+                      device: torch.device | str | None = None,
+                      apply_control: bool = True) -> LossFn:
+    """A ``loss_fn(example_ids, t, mask_seeds) -> (n,)`` for :func:`nested_losses`.
+
+    Row r evaluates example ``example_ids[r]`` of ``batch`` at rate ``t[r]`` with the
+    estimator's masker driven by uniforms seeded by ``mask_seeds[r]``: the mean over the
+    masker's views of the per-example loss (SPEC §1), i.e. the estimator's ``raw_loss``.
+    The rate weight ``w`` is applied by the engine. With a control variate and
+    ``apply_control`` the control's *current* adjustment ``−c_j b_j`` is added (SPEC §6), so
+    the value is what the trainer averages at that state; the control is never updated.
+
+    The model is put in eval mode for the probe and restored afterwards by the caller's
+    context; dropout would otherwise add noise that training does not see at evaluation.
+    """
+    device = torch.device(device) if device is not None else batch.x0.device
+    eligible_all = estimator.eligible(batch).to(device)
+    x0_all = batch.x0.to(device)
+    attention_all = batch.attention_mask.to(device)
+    counts_all = normalizer_counts(eligible_all, estimator.normalizer)
+    masker, mask_id = estimator.masker, estimator.mask_token_id
+
+    def loss_fn(example_ids: torch.Tensor, t: torch.Tensor, mask_seeds: torch.Tensor) -> torch.Tensor:
+        ids = example_ids.to(device)
+        x0, eligible, attention = x0_all[ids], eligible_all[ids], attention_all[ids]
+        rates = t.to(device=device, dtype=torch.float32)
+        uniforms = _mask_uniforms(mask_seeds, masker.n_uniform_sets, x0.shape[1]).to(device)
+        views = masker.views_from_uniforms(x0, eligible, rates, uniforms, mask_id)
+        logits = estimator.forward_views(model, views, attention)
+        per_view = [masked_token_losses(lg, x0, view).sum(dim=1) / counts_all[ids]
+                    for view, lg in zip(views, logits)]
+        values = torch.stack(per_view).mean(dim=0)
+        if apply_control and estimator.control is not None:
+            values = estimator.control.adjust(values, rates)
+        return values.float().cpu()
+
+    return loss_fn
