@@ -16,7 +16,7 @@ $(BIN)/maskdiff: pyproject.toml
 setup: $(BIN)/maskdiff
 
 demo: setup
-	$(BIN)/maskdiff demo
+	$(BIN)/maskdiff compare --preset demo
 
 test: setup
 	$(BIN)/python -m pytest -q

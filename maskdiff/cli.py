@@ -13,13 +13,13 @@ import sys
 
 # Order is the order of `maskdiff --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "maskdiff.commands.demo",
     "maskdiff.commands.train",
     "maskdiff.commands.generate",
     "maskdiff.commands.evaluate",
     "maskdiff.commands.theory",
     "maskdiff.commands.predict_window",
     "maskdiff.commands.fit_pots",
+    "maskdiff.commands.compare",
 )
 
 

@@ -1,0 +1,1 @@
+"""Reference experiments: each writes report.md, results.json and PNG plots into its directory."""

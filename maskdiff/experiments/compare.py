@@ -1,0 +1,329 @@
+"""``maskdiff compare``: the multi-seed stability benchmark of the training methods (SPEC §11).
+
+Protocol (as in fine-tuning a pretrained model):
+
+1. A **starting checkpoint** is trained once per model kind (bidirectional for the diffusion
+   methods, causal for the autoregressive twin) with the standard objective on *another sample
+   of the task's own distribution* (``data_seed + 1000``), and cached under ``start/``.
+2. **P-POTS** is estimated once on the starting checkpoint (nested design on fine-tuning
+   examples) and fitted; its cost is recorded next to the runs it serves.
+3. Every (method, seed) run starts from that checkpoint; the seed drives data order, rates and
+   masks only. Every method gets the same steps and batch (the same token budget); the
+   equal-compute variant ``standard@2x`` doubles standard's batch, so it spends what the
+   two-forward methods (MIRROR, MultiSample(2), P-POTS+MIRROR) spend. Early stopping on the
+   validation ELBO (patience from the config).
+4. Each run is scored on the test split: pass@1 by low-confidence decoding (SPEC §8) and the
+   full-range ELBO with its standard error.
+
+A finished run leaves ``compare.json`` in its directory and is reused when the job restarts; an
+interrupted run resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from maskdiff.checkpoint import latest_checkpoint, load_checkpoint
+from maskdiff.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
+from maskdiff.data.setup import load_task
+from maskdiff.evaluate import pass_at_1
+from maskdiff.methods import CAUSAL, DENSITY_METHODS, METHOD_NAMES, ONLINE, density_from_ppots, method_estimator
+
+DEFAULT_SEEDS = (42, 731, 20231)
+EQUAL_COMPUTE = "standard@2x"  # standard with twice the batch: the two-forward methods' compute
+TWO_FORWARD = ("mirror", "multisample2", "ppots_mirror")
+TABLE_METHODS = ("syrm",)  # run on the table task, against standard on the same task
+START_DATA_OFFSET = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComparePreset:
+    """What a compare job runs. ``base`` is the fine-tuning config of every run."""
+
+    name: str
+    methods: tuple[str, ...]
+    base: TrainConfig
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    pretrain_steps: int = 600
+    equal_compute: bool = False
+    n_test: int = 128
+    ppots_design: tuple[int, int, int] = (15, 70, 15)  # a examples × b rates × c masks
+    window_width: float = 0.4
+
+    def __post_init__(self) -> None:
+        labels = [m for m in self.methods if m != EQUAL_COMPUTE]
+        unknown = sorted(set(labels) - set(METHOD_NAMES))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; known: {list(METHOD_NAMES)} and "
+                             f"{EQUAL_COMPUTE!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        if self.pretrain_steps < 1 or self.n_test < 1:
+            raise ValueError("pretrain_steps and n_test must be >= 1")
+
+
+def _finetune(max_steps: int, batch_size: int, every: int, *, d_model: int = 64,
+              n_layers: int = 2, n_train: int = 2000, n_val: int = 128, n_test: int = 256,
+              device: str = "cpu", difficulty: dict | None = None) -> TrainConfig:
+    return TrainConfig(
+        model=ModelConfig(d_model=d_model, n_layers=n_layers, n_heads=4),
+        data=DataConfig(task="arithmetic", n_train=n_train, n_val=n_val, n_test=n_test, max_len=112,
+                        difficulty=difficulty if difficulty is not None else {"n_ops": 1, "max_value": 10}),
+        optim=OptimConfig(lr=1e-3, warmup_steps=10, max_steps=max_steps, batch_size=batch_size,
+                          min_lr_ratio=0.1),
+        eval=EvalConfig(every=every, n_examples=n_val, rates_per_example=4, patience=3),
+        log_every=10, device=device)
+
+
+DEMO_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", CAUSAL)
+FULL_METHODS = ("standard", "clipped", "strats", "ema", "isad", "syrm", "mirror", "multisample2",
+                "ppots", ONLINE, "ppots_mirror", "window", CAUSAL, EQUAL_COMPUTE)
+
+PRESETS: dict[str, ComparePreset] = {
+    "smoke": ComparePreset(
+        name="smoke", methods=("standard", "mirror", "ppots_mirror", CAUSAL, EQUAL_COMPUTE),
+        seeds=(42, 731), pretrain_steps=8, n_test=8, ppots_design=(4, 10, 2),
+        base=replace(_finetune(6, 8, 3, d_model=32, n_layers=1, n_train=64, n_val=8, n_test=8),
+                     model=ModelConfig(d_model=32, n_layers=1, n_heads=2))),
+    "demo": ComparePreset(name="demo", methods=DEMO_METHODS, pretrain_steps=1000,
+                          base=_finetune(150, 32, 25), n_test=128),
+    "full": ComparePreset(name="full", methods=FULL_METHODS, pretrain_steps=1000,
+                          base=_finetune(150, 32, 25), n_test=128, equal_compute=True),
+    "gpu": ComparePreset(name="gpu", methods=FULL_METHODS, pretrain_steps=6000, equal_compute=True,
+                         seeds=(42, 731, 20231, 1, 2),
+                         base=_finetune(600, 64, 50, d_model=256, n_layers=6, n_train=20000,
+                                        n_val=256, n_test=512, device="cuda",
+                                        difficulty={"n_ops": 2, "max_value": 20}),
+                         n_test=512),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the job."""
+
+    method: str  # a METHOD_NAMES entry or EQUAL_COMPUTE
+    seed: int
+    task: str
+
+    @property
+    def label(self) -> str:
+        return self.method if self.task == "arithmetic" else f"{self.method} ({self.task})"
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.task}/{self.method.replace('@', '_at_')}/s{self.seed}"
+
+
+def plan(preset: ComparePreset, seeds: Sequence[int] | None = None) -> list[RunSpec]:
+    """The runs of a job, standard first (every seed), in a stable order."""
+    seeds = tuple(seeds) if seeds else preset.seeds
+    main_task = preset.base.data.task
+    methods = list(preset.methods)
+    if preset.equal_compute and EQUAL_COMPUTE not in methods:
+        methods.append(EQUAL_COMPUTE)
+    runs: list[RunSpec] = []
+    for method in methods:
+        task = "table" if method in TABLE_METHODS else main_task
+        runs += [RunSpec(method, s, task) for s in seeds]
+    if any(m in TABLE_METHODS for m in methods):
+        runs += [RunSpec("standard", s, "table") for s in seeds]  # SyRM's own baseline
+    return runs
+
+
+# ----------------------------------------------------------------------------- job
+@dataclass
+class CompareJob:
+    """Runs a :class:`ComparePreset` into ``out_dir`` (resumable)."""
+
+    preset: ComparePreset
+    out_dir: Path
+    seeds: Sequence[int] | None = None
+    device: str | None = None
+    progress: bool = True
+    _tasks: dict = field(default_factory=dict)
+    _starts: dict = field(default_factory=dict)
+    _density: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        if self.device is not None:
+            self.preset = replace(self.preset, base=replace(self.preset.base, device=self.device))
+
+    # -- pieces ----------------------------------------------------------------------------
+    def data_config(self, task: str) -> DataConfig:
+        data = self.preset.base.data
+        if task == data.task:
+            return data
+        return replace(data, task=task, difficulty={}, max_len=max(data.max_len, 128))
+
+    def task(self, name: str):
+        if name not in self._tasks:
+            self._tasks[name] = load_task(self.data_config(name))
+        return self._tasks[name]
+
+    def start_weights(self, task: str, causal: bool) -> dict[str, torch.Tensor]:
+        """The cached starting checkpoint (trained on another sample of the task)."""
+        key = (task, causal)
+        if key in self._starts:
+            return self._starts[key]
+        from maskdiff.train import Trainer
+
+        base = self.preset.base
+        data = self.data_config(task)
+        config = replace(
+            base, seed=0, model=replace(base.model, causal=causal),
+            data=replace(data, data_seed=data.data_seed + START_DATA_OFFSET),
+            optim=replace(base.optim, max_steps=self.preset.pretrain_steps,
+                          warmup_steps=min(50, self.preset.pretrain_steps)),
+            eval=replace(base.eval, every=max(1, self.preset.pretrain_steps // 4), patience=0),
+            out_dir=str(self.out_dir / "start" / f"{task}-{'causal' if causal else 'diffusion'}"))
+        trainer = Trainer(config, quiet=True)
+        if trainer.task.tokenizer.vocab_size != self.task(task).tokenizer.vocab_size:
+            raise ValueError(f"task {task!r}: the starting data's vocabulary differs from the "
+                             "fine-tuning data's; the protocol needs a shared tokenizer")
+        trainer.fit(resume=True)  # a finished start run resumes at its last step: no work
+        weights = load_checkpoint(latest_checkpoint(Path(config.out_dir) / "checkpoints")).weights
+        self._starts[key] = weights
+        return weights
+
+    def density(self) -> dict:
+        """P-POTS's density, estimated on the diffusion starting checkpoint (cached)."""
+        if self._density is not None:
+            return self._density
+        from maskdiff.models import TransformerConfig, build_model
+        from maskdiff.ppots import estimate_ppots, plot_ppots, save_ppots_json
+        from maskdiff.runs import example_batch
+
+        out = self.out_dir / "ppots"
+        path = out / "ppots.json"
+        if not path.exists():
+            task_name = self.preset.base.data.task
+            task, base = self.task(task_name), self.preset.base
+            model = build_model(TransformerConfig(
+                vocab_size=task.tokenizer.vocab_size, max_len=base.data.max_len,
+                mask_token_id=task.tokenizer.mask_id, **to_dict(base.model)))
+            model.load_state_dict(self.start_weights(task_name, causal=False))
+            a, b, c = self.preset.ppots_design
+            batch = example_batch(base, task, min(a, len(task.train)))
+            result = estimate_ppots(model, batch, mask_token_id=task.tokenizer.mask_id,
+                                    n_rates=b, n_masks=c, restarts=8, seed=0, progress=False)
+            out.mkdir(parents=True, exist_ok=True)
+            save_ppots_json(path, result)
+            plot_ppots(out / "ppots.png", result)
+        self._density = density_from_ppots(path)
+        return self._density
+
+    def window(self) -> tuple[float, float]:
+        """The signal-rich window: width ``window_width`` around t* of the task's responses."""
+        from maskdiff.ngram import predict_window
+
+        task = self.task(self.preset.base.data.task)
+        text = "\n".join(ex.prompt + " " + ex.response for ex in task.train)
+        return predict_window(text, level="char").window(self.preset.window_width)
+
+    def run_config(self, spec: RunSpec) -> TrainConfig:
+        base = self.preset.base
+        method = "standard" if spec.method == EQUAL_COMPUTE else spec.method
+        density = self.density() if method in DENSITY_METHODS else None
+        window = self.window() if method == "window" else (0.45, 0.55)
+        config = replace(base, seed=spec.seed, data=self.data_config(spec.task),
+                         estimator=method_estimator(method, density=density, window=window),
+                         model=replace(base.model, causal=method == CAUSAL),
+                         out_dir=str(self.out_dir / "runs" / spec.dirname))
+        if spec.method == EQUAL_COMPUTE:
+            config = replace(config, optim=replace(base.optim, batch_size=2 * base.optim.batch_size))
+        return config
+
+    def run_one(self, spec: RunSpec) -> dict:
+        """Train (or resume) one run and score it; reuse a finished run's ``compare.json``."""
+        from maskdiff.train import Trainer
+
+        config = self.run_config(spec)
+        run_dir = Path(config.out_dir)
+        done = run_dir / "compare.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        causal = config.model.causal
+        start = self.start_weights(spec.task, causal)
+        trainer = Trainer(config, task=self.task(spec.task), init_weights=start, quiet=True)
+        result = trainer.fit(resume=True)
+        trainer.load_best()
+        test = list(trainer.task.test)[: self.preset.n_test]
+        t0 = time.perf_counter()
+        test_loss = trainer.validate(test)
+        generation = pass_at_1(trainer.model, test, trainer.task.tokenizer,
+                               max_len=config.data.max_len, causal=causal, device=trainer.device)
+        record = {
+            "method": spec.method, "label": spec.label, "task": spec.task, "seed": spec.seed,
+            "pass_at_1": generation.pass_at_1, "n_test": generation.n,
+            "test_loss": test_loss.mean, "test_loss_se": test_loss.se,
+            "test_loss_kind": "causal NLL" if causal else "ELBO",
+            "best_val": result.best_val, "best_val_se": result.best_val_se,
+            "best_step": result.best_step, "steps": result.steps,
+            "stopped_early": result.stopped_early, "variance_proxy": _finite(result.variance_proxy),
+            "forward_passes": result.forward_passes, "train_seconds": result.seconds,
+            "eval_seconds": time.perf_counter() - t0, "history": result.history,
+            "loss_per_t_bin": _mean_loss_per_bin(run_dir / "metrics.jsonl"),
+            "examples": [{"prompt": ex.prompt, "gold": g, "prediction": p} for ex, g, p in
+                         list(zip(test, generation.golds, generation.predictions))[:5]],
+        }
+        done.write_text(json.dumps(record, indent=1) + "\n")
+        return record
+
+    def run(self) -> dict:
+        """Every run of the plan, then the summary, ``results.json``, plots and ``report.md``."""
+        from maskdiff.experiments.compare_report import summarise, write_report
+
+        specs = plan(self.preset, self.seeds)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        records = []
+        with tqdm(total=len(specs), desc=f"compare {self.preset.name}", unit="run",
+                  disable=not self.progress) as bar:
+            for spec in specs:
+                bar.set_postfix_str(f"{spec.label} s{spec.seed}")
+                records.append(self.run_one(spec))
+                bar.update(1)
+        results = summarise(self.preset, records, seconds=time.perf_counter() - started,
+                            ppots=self._ppots_info(), window=self._window_info(specs))
+        (self.out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_report(self.out_dir, results)
+        return results
+
+    def _ppots_info(self) -> dict | None:
+        path = self.out_dir / "ppots" / "ppots.json"
+        if not path.exists():
+            return None
+        doc = json.loads(path.read_text())
+        return {k: doc.get(k) for k in ("epr", "poly7", "forward_passes", "seconds", "mix", "estimator")}
+
+    def _window_info(self, specs: list[RunSpec]) -> list[float] | None:
+        return list(self.window()) if any(s.method == "window" for s in specs) else None
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _mean_loss_per_bin(metrics: Path) -> list[float | None]:
+    """Mean over logged windows of the training loss per t-bin (the last half of training)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r["loss_per_t_bin"] for r in rows if "loss_per_t_bin" in r]
+    rows = rows[len(rows) // 2:]
+    if not rows:
+        return []
+    out = []
+    for j in range(len(rows[0])):
+        vals = [r[j] for r in rows if r[j] is not None]
+        out.append(float(np.mean(vals)) if vals else None)
+    return out
