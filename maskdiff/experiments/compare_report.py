@@ -48,6 +48,10 @@ def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None
             m["sd_ratio_to_standard"] = (m["pass_at_1_stats"]["sd"] / base["pass_at_1_stats"]["sd"]
                                          if base["pass_at_1_stats"]["sd"] > 0 else None)
             m["fwd_ratio_to_standard"] = float(np.mean(m["forward_passes"]) / np.mean(base["forward_passes"]))
+    if ppots is not None and ppots.get("seconds"):
+        served = [r["train_seconds"] for r in records if r["method"] in ("ppots", "ppots_mirror")]
+        if served:
+            ppots = {**ppots, "cost_fraction": ppots["seconds"] / float(np.mean(served))}
     return {"preset": preset.name, "seeds": sorted({r["seed"] for r in records}),
             "methods": methods, "runs": records, "seconds": seconds, "ppots": ppots,
             "window": window, "machine": f"{platform.machine()}, {platform.system()}, "
@@ -94,13 +98,24 @@ def plot_pass_at_1(path: Path, results: dict) -> None:
     plt.close(fig)
 
 
-def plot_val_curves(path: Path, results: dict) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
+def _diffusion_runs(results: dict):
+    """(colour index, label, runs) of each diffusion method (the causal NLL is another quantity)."""
     for k, (label, m) in enumerate(results["methods"].items()):
-        if m["test_loss_kind"] != "ELBO":
-            continue  # the causal NLL is another quantity
-        runs = [r for r in results["runs"] if r["label"] == label]
+        if m["test_loss_kind"] == "ELBO":
+            yield k, label, [r for r in results["runs"] if r["label"] == label]
+
+
+def _save(fig, ax, path: Path, **labels) -> None:
+    ax.set(**labels)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+
+
+def plot_val_curves(path: Path, results: dict) -> None:
+    fig, ax = _plt().subplots(figsize=(7.5, 4.5), constrained_layout=True)
+    for k, label, runs in _diffusion_runs(results):
         steps = sorted({h["step"] for r in runs for h in r["history"]})
         grid = np.full((len(runs), len(steps)), np.nan)
         for i, r in enumerate(runs):
@@ -110,30 +125,22 @@ def plot_val_curves(path: Path, results: dict) -> None:
         lo, hi = np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
         ax.plot(steps, mean, "-o", ms=3, color=f"C{k % 10}", label=label)
         ax.fill_between(steps, lo, hi, color=f"C{k % 10}", alpha=0.15)
-    ax.set(xlabel="fine-tuning step", ylabel="validation ELBO (nats / response token)",
-           title="Validation loss: mean over seeds, band = min..max")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path, xlabel="fine-tuning step", ylabel="validation ELBO (nats / response token)",
+          title="Validation loss: mean over seeds, band = min..max")
 
 
 def plot_loss_per_bin(path: Path, results: dict) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
-    for k, (label, m) in enumerate(results["methods"].items()):
-        runs = [r for r in results["runs"] if r["label"] == label and r["loss_per_t_bin"]]
-        if not runs or m["test_loss_kind"] != "ELBO":
+    fig, ax = _plt().subplots(figsize=(7.5, 4.5), constrained_layout=True)
+    for k, label, runs in _diffusion_runs(results):
+        runs = [r for r in runs if r["loss_per_t_bin"]]
+        if not runs:
             continue
         table = np.array([[np.nan if v is None else v for v in r["loss_per_t_bin"]] for r in runs])
         centres = (np.arange(table.shape[1]) + 0.5) / table.shape[1]
         ax.plot(centres, np.nanmean(table, axis=0), "-o", ms=3, color=f"C{k % 10}", label=label)
-    ax.set(xlabel="masking rate t (bin centre)", ylabel="training loss l (per eligible token)",
-           title="Training loss per t-bin (second half of training, mean over seeds)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path, xlabel="masking rate t (bin centre)",
+          ylabel="training loss l (per eligible token)",
+          title="Training loss per t-bin (second half of training, mean over seeds)")
 
 
 def _pct(x: float) -> str:
@@ -177,6 +184,9 @@ def write_report(out_dir: Path, results: dict) -> None:
         lines += ["", f"P-POTS: estimated once on the starting checkpoint in {p['seconds']:.1f} s "
                       f"({p['forward_passes']} forward passes), EPR KL {p['epr']['kl']:.2e}, "
                       f"poly7 KL {p['poly7']['kl']:.2e}; see `ppots/ppots.png`."]
+        if p.get("cost_fraction") is not None:
+            lines[-1] += (f" Its cost is {100 * p['cost_fraction']:.1f}% of one P-POTS run's "
+                          "training time (it serves every P-POTS run of the job).")
     if results.get("window"):
         lo, hi = results["window"]
         lines += ["", f"Signal-rich window: U[{lo:.3f}, {hi:.3f}] (t* of the task's character n-grams)."]

@@ -1,0 +1,439 @@
+"""The variance-diagnostics experiment (SPEC §2): A/B/C, batch and gradient variance of every
+training method on one model, written as ``decompose.json`` + ``report.md`` + PNG plots.
+
+The model comes from :func:`load_model_source` (a run directory, or a preset trained once into
+the output directory); the methods are the named estimator configurations of
+:mod:`maskdiff.methods`; the P-POTS density of the ``ppots`` methods is estimated once from the
+model itself (:func:`maskdiff.ppots.estimate_ppots`, cached as ``ppots.json``). Every
+configuration is measured on the same examples with the same seed (common random numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from maskdiff.batch import Batch
+from maskdiff.config import TrainConfig
+from maskdiff.diagnostics import DiagnosticsDesign, EstimatorDiagnostics, run_diagnostics, with_extra
+from maskdiff.methods import DENSITY_METHODS, method_estimator
+from maskdiff.objective import Estimator
+
+__all__ = [
+    "DEFAULT_METHODS", "DESIGN_DEFAULTS", "DecomposeSettings", "ModelSource", "build_method",
+    "design_defaults", "load_model_source",
+    "plot_components", "plot_curves", "ppots_density", "run_decompose", "write_outputs",
+    "write_report",
+]
+
+DEFAULT_METHODS = ("standard", "clipped", "strats", "ema", "isad", "syrm", "mirror",
+                   "multisample2", "ppots", "ppots_mirror")
+JSON_FORMAT = "maskdiff.decompose"
+JSON_VERSION = 1
+
+
+@dataclass
+class ModelSource:
+    """A model and the data it is diagnosed on: everything the experiment needs from it."""
+
+    model: torch.nn.Module
+    config: TrainConfig
+    task: Any  # maskdiff.data.TaskData
+    mask_token_id: int
+    description: dict[str, Any]
+
+    def examples(self, n: int, split: str = "train") -> Batch:
+        """The first ``n`` examples of ``split``, collated as the run collates them."""
+        from maskdiff.runs import example_batch
+
+        available = len({"train": self.task.train, "val": self.task.val,
+                         "test": self.task.test}[split])
+        return example_batch(self.config, self.task, min(n, available), split=split)
+
+
+def load_model_source(*, run: str | Path | None = None, preset: str | None = None,
+                      out: str | Path, device: str = "cpu", task: str | None = None,
+                      quiet: bool = False) -> ModelSource:
+    """The model to diagnose: ``run`` (a maskdiff run directory: its best checkpoint, on its
+    own data) or ``preset`` (that preset's model, trained once into ``out/model[-TASK]`` and
+    reused on restart; ``task`` overrides the preset's task). The one place a model enters the
+    experiment: a further source (a Hugging Face model) is one more branch here."""
+    from maskdiff.data.setup import load_task
+    from maskdiff.runs import load_run
+
+    if (run is None) == (preset is None):
+        raise ValueError("give exactly one model source: run=DIR or preset=NAME")
+    if run is not None:
+        if task is not None:
+            raise ValueError(f"task={task!r} applies to a preset only; a run keeps its own data")
+        loaded = load_run(run, device=device)
+        model_task = load_task(loaded.config.data)
+        return ModelSource(model=loaded.model, config=loaded.config, task=model_task,
+                           mask_token_id=model_task.tokenizer.mask_id,
+                           description={"run": str(run), "checkpoint": str(loaded.checkpoint),
+                                        **_training_summary(Path(run))})
+    from maskdiff.presets import preset as preset_config
+    from maskdiff.train import Trainer
+
+    config = preset_config(preset)
+    if task is not None:
+        config = replace(config, data=replace(config.data, task=task))
+    model_dir = Path(out) / ("model" if task is None else f"model-{task}")
+    config = replace(config, out_dir=str(model_dir), device=device)
+    start = time.perf_counter()
+    if not (model_dir / "results.json").exists():
+        Trainer(config, quiet=quiet).fit(resume=True)
+    loaded = load_run(model_dir, device=device)
+    model_task = load_task(loaded.config.data)
+    return ModelSource(model=loaded.model, config=loaded.config, task=model_task,
+                       mask_token_id=model_task.tokenizer.mask_id,
+                       description={"preset": preset, "task": loaded.config.data.task,
+                                    "run": str(model_dir), "checkpoint": str(loaded.checkpoint),
+                                    "load_seconds": time.perf_counter() - start,
+                                    **_training_summary(model_dir)})
+
+
+def _training_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "results.json"
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    return {key: doc.get(key) for key in ("steps", "best_val", "best_step", "seconds",
+                                          "n_parameters")}
+
+
+def ppots_density(source: ModelSource, batch: Batch, *, out: Path, n_rates: int, n_masks: int,
+                  seed: int, path: str | Path | None = None,
+                  progress: bool = False) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """The P-POTS density for the ``ppots`` methods: from ``path`` (a ``ppots.json``), else
+    estimated once from the model on ``batch`` (SPEC §4; ``n_rates`` grid rates × ``n_masks``
+    masks) and cached as ``out/ppots.json`` (reused when its settings match)."""
+    from maskdiff.methods import density_from_ppots
+    from maskdiff.ppots import estimate_ppots, save_ppots_json
+
+    if path is not None:
+        return density_from_ppots(path), {"source": str(path)}
+    cache = out / "ppots.json"
+    settings = {"a": len(batch), "b": n_rates, "c": n_masks, "seed": seed,
+                "normalizer": source.config.estimator.normalizer}
+    meta_path = out / "ppots_settings.json"
+    if not (cache.exists() and meta_path.exists()
+            and json.loads(meta_path.read_text()) == settings):
+        result = estimate_ppots(source.model, batch, mask_token_id=source.mask_token_id,
+                                n_rates=n_rates, n_masks=n_masks, seed=seed,
+                                normalizer=settings["normalizer"], progress=progress)
+        save_ppots_json(cache, result)
+        meta_path.write_text(json.dumps(settings) + "\n")
+    return density_from_ppots(cache), {"source": str(cache), **settings}
+
+
+def build_method(name: str, source: ModelSource,
+                 density: dict[str, list[float]] | None) -> tuple[Estimator | None, str | None]:
+    """The estimator of method ``name`` for ``source``'s model and data, or ``(None, reason)``
+    when the method does not apply (SyRM on a task without syntax tokens)."""
+    from maskdiff.train import resolve_estimator
+
+    if name == "syrm" and not source.task.syntax_tokens:
+        return None, (f"task {source.task.name!r} has no syntax tokens (SyRM needs markup, e.g. "
+                      f"--task table)")
+    config = method_estimator(name, density=density if name in DENSITY_METHODS else None)
+    config = replace(config, normalizer=source.config.estimator.normalizer)
+    if config.masker.name == "isad" and not source.task.delimiter_ids():
+        return None, f"task {source.task.name!r} declares no answer delimiters (ISAD needs them)"
+    config = resolve_estimator(config, source.task)
+    return config.build(mask_token_id=source.mask_token_id), None
+
+
+# The design sizes of the command line, by preset: ``smoke`` is a seconds-long check of the whole
+# path (SPEC §2 sizes are for real models); everything else gets the full default design.
+DESIGN_DEFAULTS: dict[str, dict[str, int]] = {
+    "default": {"a": 32, "b": 8, "c": 8, "batch_size": 16, "n_batches": 100, "grad_draws": 64,
+                "grad_batch_draws": 32, "curve_rates": 16, "ema_warmup": 2048, "n_boot": 1000,
+                "ppots_b": 32, "ppots_c": 4},
+    "smoke": {"a": 16, "b": 4, "c": 4, "batch_size": 8, "n_batches": 40, "grad_draws": 32,
+              "grad_batch_draws": 16, "curve_rates": 8, "ema_warmup": 512, "n_boot": 300,
+              "ppots_b": 16, "ppots_c": 2},
+}
+
+
+def design_defaults(preset: str | None) -> dict[str, int]:
+    """The default design sizes for ``preset`` (see :data:`DESIGN_DEFAULTS`)."""
+    return dict(DESIGN_DEFAULTS.get(preset or "default", DESIGN_DEFAULTS["default"]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecomposeSettings:
+    """What :func:`run_decompose` measures: the methods, the number of examples ``a``, the
+    per-configuration design, and the P-POTS estimation's size."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    n_examples: int = 32
+    design: DiagnosticsDesign = field(default_factory=DiagnosticsDesign)
+    ppots_rates: int = 32
+    ppots_masks: int = 4
+    ppots_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("methods must name at least one configuration")
+        unknown = [m for m in self.methods if m not in DEFAULT_METHODS + ("window",)]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from "
+                             f"{list(DEFAULT_METHODS) + ['window']}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods has duplicates: {list(self.methods)}")
+        if isinstance(self.n_examples, bool) or not isinstance(self.n_examples, int) \
+                or self.n_examples < 2:
+            raise ValueError(f"n_examples (a) must be an int >= 2, got {self.n_examples!r}")
+        from maskdiff.ppots import MIN_TABLE_POINTS  # the EPR fit needs this many grid rates
+
+        for name, minimum in (("ppots_rates", MIN_TABLE_POINTS), ("ppots_masks", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def run_decompose(source: ModelSource, settings: DecomposeSettings, out: str | Path, *,
+                  progress: bool = True) -> dict[str, Any]:
+    """Measure every configuration of ``settings`` on ``source``; write ``decompose.json``,
+    ``report.md``, ``components.png`` and ``curves.png`` into ``out``; return the JSON."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    batch = source.examples(settings.n_examples)
+    design = settings.design
+    density, ppots_info = None, None
+    if any(m in DENSITY_METHODS for m in settings.methods):
+        t0 = time.perf_counter()
+        density, ppots_info = ppots_density(
+            source, batch, out=out, n_rates=settings.ppots_rates, n_masks=settings.ppots_masks,
+            seed=design.seed, path=settings.ppots_path, progress=False)
+        ppots_info["seconds"] = time.perf_counter() - t0
+    results: dict[str, dict[str, Any]] = {}
+    diagnostics: dict[str, EstimatorDiagnostics] = {}
+    skipped: dict[str, str] = {}
+    bar = tqdm(settings.methods, desc="configurations", unit="config", disable=not progress)
+    for name in bar:
+        bar.set_postfix(method=name)
+        estimator, reason = build_method(name, source, density)
+        if estimator is None:
+            skipped[name] = reason
+            continue
+        diag = run_diagnostics(source.model, batch, estimator, design)
+        diag = with_extra(diag, estimator=repr(estimator))
+        diagnostics[name] = diag
+        results[name] = diag.to_dict()
+    doc = {
+        "format": JSON_FORMAT, "version": JSON_VERSION,
+        "model": source.description,
+        "n_examples": len(batch),
+        "design": asdict(design),
+        "ppots": ppots_info,
+        "configurations": results,
+        "skipped": skipped,
+        "curves": {name: d.curves.to_dict() for name, d in diagnostics.items()
+                   if d.curves is not None},
+        "seconds": time.perf_counter() - start,
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+    write_outputs(out, doc)
+    return _finite(doc)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------- plots
+
+
+def _clip(value: float | None) -> float:
+    return 0.0 if value is None else max(0.0, value)
+
+
+def plot_components(path: str | Path, configurations: dict[str, dict[str, Any]]) -> None:
+    """Stacked bars of A, B, C (clipped at 0) per configuration (``decompose.json``'s
+    ``configurations``), with the unbiased total's ±1 SE, the cost-aware total (× forward
+    passes) and the batch-level per-example variance (n × Var of the batch mean) as markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(configurations)
+    rows = [configurations[n] for n in names]
+    x = list(range(len(names)))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2) + 3.0, 4.8))
+    bottom = [0.0] * len(names)
+    colours = {"A": "#4c72b0", "B": "#dd8452", "C": "#55a868"}
+    labels = {"A": "A: masking pattern", "B": "B: masking rate", "C": "C: data"}
+    for comp in ("A", "B", "C"):
+        values = [_clip(r[comp]) for r in rows]
+        ax.bar(x, values, bottom=bottom, color=colours[comp], label=labels[comp], width=0.7)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.errorbar(x, [r["total"] for r in rows], yerr=[r["se"]["total"] or 0.0 for r in rows],
+                fmt="none", ecolor="black", capsize=3, label="total (unbiased) ± SE")
+    ax.scatter(x, [r["cost_aware"]["total"] for r in rows], marker="D", color="black",
+               facecolor="white", zorder=3, label="total × forward passes")
+    batch = [r["batch_variance"]["per_example"] for r in rows]
+    ax.scatter(x, [math.nan if b is None else b["value"] for b in batch], marker="^",
+               color="#c44e52", zorder=3, label="batch variance × n (repeated batches)")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylabel("variance of the per-example value")
+    ax.set_title("A/B/C decomposition per configuration (unbiased, bars clipped at 0)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(path: str | Path, curves: dict[str, dict[str, Any]]) -> None:
+    """g(t) and v(t) per configuration (``decompose.json``'s ``curves``). The curves are
+    conditional on t and carry no w, so configurations that differ only in the rate sampler
+    have identical curves (same seed): each distinct curve is drawn once, labelled with every
+    configuration it belongs to."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: list[tuple[list[str], dict[str, Any]]] = []
+    for name, cur in curves.items():
+        for members, seen in groups:
+            if seen["g"] == cur["g"] and seen["v"] == cur["v"]:
+                members.append(name)
+                break
+        else:
+            groups.append(([name], cur))
+    fig, (ax_g, ax_v) = plt.subplots(1, 2, figsize=(12, 4.6))
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("v", ":"), ("D", "-"), ("x", "--"),
+              ("P", "-."), ("*", ":")]
+    for index, (members, cur) in enumerate(groups):
+        label = " = ".join(members)
+        marker, line = styles[index % len(styles)]
+        t = np.asarray(cur["t"], dtype=float)
+        g = np.asarray([math.nan if v is None else v for v in cur["g"]])
+        g_se = np.asarray([0.0 if v is None else v for v in cur["g_se"]])
+        v = np.asarray([math.nan if x is None or x <= 0 else x for x in cur["v"]])
+        ax_g.errorbar(t, g, yerr=g_se, label=label, capsize=2, marker=marker, linestyle=line,
+                      markersize=4, markerfacecolor="none")
+        ax_v.plot(t, v, label=label, marker=marker, linestyle=line, markersize=4,
+                  markerfacecolor="none")
+    ax_g.set_xlabel("masking rate t")
+    ax_g.set_ylabel("g(t) = E[l | t]")
+    ax_v.set_xlabel("masking rate t")
+    ax_v.set_ylabel("v(t) = Var(l | t)")
+    ax_v.set_yscale("log")
+    ax_g.set_title("conditional mean (per-example value, without w)")
+    ax_v.set_title("conditional variance: data + masks (log scale)")
+    ax_g.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(out: str | Path, doc: dict[str, Any]) -> None:
+    """``decompose.json``, ``components.png``, ``curves.png`` and ``report.md`` of ``doc``
+    (also regenerates the plots and report of an earlier ``decompose.json``)."""
+    out = Path(out)
+    doc = _finite(doc)
+    (out / "decompose.json").write_text(json.dumps(doc, indent=1) + "\n")
+    if doc["configurations"]:
+        plot_components(out / "components.png", doc["configurations"])
+    if doc.get("curves"):
+        plot_curves(out / "curves.png", doc["curves"])
+    write_report(out / "report.md", doc)
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, se: float | None = None) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:.4g}"
+    return text if se is None else f"{text} ± {se:.2g}"
+
+
+def write_report(path: str | Path, doc: dict[str, Any]) -> None:
+    """``report.md``: the table of every configuration, the plots and how to read them."""
+    configs = doc["configurations"]
+    design = doc["design"]
+    lines = [
+        "# Variance decomposition (SPEC §2)",
+        "",
+        f"Model: `{json.dumps(doc['model'])}`",
+        "",
+        f"Design: a = {doc['n_examples']} examples × b = {design['n_rates']} i.i.d. rates × "
+        f"c = {design['n_masks']} masks per configuration (unbiased nested ANOVA, bootstrap SE "
+        f"over examples, {design['n_boot']} replicates); batch variance over "
+        f"{design['n_batches']} batches of n = {design['batch_size']}; gradient variance over "
+        f"{design['grad_draws']} per-example and {design['grad_batch_draws']} per-batch draws "
+        f"({'all parameters' if design['parameters'] is None else design['parameters']}); "
+        f"seed {design['seed']}; {doc['seconds']:.0f} s.",
+        "",
+        "| config | passes | mean | A | B | C | total | plug-in B | plug-in C | batch var × n | "
+        "grad tr Cov (n=1) | grad tr Cov (batch) | total × passes | grad × passes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in configs.items():
+        se = r["se"]
+        bv = r["batch_variance"]["per_example"]
+        gv = r["gradient_variance"]
+        gb = r["gradient_variance_batch"]
+        lines.append(
+            f"| {name} | {r['forward_passes']} | {_fmt(r['mean']['value'], r['mean']['se'])} "
+            f"| {_fmt(r['A'], se['A'])} | {_fmt(r['B'], se['B'])} "
+            f"| {_fmt(r['C'], se['C'])} | {_fmt(r['total'], se['total'])} "
+            f"| {_fmt(r['plugin']['B'])} | {_fmt(r['plugin']['C'])} "
+            f"| {_fmt(bv['value'], bv['se']) if bv else '–'} "
+            f"| {_fmt(gv['trace_cov']['value'], gv['trace_cov']['se']) if gv else '–'} "
+            f"| {_fmt(gb['trace_cov']['value'], gb['trace_cov']['se']) if gb else '–'} "
+            f"| {_fmt(r['cost_aware']['total'])} | {_fmt(r['cost_aware']['gradient'])} |")
+    lines += ["", "![A/B/C per configuration](components.png)", "",
+              "![g(t) and v(t)](curves.png)", "", "## How to read it", "",
+              "- A = E Var(l | x0, t) (masking pattern), B = E Var_t(g | x0) (masking rate), "
+              "C = Var(E_t g) (data); the per-example value is what the trainer averages "
+              "(w·l, the MIRROR mean, the EMA-adjusted loss). Unbiased estimates are unclipped "
+              "and may be slightly negative when a component is ~0; the bars clip at 0.",
+              "- Plug-in B and C are the biased nested-design spreads (E = B + A/c and "
+              "C + (B + A/c)/b): compare them with the unbiased columns to see the bias the "
+              "SPEC fixes.",
+              "- StraTS acts on a batch, not on one example: its per-example A/B/C equal the "
+              "standard ones (same seed); its effect is in `batch var × n` (n × the variance of "
+              "the mini-batch mean over repeated batches, each drawn by the estimator itself).",
+              "- EMA's control variate was warmed up on "
+              f"{design['control_warmup']} training-like draws before measuring (a fresh one "
+              "adjusts nothing). Its baseline is detached, so its gradient equals the standard "
+              "one (SPEC §6 [fix]): compare the gradient columns. Its `mean` is the adjusted "
+              "value, shifted by the subtracted c_j·b_j (the reported loss is not the ELBO).",
+              "- `× passes` is the cost-aware variance: variance × forward passes per example "
+              "(MIRROR and multisample2 pay 2), i.e. the variance at equal compute.",
+              "- Clipped samples t in [0.45, 0.95]: it is a different (biased) objective, so its "
+              "variance is not comparable in kind, only in size.",
+              "- SyRM makes the prompt's syntax tokens eligible: a different objective (more "
+              "terms, a larger normaliser N). On a model not trained with SyRM those tokens are "
+              "unpredicted and dominate the loss; diagnose a model trained with `--method syrm` "
+              "(`--run DIR`) to compare it fairly.", ""]
+    if doc["skipped"]:
+        lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in doc["skipped"].items()] + [""]
+    if doc.get("ppots"):
+        lines += [f"P-POTS density: `{json.dumps(doc['ppots'])}`", ""]
+    Path(path).write_text("\n".join(lines))
