@@ -45,6 +45,10 @@ def masked_token_losses(logits: torch.Tensor, x0: torch.Tensor, view: View) -> t
     if masked.any():
         ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none")
         out = out.masked_scatter(masked, ce / view.inclusion_prob[masked].float())
+    elif logits.requires_grad:
+        # Nothing masked (e.g. a micro-batch of short responses at small t): the loss is 0, but
+        # it must stay on the graph so that backward() and DDP's all-reduce still run.
+        out = out + 0.0 * logits[:, :, :1].float().sum()
     return out
 
 

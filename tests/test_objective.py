@@ -133,3 +133,25 @@ def test_fused_and_separate_views_agree():
         assert model.calls == (1 if fuse else 2)
     assert torch.equal(outs[0].values, outs[1].values)
     assert outs[0].forward_passes == 2
+
+
+def test_a_batch_with_nothing_masked_still_backpropagates_zero_gradients():
+    """Regression: a micro-batch in which no token is masked gave a loss off the graph, and the
+    trainer's backward() raised. It must give 0 with zero (not missing) gradients."""
+    import torch
+
+    from maskdiff.batch import Batch
+    from maskdiff.masking import Bernoulli
+    from maskdiff.objective import Estimator
+    from maskdiff.samplers import Uniform
+
+    net = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10))
+    x0 = torch.randint(0, 9, (2, 5))
+    eligible = torch.zeros(2, 5, dtype=torch.bool)
+    batch = Batch(x0=x0, eligible=eligible, attention_mask=torch.ones_like(eligible),
+                  example_index=torch.arange(2))
+    estimator = Estimator(rate_sampler=Uniform(), masker=Bernoulli(), mask_token_id=9)
+    out = estimator(lambda x, a: net(x), batch, torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and out.n_empty == 2
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) == 0 for p in net.parameters())

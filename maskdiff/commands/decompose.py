@@ -28,6 +28,12 @@ def register(subparsers) -> None:
     source.add_argument("--run", metavar="DIR", help="a maskdiff run directory (its best model)")
     source.add_argument("--preset", choices=sorted(PRESETS),
                         help="train this preset's model once into OUT/model, then diagnose it")
+    source.add_argument("--hf", metavar="NAME_OR_PATH",
+                        help="a Hugging Face masked LM / diffusion LLM (needs --data)")
+    p.add_argument("--data", metavar="FILE.jsonl",
+                   help='with --hf: rows {"text"}, {"prompt", "response"} or {"messages"}')
+    p.add_argument("--mask-token-id", type=int, help="with --hf: the mask token id if the tokenizer has none")
+    p.add_argument("--trust-remote-code", action="store_true", help="with --hf: allow the model's own code")
     p.add_argument("--task", help="with --preset: train on this built-in task instead "
                                   "(e.g. table, which SyRM needs)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
@@ -82,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
                                  ppots_rates=size["ppots_b"], ppots_masks=size["ppots_c"],
                                  ppots_path=args.ppots)
     source = load_model_source(run=args.run, preset=args.preset, out=args.out,
-                               device=args.device, task=args.task, quiet=args.quiet)
+                               device=args.device, task=args.task, quiet=args.quiet, hf=args.hf,
+                               data=args.data, mask_token_id=args.mask_token_id,
+                               trust_remote_code=args.trust_remote_code)
     doc = run_decompose(source, settings, args.out, progress=not args.quiet)
     out = Path(args.out)
     print(f"{'config':<14}{'passes':>7}{'A':>11}{'B':>11}{'C':>11}{'total':>11}"

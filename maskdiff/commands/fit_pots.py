@@ -76,23 +76,35 @@ def _model_and_data(args: argparse.Namespace):
 
 
 def table_from_model(args: argparse.Namespace) -> TableInput | None:
-    """Sources ``--run`` / ``--preset``: p̂ from the model's nested losses (SPEC §4)."""
-    if args.run is None and args.preset is None:
+    """Sources ``--run`` / ``--preset`` / ``--hf``: p̂ from the model's nested losses (SPEC §4)."""
+    if args.run is None and args.preset is None and args.hf is None:
         return None
     from maskdiff.ppots import model_p_hat
-    from maskdiff.runs import example_batch
 
-    model, config, task, run_dir = _model_and_data(args)
-    batch = example_batch(config, task, min(args.a, len(task.train)), split="train")
-    measured = model_p_hat(model, batch, mask_token_id=task.tokenizer.mask_id, n_rates=args.b,
+    if args.hf is not None:
+        from maskdiff.hf import load_hf_source
+
+        if args.data is None:
+            raise ValueError("--hf needs --data FILE.jsonl (the rows to estimate p̂ on)")
+        hf = load_hf_source(args.hf, args.data, mask_token_id=args.mask_token_id,
+                            trust_remote_code=args.trust_remote_code, device=args.device)
+        model, batch, mask_id = hf.model, hf.batch(args.a), hf.mask_token_id
+        normalizer, source = "eligible", {"hf": args.hf, "data": str(args.data)}
+    else:
+        from maskdiff.runs import example_batch
+
+        model, config, task, run_dir = _model_and_data(args)
+        batch = example_batch(config, task, min(args.a, len(task.train)), split="train")
+        mask_id, normalizer, source = task.tokenizer.mask_id, config.estimator.normalizer, _source(run_dir)
+    measured = model_p_hat(model, batch, mask_token_id=mask_id, n_rates=args.b,
                            n_masks=args.c, eps=args.eps or 1e-3, estimator=args.estimator,
-                           normalizer=config.estimator.normalizer, seed=args.seed,
+                           normalizer=normalizer, seed=args.seed,
                            device=args.device, progress=not args.quiet)
     phat = measured.phat
     return TableInput(t=phat.t, p_hat=phat.p_hat, estimator=phat.estimator, eps=args.eps or 1e-3,
                       p_hat_paper=phat.p_hat_paper, p_hat_direct=phat.p_hat_direct,
                       forward_passes=measured.forward_passes, seconds=measured.seconds,
-                      source=_source(run_dir))
+                      source=source)
 
 
 def _source(run_dir: Path) -> dict:
@@ -119,6 +131,12 @@ def register(subparsers) -> None:
     p.add_argument("--run", metavar="DIR", help="a maskdiff run directory: estimate p̂ for its best model")
     p.add_argument("--preset", help="a training preset: train its model once into OUT/model, "
                                     "then estimate p̂ for it")
+    p.add_argument("--hf", metavar="NAME_OR_PATH",
+                   help="a Hugging Face masked LM / diffusion LLM (needs --data; pip install -e '.[hf]')")
+    p.add_argument("--data", metavar="FILE.jsonl",
+                   help='with --hf: rows {"text"}, {"prompt", "response"} or {"messages"}')
+    p.add_argument("--mask-token-id", type=int, help="with --hf: the mask token id if the tokenizer has none")
+    p.add_argument("--trust-remote-code", action="store_true", help="with --hf: allow the model's own code")
     p.add_argument("--a", type=int, default=15, help="examples of the nested design (default 15)")
     p.add_argument("--b", type=int, default=70, help="rates on the midpoint grid (default 70)")
     p.add_argument("--c", type=int, default=15, help="masks per (example, rate) (default 15)")
@@ -137,9 +155,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    given = [args.from_table, args.run, args.preset, args.hf]
+    if sum(x is not None for x in given) != 1:
+        raise ValueError("give exactly one table source: --from-table FILE.json, --run DIR, --preset NAME or --hf NAME")
     tables = [table for source in TABLE_SOURCES if (table := source(args)) is not None]
     if len(tables) != 1:
-        raise ValueError("give exactly one table source: --from-table FILE.json, --run DIR or --preset NAME")
+        raise ValueError("give exactly one table source: --from-table FILE.json, --run DIR, --preset NAME or --hf NAME")
     table = tables[0]
     if table.estimator not in ESTIMATORS:
         raise ValueError(f"table estimator must be one of {ESTIMATORS}, got {table.estimator!r}")
@@ -149,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
                        estimator=table.estimator, p_hat_paper=table.p_hat_paper,
                        p_hat_direct=table.p_hat_direct, forward_passes=table.forward_passes,
                        seconds=table.seconds)
-    if table.source is not None:  # a measured estimation: its cost includes the fits
+    if table.seconds is not None and table.source is not None:  # measured: cost includes the fits
         result = replace(result, seconds=table.seconds + time.perf_counter() - fit_start)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -50,11 +50,14 @@ class ModelSource:
     task: Any  # maskdiff.data.TaskData
     mask_token_id: int
     description: dict[str, Any]
+    hf: Any = None  # a maskdiff.hf.HFSource: examples are its rows
 
     def examples(self, n: int, split: str = "train") -> Batch:
         """The first ``n`` examples of ``split``, collated as the run collates them."""
         from maskdiff.runs import example_batch
 
+        if self.hf is not None:
+            return self.hf.batch(min(n, len(self.hf.rows)))
         available = len({"train": self.task.train, "val": self.task.val,
                          "test": self.task.test}[split])
         return example_batch(self.config, self.task, min(n, available), split=split)
@@ -62,7 +65,9 @@ class ModelSource:
 
 def load_model_source(*, run: str | Path | None = None, preset: str | None = None,
                       out: str | Path, device: str = "cpu", task: str | None = None,
-                      quiet: bool = False) -> ModelSource:
+                      quiet: bool = False, hf: str | None = None, data: str | None = None,
+                      mask_token_id: int | None = None,
+                      trust_remote_code: bool = False) -> ModelSource:
     """The model to diagnose: ``run`` (a maskdiff run directory: its best checkpoint, on its
     own data) or ``preset`` (that preset's model, trained once into ``out/model[-TASK]`` and
     reused on restart; ``task`` overrides the preset's task). The one place a model enters the
@@ -70,8 +75,11 @@ def load_model_source(*, run: str | Path | None = None, preset: str | None = Non
     from maskdiff.data.setup import load_task
     from maskdiff.runs import load_run
 
-    if (run is None) == (preset is None):
-        raise ValueError("give exactly one model source: run=DIR or preset=NAME")
+    if sum(x is not None for x in (run, preset, hf)) != 1:
+        raise ValueError("give exactly one model source: run=DIR, preset=NAME or hf=NAME")
+    if hf is not None:
+        return _hf_source(hf, data, mask_token_id=mask_token_id,
+                          trust_remote_code=trust_remote_code, device=device)
     if run is not None:
         if task is not None:
             raise ValueError(f"task={task!r} applies to a preset only; a run keeps its own data")
@@ -100,6 +108,24 @@ def load_model_source(*, run: str | Path | None = None, preset: str | None = Non
                                     "run": str(model_dir), "checkpoint": str(loaded.checkpoint),
                                     "load_seconds": time.perf_counter() - start,
                                     **_training_summary(model_dir)})
+
+
+def _hf_source(name: str, data: str | None, *, mask_token_id: int | None,
+               trust_remote_code: bool, device: str) -> ModelSource:
+    """A Hugging Face model (``maskdiff.hf``) on the rows of a JSONL file. It has no built-in
+    task: ISAD and SyRM (which need the task's delimiter and syntax tokens) are skipped."""
+    from types import SimpleNamespace
+
+    from maskdiff.hf import load_hf_source
+
+    if data is None:
+        raise ValueError("a Hugging Face model needs data=FILE.jsonl (--data) to be probed on")
+    source = load_hf_source(name, data, mask_token_id=mask_token_id,
+                            trust_remote_code=trust_remote_code, device=device)
+    task = SimpleNamespace(name=f"hf:{name}", syntax_tokens=(), delimiter_ids=lambda: ())
+    return ModelSource(model=source.model, config=TrainConfig(), task=task,
+                       mask_token_id=source.mask_token_id, hf=source,
+                       description={"hf": name, "data": str(data), "rows": len(source.rows)})
 
 
 def _training_summary(run_dir: Path) -> dict[str, Any]:

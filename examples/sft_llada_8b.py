@@ -1,0 +1,174 @@
+"""Supervised fine-tuning of LLaDA-8B-Instruct with P-POTS + MIRROR (docs/huggingface.md).
+
+    python examples/sft_llada_8b.py --data train.jsonl --output-dir llada-sft --lora \
+        --max-length 1024 --batch-size 4 --grad-accum 8 --steps 1000 --online-refit-every 50
+
+Data: a JSONL file of ``{"prompt": ..., "response": ...}`` or ``{"messages": [...]}`` rows. The
+prompt stays visible; the assistant turns (with their closing tokens) are eligible; short rows
+are padded with EOS tokens that are eligible too (LLaDA's SFT recipe), normalised by the
+eligible count. Rates come from P-POTS (``--ppots`` a ``maskdiff fit-pots`` JSON, else estimated
+from the model at start-up on the first ``--ppots-examples`` rows and saved to
+``OUTPUT/ppots.json``), optionally refitted online; masks from MIRROR (two complementary views
+per example, fused into one forward pass).
+
+Needs a GPU (bf16 weights alone are 16 GB; see docs/huggingface.md for LoRA vs full fine-tuning
+memory). Any local model directory works too: ``--model DIR --device cpu --no-bf16`` runs the
+same code on a tiny model (tests/test_hf.py does so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from maskdiff.hf import ChatCollator, MaskedDiffusionTrainer, load_hf_model
+from maskdiff.masking import Mirror
+from maskdiff.ppots import SecondMomentTracker, estimate_ppots, load_ppots_json, save_ppots_json
+from maskdiff.samplers import Importance
+
+LLADA = "GSAI-ML/LLaDA-8B-Instruct"
+LLADA_MASK_ID = 126336
+# LLaDA's transformer blocks (model.transformer.blocks.N.*); the regex leaves the LM head
+# (transformer.ff_out) out of the adapters.
+LLADA_LORA_TARGETS = r".*\.blocks\.\d+\.(q_proj|k_proj|v_proj|attn_out|ff_proj|up_proj|ff_out)$"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=LLADA, help="HF model name or local directory")
+    p.add_argument("--mask-token-id", type=int, default=LLADA_MASK_ID)
+    p.add_argument("--data", required=True, help="JSONL of prompt/response or messages rows")
+    p.add_argument("--output-dir", required=True)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--lora", dest="lora", action="store_true", default=True,
+                      help="train LoRA adapters only (default)")
+    mode.add_argument("--full", dest="lora", action="store_false", help="train every weight")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--lora-targets", nargs="+", default=None,
+                   help=f"module names (default for LLaDA: the regex {LLADA_LORA_TARGETS!r})")
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=4, help="per device")
+    p.add_argument("--grad-accum", type=int, default=8)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-4 (LoRA) / 2.5e-5 (full)")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--save-steps", type=int, default=200)
+    p.add_argument("--logging-steps", type=int, default=10)
+    p.add_argument("--optim", default="adamw_torch", help="a TrainingArguments optim name")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", default=True)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--ppots", help="a P-POTS JSON from `maskdiff fit-pots` (else estimated here)")
+    p.add_argument("--ppots-examples", type=int, default=15, help="a of SPEC §4")
+    p.add_argument("--ppots-rates", type=int, default=70, help="b of SPEC §4")
+    p.add_argument("--ppots-masks", type=int, default=15, help="c of SPEC §4")
+    p.add_argument("--ppots-batch-size", type=int, default=16, help="sequences per forward pass")
+    p.add_argument("--ppots-restarts", type=int, default=16)
+    p.add_argument("--online-refit-every", type=int, default=0, help="0: static P-POTS")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    args = p.parse_args(argv)
+    if args.lr is None:
+        args.lr = 1e-4 if args.lora else 2.5e-5
+    return args
+
+
+def read_jsonl(path: str) -> list[dict]:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"--data {path} holds no rows")
+    return rows
+
+
+def enable_checkpointing(model) -> None:
+    """HF gradient checkpointing, or LLaDA's own activation checkpointing (its remote code)."""
+    try:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return
+    except (ValueError, AttributeError, NotImplementedError):
+        pass
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "set_activation_checkpointing"):
+        raise ValueError(f"{type(model).__name__} supports no gradient checkpointing")
+    inner.set_activation_checkpointing("whole_layer")
+
+
+def build_sampler(args, adapter, collate, rows, device) -> Importance:
+    """P-POTS density: loaded, or estimated from the model on the first a rows (SPEC §4)."""
+    out = Path(args.output_dir)
+    if args.ppots:
+        result = load_ppots_json(args.ppots)
+    elif (out / "ppots.json").is_file():  # a resumed run reuses its own estimate
+        result = load_ppots_json(out / "ppots.json")
+    else:
+        batch = collate.pad.batch([{**collate.encode(row), "example_index": i}
+                                   for i, row in enumerate(rows[: args.ppots_examples])])
+        result = estimate_ppots(adapter, batch, mask_token_id=adapter.mask_token_id,
+                                n_rates=args.ppots_rates, n_masks=args.ppots_masks,
+                                restarts=args.ppots_restarts, seed=args.seed,
+                                batch_size=args.ppots_batch_size, device=device,
+                                progress=sys.stderr.isatty())
+        out.mkdir(parents=True, exist_ok=True)
+        save_ppots_json(out / "ppots.json", result)
+        print(f"P-POTS: {result.forward_passes} loss evaluations in {result.seconds:.0f} s, "
+              f"EPR KL {result.epr.kl:.4f}", flush=True)
+    return Importance(result.as_tuple(), mix=result.mix, eps=result.eps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import transformers
+
+    args = parse_args(argv)
+    rows = read_jsonl(args.data)
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    adapter, tokenizer, mask_id = load_hf_model(
+        args.model, mask_token_id=args.mask_token_id, trust_remote_code=True, device=args.device,
+        dtype=dtype, pad_policy="eos")
+    collate = ChatCollator(tokenizer, pad_policy="eos", max_length=args.max_length)
+    sampler = build_sampler(args, adapter, collate, rows, args.device)
+
+    model = adapter.model
+    if args.lora:
+        import peft
+
+        targets = args.lora_targets or LLADA_LORA_TARGETS
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets))
+        model.print_trainable_parameters()
+    if args.gradient_checkpointing:
+        enable_checkpointing(model.get_base_model() if args.lora else model)
+        if args.lora and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # frozen embeddings: let checkpointed blocks see grads
+
+    training = transformers.TrainingArguments(
+        output_dir=args.output_dir, per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
+        weight_decay=args.weight_decay, max_steps=args.steps, warmup_steps=args.warmup_steps,
+        lr_scheduler_type="cosine", logging_steps=args.logging_steps, save_steps=args.save_steps,
+        save_total_limit=2, bf16=args.bf16, optim=args.optim, seed=args.seed, report_to=[],
+        use_cpu=args.device == "cpu", dataloader_num_workers=0, max_grad_norm=1.0)
+    tracker = (SecondMomentTracker(n_bins=20, eps=sampler.eps) if args.online_refit_every > 0
+               else None)
+    trainer = MaskedDiffusionTrainer(
+        model=model, args=training, train_dataset=rows, data_collator=collate,
+        processing_class=tokenizer, rate_sampler=sampler, masker=Mirror(), mask_token_id=mask_id,
+        normalizer="eligible", seed=args.seed, pad_policy="eos",
+        ppots_tracker=tracker, refit_every=args.online_refit_every or None)
+    resume = (args.resume and Path(args.output_dir).is_dir()
+              and transformers.trainer_utils.get_last_checkpoint(args.output_dir))
+    trainer.train(resume_from_checkpoint=resume or None)
+    final = Path(args.output_dir) / "final"
+    trainer.save_model(str(final))
+    (final / "refits.json").write_text(json.dumps(trainer.refit_history, indent=1) + "\n")
+    print(f"saved {'LoRA adapters' if args.lora else 'the model'} to {final}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
