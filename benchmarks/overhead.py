@@ -78,8 +78,11 @@ def main() -> None:
     parser.add_argument("--methods", default="standard,strats,ema,isad,mirror,multisample2,ppots,"
                                               "ppots_mirror,ppots_online",
                         help="comma-separated methods to time (standard first: the ratios' base)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: steadiest on a shared CPU)")
     parser.add_argument("--json", default="runs/benchmarks/overhead.json")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     base = TrainConfig(
         model=ModelConfig(d_model=args.d_model, n_layers=args.layers, n_heads=4),

@@ -169,6 +169,8 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.step, self.best, self.best_se, self.best_step, self.bad_evals = 0, None, None, None, 0
         self.forward_passes, self.tokens, self.history = 0, 0, []
+        # Training time over all sessions of the run (a resumed run adds to what it had).
+        self.prior_seconds, self.session_start = 0.0, time.perf_counter()
 
     # -- state ---------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -180,7 +182,8 @@ class Trainer:
             "refit": self.refitter.state_dict() if self.refitter else {},
             "early_stopping": {"best": self.best, "best_se": self.best_se,
                                "best_step": self.best_step, "bad_evals": self.bad_evals},
-            "counters": {"forward_passes": self.forward_passes, "tokens": self.tokens},
+            "counters": {"forward_passes": self.forward_passes, "tokens": self.tokens,
+                         "seconds": self._seconds()},
             "history": json.dumps(self.history),
         }
 
@@ -211,6 +214,7 @@ class Trainer:
         self.best_step, self.bad_evals = stop["best_step"], int(stop["bad_evals"])
         self.forward_passes = int(state["counters"]["forward_passes"])
         self.tokens = int(state["counters"]["tokens"])
+        self.prior_seconds = float(state["counters"].get("seconds", 0.0))
         self.history = json.loads(state["history"])
         return True
 
@@ -307,7 +311,7 @@ class Trainer:
         metrics_path = self.out_dir / "metrics.jsonl"
         if self.rank == 0:
             _truncate_metrics(metrics_path, self.step if resumed else 0)
-        start_time, window = time.perf_counter(), _Window()
+        self.session_start, window = time.perf_counter(), _Window()
         bar = tqdm(total=cfg.optim.max_steps, initial=self.step, desc=Path(cfg.out_dir).name,
                    disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
         stopped_early = False
@@ -336,7 +340,10 @@ class Trainer:
                     self._checkpoint()
                 if stopped_early or (stop_after is not None and self.step >= stop_after):
                     break
-        return self._result(stopped_early, time.perf_counter() - start_time)
+        return self._result(stopped_early, self._seconds())
+
+    def _seconds(self) -> float:
+        return self.prior_seconds + time.perf_counter() - self.session_start
 
     def _evaluate(self, record: dict) -> bool:
         result = self.validate()

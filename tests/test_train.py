@@ -143,3 +143,13 @@ def test_user_jsonl_data(tmp_path):
         Trainer(config, quiet=True)
     with pytest.raises(ValueError, match="batch_size"):
         Trainer(tiny(tmp_path, optim=OptimConfig(batch_size=6, grad_accum=4)), quiet=True)
+
+
+def test_training_time_adds_up_over_resumed_sessions(tmp_path):
+    config = tiny(tmp_path, checkpoint_every=2)
+    first = Trainer(config, quiet=True).fit(stop_after=4)
+    second = Trainer(config, quiet=True).fit()
+    assert second.steps == 6 and second.seconds > first.seconds
+    # A finished run resumed again trains no step and keeps its total.
+    third = Trainer(config, quiet=True).fit()
+    assert third.steps == 6 and abs(third.seconds - second.seconds) < 1.0
