@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "maskdiff.commands.fit_pots",
     "maskdiff.commands.compare",
     "maskdiff.commands.decompose",
+    "maskdiff.commands.image",
 )
 
 

@@ -14,7 +14,7 @@ from maskdiff.data.tasks import synthetic_splits
 
 
 def test_registry_names():
-    assert task_names() == ["arithmetic", "table", "text"]
+    assert task_names() == ["arithmetic", "digits", "table", "text"]
     with pytest.raises(ValueError, match="unknown task 'gsm8k'"):
         make_task("gsm8k", 1, 1, 1, 0)
 

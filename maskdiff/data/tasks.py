@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from maskdiff.data import arithmetic, corpus, tables
+from maskdiff.data import arithmetic, corpus, digits, tables
 from maskdiff.data.bpe import BPETokenizer
 from maskdiff.data.char_tokenizer import CharTokenizer
 from maskdiff.data.examples import Example, TaskData
@@ -145,6 +145,10 @@ register_task(TaskSpec(
 register_task(TaskSpec(
     name="text", code=TEXT_CODE, config_cls=TextConfig, make_splits=_text_splits,
     alphabet=lambda config: corpus.corpus_alphabet(),
+))
+register_task(TaskSpec(  # class-conditional 8x8 digit images (maskdiff image)
+    name="digits", code=digits.DIGITS_CODE, config_cls=digits.DigitsConfig,
+    make_splits=digits.make_splits, alphabet=digits.alphabet,
 ))
 
 
