@@ -340,12 +340,15 @@ def test_tracker_refuses_bad_configuration(kwargs, match):
 
 def test_tracker_refuses_bad_updates():
     tracker = SecondMomentTracker(8, EPS)
+    t = torch.tensor([0.1, 0.4, 0.7, 0.9])
     with pytest.raises(ValueError, match="equal length"):
-        tracker.update(torch.rand(4), torch.rand(5))
+        tracker.update(t, torch.ones(5))
     with pytest.raises(ValueError, match="finite"):
-        tracker.update(torch.rand(4) + 0.1, torch.tensor([1.0, float("nan"), 1.0, 1.0]))
+        tracker.update(t, torch.tensor([1.0, float("nan"), 1.0, 1.0]))
     with pytest.raises(ValueError, match="weights"):
-        tracker.update(torch.rand(4) + 0.1, torch.rand(4), torch.zeros(4))
+        tracker.update(t, torch.ones(4), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"t must lie in \(0, 1\]"):
+        tracker.update(t + 0.2, torch.ones(4))
 
 
 # ----------------------------------------------------------------------------- result, JSON, plot, CLI
