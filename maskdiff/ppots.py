@@ -422,6 +422,22 @@ def estimate_ppots(model, batch, *, mask_token_id: int, n_rates: int = 70, n_mas
     return replace(result, seconds=time.perf_counter() - start)
 
 
+def cached_density(out_dir: str | Path, estimate) -> dict[str, list[float]]:
+    """The density of ``out_dir/ppots.json`` as a config table; when the file is missing, call
+    ``estimate()`` (→ :class:`PPotsResult`) first and write ``ppots.json`` and ``ppots.png``.
+    Experiments use it so a restarted job estimates P-POTS once."""
+    from maskdiff.methods import density_from_ppots
+
+    out = Path(out_dir)
+    path = out / "ppots.json"
+    if not path.exists():
+        result = estimate()
+        out.mkdir(parents=True, exist_ok=True)
+        save_ppots_json(path, result)
+        plot_ppots(out / "ppots.png", result)
+    return density_from_ppots(path)
+
+
 def _floats(values: np.ndarray | None) -> list[float] | None:
     return None if values is None else [float(v) for v in values]
 

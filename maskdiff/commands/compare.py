@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from maskdiff.commands import parse_ints, parse_names
 from maskdiff.experiments.compare import PRESETS
 
 
@@ -32,13 +33,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _ints(text: str, name: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as err:
-        raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from err
-
-
 def run(args) -> int:
     from dataclasses import replace
 
@@ -46,8 +40,8 @@ def run(args) -> int:
 
     preset = PRESETS[args.preset]
     if args.methods:
-        preset = replace(preset, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()))
-    seeds = _ints(args.seeds, "--seeds") if args.seeds else None
+        preset = replace(preset, methods=parse_names(args.methods))
+    seeds = parse_ints(args.seeds, "--seeds") if args.seeds else None
     out = Path(args.out or f"runs/compare-{preset.name}")
     device = args.device or preset.base.device
     workers = args.workers or (min(4, os.cpu_count() or 1) if device == "cpu" else 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from maskdiff.commands import parse_ints, parse_names
 from maskdiff.experiments.image import PRESETS
 
 
@@ -29,13 +30,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _ints(text: str, name: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as err:
-        raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from err
-
-
 def run(args) -> int:
     from dataclasses import replace
 
@@ -43,9 +37,9 @@ def run(args) -> int:
 
     preset = PRESETS[args.preset]
     if args.methods:
-        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        methods = parse_names(args.methods)
         preset = replace(preset, methods=methods)
-    seeds = _ints(args.seeds, "--seeds") if args.seeds else None
+    seeds = parse_ints(args.seeds, "--seeds") if args.seeds else None
     out = Path(args.out or f"runs/image-{preset.name}")
     results = ImageJob(preset, out, seeds=seeds, device=args.device, progress=not args.quiet).run()
     ev = results["evaluator"]

@@ -36,7 +36,7 @@ from maskdiff.checkpoint import latest_checkpoint, load_checkpoint
 from maskdiff.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.data.setup import load_task
 from maskdiff.evaluate import pass_at_1
-from maskdiff.methods import CAUSAL, DENSITY_METHODS, METHOD_NAMES, ONLINE, density_from_ppots, method_estimator
+from maskdiff.methods import CAUSAL, DENSITY_METHODS, METHOD_NAMES, ONLINE, method_estimator
 
 DEFAULT_SEEDS = (42, 731, 20231)
 EQUAL_COMPUTE = "standard@2x"  # standard with twice the batch: the two-forward methods' compute
@@ -205,12 +205,10 @@ class CompareJob:
         if self._density is not None:
             return self._density
         from maskdiff.models import TransformerConfig, build_model
-        from maskdiff.ppots import estimate_ppots, plot_ppots, save_ppots_json
+        from maskdiff.ppots import cached_density, estimate_ppots
         from maskdiff.runs import example_batch
 
-        out = self.out_dir / "ppots"
-        path = out / "ppots.json"
-        if not path.exists():
+        def estimate():
             task_name = self.preset.base.data.task
             task, base = self.task(task_name), self.preset.base
             model = build_model(TransformerConfig(
@@ -219,12 +217,10 @@ class CompareJob:
             model.load_state_dict(self.start_weights(task_name, causal=False))
             a, b, c = self.preset.ppots_design
             batch = example_batch(base, task, min(a, len(task.train)))
-            result = estimate_ppots(model, batch, mask_token_id=task.tokenizer.mask_id,
-                                    n_rates=b, n_masks=c, restarts=8, seed=0, progress=False)
-            out.mkdir(parents=True, exist_ok=True)
-            save_ppots_json(path, result)
-            plot_ppots(out / "ppots.png", result)
-        self._density = density_from_ppots(path)
+            return estimate_ppots(model, batch, mask_token_id=task.tokenizer.mask_id,
+                                  n_rates=b, n_masks=c, restarts=8, seed=0, progress=False)
+
+        self._density = cached_density(self.out_dir / "ppots", estimate)
         return self._density
 
     def window(self) -> tuple[float, float]:

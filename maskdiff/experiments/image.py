@@ -49,7 +49,7 @@ from maskdiff.data.digits import (
 )
 from maskdiff.experiments.image_eval import ClassifierConfig, DigitEvaluator
 from maskdiff.generate import generate_diffusion
-from maskdiff.methods import DENSITY_METHODS, METHOD_NAMES, density_from_ppots, method_estimator
+from maskdiff.methods import DENSITY_METHODS, METHOD_NAMES, method_estimator
 from maskdiff.seeding import generator_for
 
 DEFAULT_SEEDS = (42, 731, 20231)
@@ -285,21 +285,17 @@ class ImageJob:
         """P-POTS's density, estimated on the starting checkpoint (cached in ``ppots/``)."""
         if self._density is not None:
             return self._density
-        from maskdiff.ppots import estimate_ppots, plot_ppots, save_ppots_json
+        from maskdiff.ppots import cached_density, estimate_ppots
 
-        out = self.out_dir / "ppots"
-        path = out / "ppots.json"
-        if not path.exists():
+        def estimate():
             trainer = self._trainer(self.start_config(), init_weights=self.start_weights())
             a, b, c = self.preset.ppots_design
             train = self.task.train
             batch = trainer.collate([(i, train[i]) for i in range(min(a, len(train)))])
-            result = estimate_ppots(trainer.model, batch, mask_token_id=self.task.tokenizer.mask_id,
-                                    n_rates=b, n_masks=c, restarts=8, seed=0, progress=False)
-            out.mkdir(parents=True, exist_ok=True)
-            save_ppots_json(path, result)
-            plot_ppots(out / "ppots.png", result)
-        self._density = density_from_ppots(path)
+            return estimate_ppots(trainer.model, batch, mask_token_id=self.task.tokenizer.mask_id,
+                                  n_rates=b, n_masks=c, restarts=8, seed=0, progress=False)
+
+        self._density = cached_density(self.out_dir / "ppots", estimate)
         return self._density
 
     def run_one(self, method: str, seed: int) -> dict:
