@@ -22,6 +22,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "maskdiff.commands.compare",
     "maskdiff.commands.decompose",
     "maskdiff.commands.image",
+    "maskdiff.commands.parity",
+    "maskdiff.commands.window_sweep",
 )
 
 

@@ -1,7 +1,6 @@
 """The trainer: learning, exact resumption, refusals, failures, accumulation, the causal twin."""
 
 import json
-import os
 from dataclasses import replace
 
 import pytest
