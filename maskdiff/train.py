@@ -155,7 +155,7 @@ class Trainer:
             mask_token_id=tok.mask_id)
         self.refitter = None
         if not self.causal and self.config.estimator.refit is not None:
-            from maskdiff.ppots import OnlineRefitter
+            from maskdiff.ppots_online import OnlineRefitter
             self.refitter = OnlineRefitter(self.config.estimator.refit, self.estimator.rate_sampler)
         self.ddp = distributed.wrap(self.model, self.device)
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]

@@ -1,0 +1,61 @@
+"""Hugging Face integration: adapter, collators and a ``transformers.Trainer`` (SPEC §1).
+
+Three pieces, each usable alone:
+
+- :class:`HFAdapter` makes a Hugging Face model satisfy maskdiff's model contract
+  ``model(input_ids (B, L) long, attention_mask (B, L) bool) -> logits (B, L, V)``: a
+  bidirectional masked LM (``AutoModelForMaskedLM``) or a diffusion LLM loaded with
+  ``trust_remote_code`` (LLaDA, Dream). The mask token id, the pad/EOS policy, the attention-mask
+  format and any logit shift (Dream predicts token ``i`` at position ``i - 1``) are explicit
+  :class:`AdapterOptions`, never guessed.
+- :class:`MaskedDiffusionCollator` (rows ``{"input_ids", "eligible", ["syntax"]}``) and
+  :class:`ChatCollator` (prompt/response or chat ``messages``: the eligible mask is the
+  assistant turns, the SyRM syntax mask comes from a list of syntax tokens).
+- :class:`MaskedDiffusionTrainer`, a ``transformers.Trainer`` whose loss is maskdiff's own
+  :class:`~maskdiff.objective.Estimator`, with rates and masks from
+  :class:`~maskdiff.seeding.BatchRandomness` keyed on (seed, global step, example index): the
+  same numbers maskdiff's trainer computes, on any number of ranks, with gradient accumulation,
+  and after a resume. It logs the per-t-bin statistics of :mod:`maskdiff.train` and can refit
+  a P-POTS importance density online (SPEC §4 [beyond]).
+
+``transformers`` is imported lazily by the functions that need it, so ``import maskdiff.hf``
+costs nothing until a model is loaded or a trainer is built.
+"""
+
+from maskdiff.hf.adapter import (  # noqa: F401
+    ATTENTION_FORMATS,
+    CHAT_METHODS,
+    PAD_POLICIES,
+    STATE_FILE,
+    T_BINS,
+    AdapterOptions,
+    HFAdapter,
+    load_hf_model,
+)
+from maskdiff.hf.collate import (  # noqa: F401
+    ChatCollator,
+    IndexedDataset,
+    MaskedDiffusionCollator,
+    batch_from_inputs,
+    encode_chat,
+    encode_row,
+    hf_batch,
+    syntax_token_ids,
+)
+from maskdiff.hf.source import HFSource, load_hf_source  # noqa: F401
+
+__all__ = [
+    "AdapterOptions", "HFAdapter", "load_hf_model", "MaskedDiffusionCollator", "IndexedDataset",
+    "batch_from_inputs", "syntax_token_ids", "encode_chat", "ChatCollator", "encode_row", "hf_batch",
+    "MaskedDiffusionTrainer",  # noqa: F822 -- built on first access by the module __getattr__
+    "HFSource", "load_hf_source",
+]
+
+
+def __getattr__(name: str):
+    # The Trainer subclass needs transformers at class-creation time: build it on first use.
+    if name == "MaskedDiffusionTrainer":
+        from maskdiff.hf.trainer import trainer_class
+
+        return trainer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

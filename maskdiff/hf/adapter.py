@@ -1,0 +1,199 @@
+"""The adapter: a Hugging Face model behind maskdiff's model contract (SPEC §1)."""
+
+from __future__ import annotations
+
+import os
+import types
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+PAD_POLICIES = ("ignore", "eos")
+ATTENTION_FORMATS = ("2d", "4d", "none")
+CHAT_METHODS = ("auto", "template", "diff")
+T_BINS = 10  # the bins of maskdiff.train's loss_per_t_bin
+STATE_FILE = "maskdiff_state.pt"
+
+
+# ----------------------------------------------------------------------------- adapter
+@dataclass(frozen=True, kw_only=True)
+class AdapterOptions:
+    """How a Hugging Face model is called and how its batches are padded.
+
+    Attributes:
+        mask_token_id: the model's mask token (LLaDA: 126336; BERT: ``tokenizer.mask_token_id``).
+        logit_shift: ``k >= 0``: the logits for token ``i`` sit at position ``i - k`` of the
+            model's output (Dream: ``k = 1``, its ``logits = cat([l[:, :1], l[:, :-1]])``). The
+            adapter shifts them back, repeating position 0 for the first ``k`` positions as
+            Dream does; those positions cannot be predicted and should not be eligible (they
+            are BOS / prompt tokens in practice).
+        attention: how the (B, L) bool mask is passed: ``"2d"`` as a (B, L) long tensor (BERT,
+            LLaDA), ``"4d"`` as a (B, 1, L, L) bool key-padding mask (Dream-style SDPA masks;
+            every query row keeps its real keys, so padded rows never give NaN), or ``"none"``
+            (the model sees no mask: right for the EOS pad policy, where nothing is padding).
+        pad_token_id: the id padding is filled with (under ``pad_policy="eos"``, the EOS id).
+        pad_policy: ``"ignore"``: padding is masked out of attention and never eligible;
+            ``"eos"`` (LLaDA SFT): rows are padded with EOS tokens that are real tokens,
+            attended and eligible, so the model learns to end its answer.
+        forward_kwargs: constant keyword arguments added to every forward call.
+    """
+
+    mask_token_id: int
+    logit_shift: int = 0
+    attention: str = "2d"
+    pad_token_id: int | None = None
+    pad_policy: str = "ignore"
+    forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mask_token_id, int) or self.mask_token_id < 0:
+            raise ValueError(f"mask_token_id must be a non-negative int, got {self.mask_token_id!r}")
+        if not isinstance(self.logit_shift, int) or self.logit_shift < 0:
+            raise ValueError(f"logit_shift must be a non-negative int, got {self.logit_shift!r}")
+        if self.attention not in ATTENTION_FORMATS:
+            raise ValueError(f"attention must be one of {ATTENTION_FORMATS}, got {self.attention!r}")
+        if self.pad_policy not in PAD_POLICIES:
+            raise ValueError(f"pad_policy must be one of {PAD_POLICIES}, got {self.pad_policy!r}")
+        if self.pad_token_id is not None and (not isinstance(self.pad_token_id, int)
+                                              or self.pad_token_id < 0):
+            raise ValueError(f"pad_token_id must be a non-negative int or None, got {self.pad_token_id!r}")
+        object.__setattr__(self, "forward_kwargs", types.MappingProxyType(dict(self.forward_kwargs)))
+
+    def logits(self, model: nn.Module, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor) -> torch.Tensor:
+        """Call ``model`` (a HF model, a PEFT model or a DDP wrapper of one): (B, L, V) logits."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                             f"input_ids has {tuple(input_ids.shape)}")
+        kwargs = dict(self.forward_kwargs)
+        kwargs["input_ids"] = input_ids
+        attend = attention_mask.to(torch.bool)
+        if self.attention == "2d":
+            kwargs["attention_mask"] = attend.long()
+        elif self.attention == "4d":
+            batch, length = input_ids.shape
+            kwargs["attention_mask"] = attend[:, None, None, :].expand(batch, 1, length, length)
+        out = model(**kwargs)
+        logits = _logits_of(out)
+        if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(input_ids.shape):
+            raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for input "
+                             f"{tuple(input_ids.shape)}; expected (B, L, V): load an LM head model")
+        k = self.logit_shift
+        if k:
+            if k >= logits.shape[1]:
+                raise ValueError(f"logit_shift={k} needs sequences longer than {k}, got L={logits.shape[1]}")
+            logits = torch.cat([logits[:, :1].expand(-1, k, -1), logits[:, :-k]], dim=1)
+        return logits
+
+
+def _logits_of(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise ValueError(f"cannot find logits in the model output of type {type(out).__name__}")
+
+
+class HFAdapter(nn.Module):
+    """A Hugging Face model behind maskdiff's model contract (see :class:`AdapterOptions`).
+
+    ``HFAdapter(model, mask_token_id=126336, pad_policy="eos", pad_token_id=eos)`` or
+    ``HFAdapter(model, options)``. ``adapter.model`` is the wrapped model, so ``state_dict``
+    keys carry a ``model.`` prefix; save the wrapped model itself with ``save_pretrained``.
+    """
+
+    def __init__(self, model: nn.Module, options: AdapterOptions | None = None, **option_kwargs: Any) -> None:
+        super().__init__()
+        if options is not None and option_kwargs:
+            raise ValueError(f"pass either options or keyword options, not both: {sorted(option_kwargs)}")
+        self.model = model
+        self.options = options if options is not None else AdapterOptions(**option_kwargs)
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.options.mask_token_id
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.options.logits(self.model, input_ids, attention_mask)
+
+
+def _config_value(config: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def load_hf_model(name_or_path: str | os.PathLike, *, mask_token_id: int | None = None,
+                  trust_remote_code: bool = False, logit_shift: int = 0, device: str = "cpu",
+                  dtype: torch.dtype | str | None = None, attention: str = "2d",
+                  pad_policy: str = "ignore", auto_class: str | None = None,
+                  tokenizer_name_or_path: str | os.PathLike | None = None,
+                  ) -> tuple[HFAdapter, Any, int]:
+    """Load a HF model and its tokenizer behind the maskdiff contract, in eval mode.
+
+    The model class: ``auto_class`` when given (e.g. ``"AutoModel"``); otherwise a model with an
+    ``auto_map`` (remote code) is loaded by the first of ``AutoModelForMaskedLM``, ``AutoModel``,
+    ``AutoModelForCausalLM`` its map names (LLaDA and Dream map ``AutoModel`` to their LM), and a
+    built-in architecture by ``AutoModelForMaskedLM``. The mask token id: ``mask_token_id``, else
+    the tokenizer's, else ``config.mask_token_id``; none of them → ValueError. The pad id: the
+    tokenizer's pad token (``eos`` under ``pad_policy="eos"``), else the config's.
+
+    Returns ``(adapter, tokenizer, mask_token_id)``. Loading needs the files locally or a
+    reachable hub; ``trust_remote_code=True`` runs the repository's Python code.
+    """
+    import transformers
+
+    if auto_class is not None and not hasattr(transformers, auto_class):
+        raise ValueError(f"auto_class={auto_class!r} is not a transformers class")
+    config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if auto_class is None:
+        auto_map = getattr(config, "auto_map", None) or {}
+        if auto_map:
+            choices = [c for c in ("AutoModelForMaskedLM", "AutoModel", "AutoModelForCausalLM")
+                       if c in auto_map]
+            if not choices:
+                raise ValueError(f"{name_or_path}: auto_map names none of the LM classes, got "
+                                 f"{sorted(auto_map)}; pass auto_class=")
+            auto_class = choices[0]
+        else:
+            auto_class = "AutoModelForMaskedLM"
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    model = getattr(transformers, auto_class).from_pretrained(name_or_path, **kwargs)
+    model.to(device).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        tokenizer_name_or_path or name_or_path, trust_remote_code=trust_remote_code)
+    if mask_token_id is None:
+        mask_token_id = getattr(tokenizer, "mask_token_id", None)
+    if mask_token_id is None:
+        mask_token_id = _config_value(config, "mask_token_id")
+    if mask_token_id is None:
+        raise ValueError(f"{name_or_path}: neither the tokenizer nor the config names a mask "
+                         f"token; pass mask_token_id= (LLaDA: 126336)")
+    if (getattr(config, "model_type", "") or "").lower() == "dream" and logit_shift == 0:
+        warnings.warn("Dream models predict token i at position i-1: pass logit_shift=1",
+                      stacklevel=2)
+    if pad_policy == "eos":
+        pad = getattr(tokenizer, "eos_token_id", None)
+        pad = pad if pad is not None else _config_value(config, "eos_token_id")
+    else:
+        pad = getattr(tokenizer, "pad_token_id", None)
+        pad = pad if pad is not None else _config_value(config, "pad_token_id")
+    if isinstance(pad, (list, tuple)):
+        pad = pad[0] if pad else None
+    options = AdapterOptions(mask_token_id=int(mask_token_id), logit_shift=logit_shift,
+                             attention=attention, pad_policy=pad_policy,
+                             pad_token_id=None if pad is None else int(pad))
+    return HFAdapter(model, options), tokenizer, int(mask_token_id)
