@@ -241,3 +241,58 @@ def test_run_diagnostics_json_and_bad_designs():
         cost_aware(1.0, 0)
     with pytest.raises(ValueError, match="at least 2 examples"):
         run_diagnostics(model, take_examples(batch, [0]), estimator(Mirror()), design)
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    """A real tiny model after 30 training steps on arithmetic, and 24 of its examples."""
+    from dataclasses import replace
+
+    from maskdiff.config import OptimConfig
+    from maskdiff.runs import example_batch
+    from maskdiff.train import Trainer
+
+    from test_train import tiny
+
+    config = tiny(tmp_path_factory.mktemp("diag"))
+    config = replace(config, optim=OptimConfig(max_steps=30, warmup_steps=3, batch_size=16))
+    trainer = Trainer(config, quiet=True)
+    trainer.fit()
+    mask_id = trainer.task.tokenizer.mask_id
+    return trainer.model, example_batch(trainer.config, trainer.task, 24), mask_id
+
+
+def test_real_model_components_add_up_to_the_directly_measured_variance(trained_tiny):
+    from maskdiff.nested import nested_losses
+    from maskdiff.probe import estimator_loss_fn
+    from maskdiff.variance import total_variance
+
+    model, batch, mask_id = trained_tiny
+    estimator = Estimator(rate_sampler=Uniform(eps=0.05), masker=Bernoulli(), mask_token_id=mask_id)
+    decomposition, _ = decompose_estimator(model, batch, estimator, n_rates=6, n_masks=6, seed=1,
+                                           n_boot=300)
+    # Direct: independent (example, rate, mask) triples, one per example per round.
+    loss_fn = estimator_loss_fn(model, batch, estimator)
+    model.eval()
+    direct = np.concatenate([
+        nested_losses(loss_fn, n_examples=len(batch), rates=estimator.rate_sampler.sample,
+                      n_rates=1, n_masks=1, seed=100 + r, progress=False).ravel()
+        for r in range(40)])
+    model.train()
+    measured = total_variance(direct).variance
+    se = math.hypot(measured.se, decomposition.total.se)
+    assert abs(decomposition.total.value - measured.value) < 3 * se, (decomposition.total, measured)
+    A, B, C = decomposition.A.value, decomposition.B.value, decomposition.C.value
+    assert decomposition.total.value == pytest.approx(A + B + C)
+
+
+def test_real_model_mirror_has_a_smaller_masking_pattern_variance(trained_tiny):
+    model, batch, mask_id = trained_tiny
+    parts = {}
+    for name, masker in (("bernoulli", Bernoulli()), ("mirror", Mirror())):
+        estimator = Estimator(rate_sampler=Uniform(eps=0.05), masker=masker, mask_token_id=mask_id)
+        parts[name], _ = decompose_estimator(model, batch, estimator, n_rates=6, n_masks=6,
+                                             seed=1, n_boot=300)
+    standard, mirror = parts["bernoulli"].A, parts["mirror"].A
+    # Measured on this model: MIRROR's A is well under standard's (about half at this size).
+    assert mirror.value < standard.value - 2 * math.hypot(mirror.se, standard.se), (mirror, standard)
