@@ -57,10 +57,13 @@ def _batches(examples: Sequence, collate: Collate, batch_size: int, device):
 
 
 @torch.no_grad()
-def elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
-         rates_per_example: int = 4, seed: int = 1234, batch_size: int = 64,
-         normalizer: str = "eligible", eps: float = DEFAULT_EPS, device="cpu") -> EvalResult:
-    """The full-range objective over U[eps, 1] (SPEC §1, §8) with stratified rates and CRN."""
+def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
+                     rates_per_example: int = 4, seed: int = 1234, batch_size: int = 64,
+                     normalizer: str = "eligible", eps: float = DEFAULT_EPS,
+                     device="cpu") -> torch.Tensor:
+    """Each example's full-range ELBO term over U[eps, 1] (SPEC §1, §8), float64 (n,):
+    stratified rates and common random numbers. Two models scored on the same examples share
+    every draw, so their per-example difference gives a *paired* standard error."""
     if not examples:
         raise ValueError("cannot evaluate on an empty list of examples")
     if rates_per_example < 1:
@@ -84,7 +87,18 @@ def elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
             per_example.append(total / rates_per_example)
     finally:
         model.train(was_training)
-    return _summarise(torch.cat(per_example))
+    return torch.cat(per_example)
+
+
+def elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
+         rates_per_example: int = 4, seed: int = 1234, batch_size: int = 64,
+         normalizer: str = "eligible", eps: float = DEFAULT_EPS, device="cpu") -> EvalResult:
+    """The full-range objective over U[eps, 1] (SPEC §1, §8) with stratified rates and CRN:
+    the mean of :func:`per_example_elbo` and its standard error over examples."""
+    return _summarise(per_example_elbo(
+        model, examples, collate, mask_token_id=mask_token_id,
+        rates_per_example=rates_per_example, seed=seed, batch_size=batch_size,
+        normalizer=normalizer, eps=eps, device=device))
 
 
 @torch.no_grad()

@@ -30,11 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from maskdiff.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
-from maskdiff.masking import Bernoulli
+from maskdiff.evaluate import per_example_elbo
 from maskdiff.methods import method_estimator
-from maskdiff.objective import Estimator
-from maskdiff.samplers import DEFAULT_EPS, Window
-from maskdiff.seeding import BatchRandomness
 
 __all__ = [
     "PRESETS", "Setting", "WindowSweepPreset", "paired_delta", "per_example_elbo",
@@ -187,36 +184,6 @@ def _predict(preset: WindowSweepPreset, task, out_dir: Path, t_star: float | Non
     }
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record
-
-
-@torch.no_grad()
-def per_example_elbo(model, examples, collate, *, mask_token_id: int, rates_per_example: int,
-                     seed: int, batch_size: int = 64, normalizer: str = "eligible",
-                     eps: float = DEFAULT_EPS, device="cpu") -> torch.Tensor:
-    """Each example's full-range ELBO term, float64 (n,), drawn exactly as
-    :func:`maskdiff.evaluate.elbo` draws it (same strata, masks and seeds; its mean is elbo's
-    mean). Two models scored on the same examples share every draw, so their per-example
-    difference gives a *paired* standard error, far smaller than either model's own."""
-    was_training = model.training
-    model.eval()
-    edges = [eps + (1 - eps) * j / rates_per_example for j in range(rates_per_example + 1)]
-    estimators = [Estimator(rate_sampler=Window(edges[j], edges[j + 1], eps=eps),
-                            masker=Bernoulli(), mask_token_id=mask_token_id,
-                            normalizer=normalizer) for j in range(rates_per_example)]
-    out = []
-    try:
-        for start in range(0, len(examples), batch_size):
-            items = [(start + i, ex) for i, ex in enumerate(examples[start:start + batch_size])]
-            batch = collate(items).to(device)
-            indices = batch.example_index.tolist()
-            total = torch.zeros(len(batch), dtype=torch.float64)
-            for stratum, estimator in enumerate(estimators):
-                randomness = BatchRandomness.for_batch(seed, stratum, indices)
-                total += estimator(model, batch, randomness).values.double().cpu()
-            out.append(total / rates_per_example)
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
 
 
 def _run_one(setting: Setting, seed: int, preset: WindowSweepPreset, task, out_dir: Path,
