@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from maskdiff.commands import add_decoding_arguments
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
 from maskdiff.evaluate import causal_nll, elbo, pass_at_1
@@ -21,11 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--rates", type=int, default=8, help="stratified rates per example (ELBO)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the ELBO's common random numbers")
     p.add_argument("--pass-at-1", action="store_true", help="also generate and score answers")
-    p.add_argument("--gen-length", type=int, help="default: max_len minus the prompt's length")
-    p.add_argument("--steps", type=int, help="default: one token per step")
-    p.add_argument("--block-length", type=int, help="default: one block")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    p.add_argument("--device", default="cpu")
+    add_decoding_arguments(p)
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from maskdiff.commands import add_decoding_arguments
 from maskdiff.generate import generate_causal, generate_diffusion
 from maskdiff.runs import load_run
 
@@ -13,11 +14,7 @@ def register(subparsers) -> None:
                               description="Greedy generation from a run's best checkpoint.")
     p.add_argument("--run", required=True, help="a run directory written by maskdiff train")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
-    p.add_argument("--gen-length", type=int, help="default: max_len minus the prompt's length")
-    p.add_argument("--steps", type=int, help="default: one token per step")
-    p.add_argument("--block-length", type=int, help="default: one block")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    p.add_argument("--device", default="cpu")
+    add_decoding_arguments(p)
     p.set_defaults(func=run)
 
 

@@ -17,6 +17,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from maskdiff.commands import parse_ints
+
 _RUN_FIELDS = ("n", "k", "n_train", "n_val", "data_seed", "lr", "weight_decay", "batch_size",
                "max_steps", "eval_every", "grad_clip")
 
@@ -125,13 +127,7 @@ def run_sweep(args) -> int:
     from maskdiff.experiments.parity_sweep import run_parity_sweep
 
     preset, base = _base_config(args)
-    seeds = None
-    if args.seeds:
-        try:
-            seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
-        except ValueError as err:
-            raise ValueError(
-                f"--seeds must be comma-separated integers, got {args.seeds!r}") from err
+    seeds = parse_ints(args.seeds, "--seeds") if args.seeds else None
     out = Path(args.out or f"runs/parity-{preset.name}")
     results = run_parity_sweep(preset, out, seeds=seeds, base=base, progress=not args.quiet)
     print(f"\n(n,k)=({results['n']},{results['k']}), seeds {results['seeds']}: steps to "

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from maskdiff.commands import parse_ints
+
 
 def register(subparsers) -> None:
     from maskdiff.experiments.window_sweep import PRESETS
@@ -39,13 +41,7 @@ def run(args) -> int:
     from maskdiff.experiments.window_sweep import BASELINE, PRESETS, run_window_sweep
 
     preset = PRESETS[args.preset]
-    seeds = None
-    if args.seeds:
-        try:
-            seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
-        except ValueError as err:
-            raise ValueError(
-                f"--seeds must be comma-separated integers, got {args.seeds!r}") from err
+    seeds = parse_ints(args.seeds, "--seeds") if args.seeds else None
     if args.t_star is not None and not 0.0 <= args.t_star <= 1.0:
         raise ValueError(f"--t-star must lie in [0, 1], got {args.t_star}")
     out = Path(args.out or f"runs/window-sweep-{preset.name}")
