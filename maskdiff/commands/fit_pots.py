@@ -33,7 +33,7 @@ class TableInput:
     p_hat_direct: np.ndarray | None = None
     forward_passes: int | None = None
     seconds: float | None = None
-    source: dict | None = None  # the model it came from: run dir, training seconds
+    source: dict | None = None  # the model it came from (run dir, training seconds, ...)
 
 
 def table_from_file(args: argparse.Namespace) -> TableInput | None:
@@ -58,62 +58,29 @@ def table_from_file(args: argparse.Namespace) -> TableInput | None:
         forward_passes=doc.get("forward_passes"), seconds=doc.get("seconds"))
 
 
-def _model_and_data(args: argparse.Namespace):
-    """(model, TrainConfig, TaskData, run dir) of ``--run`` or ``--preset`` (trained into OUT/model)."""
-    from maskdiff.data.setup import load_task
-    from maskdiff.presets import preset
-    from maskdiff.runs import load_run
-    from maskdiff.train import Trainer
-
-    if args.run is not None:
-        loaded = load_run(args.run, device=args.device)
-        return loaded.model, loaded.config, load_task(loaded.config.data), Path(args.run)
-    config = preset(args.preset, out_dir=str(Path(args.out) / "model"), device=args.device)
-    trainer = Trainer(config, quiet=args.quiet)
-    trainer.fit(resume=True)
-    trainer.load_best()
-    return trainer.model, trainer.config, trainer.task, Path(config.out_dir)
-
-
 def table_from_model(args: argparse.Namespace) -> TableInput | None:
-    """Sources ``--run`` / ``--preset`` / ``--hf``: p̂ from the model's nested losses (SPEC §4)."""
+    """Sources ``--run`` / ``--preset`` / ``--hf``: p̂ from the model's nested losses (SPEC §4).
+
+    The model is loaded as ``maskdiff decompose`` loads it (:func:`maskdiff.sources.load_model_source`:
+    a preset is trained once into ``OUT/model`` and reused)."""
     if args.run is None and args.preset is None and args.hf is None:
         return None
     from maskdiff.ppots import model_p_hat
+    from maskdiff.sources import load_model_source
 
-    if args.hf is not None:
-        from maskdiff.hf import load_hf_source
-
-        if args.data is None:
-            raise ValueError("--hf needs --data FILE.jsonl (the rows to estimate p̂ on)")
-        hf = load_hf_source(args.hf, args.data, mask_token_id=args.mask_token_id,
-                            trust_remote_code=args.trust_remote_code, device=args.device)
-        model, batch, mask_id = hf.model, hf.batch(args.a), hf.mask_token_id
-        normalizer, source = "eligible", {"hf": args.hf, "data": str(args.data)}
-    else:
-        from maskdiff.runs import example_batch
-
-        model, config, task, run_dir = _model_and_data(args)
-        batch = example_batch(config, task, min(args.a, len(task.train)), split="train")
-        mask_id, normalizer, source = task.tokenizer.mask_id, config.estimator.normalizer, _source(run_dir)
-    measured = model_p_hat(model, batch, mask_token_id=mask_id, n_rates=args.b,
-                           n_masks=args.c, eps=args.eps or 1e-3, estimator=args.estimator,
-                           normalizer=normalizer, seed=args.seed,
-                           device=args.device, progress=not args.quiet)
+    source = load_model_source(run=args.run, preset=args.preset, hf=args.hf, data=args.data,
+                               mask_token_id=args.mask_token_id,
+                               trust_remote_code=args.trust_remote_code, out=args.out,
+                               device=args.device, quiet=args.quiet)
+    measured = model_p_hat(source.model, source.examples(args.a), mask_token_id=source.mask_token_id,
+                           n_rates=args.b, n_masks=args.c, eps=args.eps or 1e-3,
+                           estimator=args.estimator, normalizer=source.config.estimator.normalizer,
+                           seed=args.seed, device=args.device, progress=not args.quiet)
     phat = measured.phat
     return TableInput(t=phat.t, p_hat=phat.p_hat, estimator=phat.estimator, eps=args.eps or 1e-3,
                       p_hat_paper=phat.p_hat_paper, p_hat_direct=phat.p_hat_direct,
                       forward_passes=measured.forward_passes, seconds=measured.seconds,
-                      source=source)
-
-
-def _source(run_dir: Path) -> dict:
-    """Where the model came from and, when the run recorded it, how long it trained."""
-    info: dict = {"run": str(run_dir)}
-    results = run_dir / "results.json"
-    if results.exists():
-        info["training_seconds"] = json.loads(results.read_text()).get("seconds")
-    return info
+                      source=source.description)
 
 
 # Tried in order; exactly one must produce a table.
@@ -178,11 +145,11 @@ def run(args: argparse.Namespace) -> int:
     if table.source is not None:
         doc = json.loads((out / "ppots.json").read_text())
         doc["source"] = table.source
-        trained = table.source.get("training_seconds")
+        trained = table.source.get("seconds")  # the model's training time, when its run recorded it
         if trained:
             doc["cost_fraction"] = result.seconds / trained
             print(f"estimation + fit: {result.seconds:.1f}s = {100 * doc['cost_fraction']:.1f}% of "
-                  f"the {trained:.0f}s training run; {result.forward_passes} forward passes")
+                  f"the {trained:.1f}s training run; {result.forward_passes} forward passes")
         (out / "ppots.json").write_text(json.dumps(doc, indent=1) + "\n")
     plot_ppots(out / "ppots.png", result)
     params = "  ".join(f"{key}={value:.6g}" for key, value in result.epr.params.items())
