@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from maskdiff.checkpoint import latest_checkpoint, load_checkpoint
 from maskdiff.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.data.setup import load_task
 from maskdiff.evaluate import pass_at_1
@@ -196,7 +195,7 @@ class CompareJob:
             raise ValueError(f"task {task!r}: the starting data's vocabulary differs from the "
                              "fine-tuning data's; the protocol needs a shared tokenizer")
         trainer.fit(resume=True)  # a finished start run resumes at its last step: no work
-        weights = load_checkpoint(latest_checkpoint(Path(config.out_dir) / "checkpoints")).weights
+        weights = {name: value.detach().cpu().clone() for name, value in trainer.model.state_dict().items()}
         self._starts[key] = weights
         return weights
 
