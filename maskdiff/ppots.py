@@ -289,10 +289,9 @@ def load_ppots_json(path: str | Path) -> PPotsResult:
 def plot_ppots(path_png: str | Path, result: PPotsResult) -> None:
     """Left: p̂ (points, both estimators when known) with the EPR and poly7 shapes on the grid
     scale (sum 1 over the grid). Right: the sampling densities on [eps, 1] after mixing."""
-    import matplotlib
+    from maskdiff.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     direct = result.p_hat if result.estimator == "direct" else result.p_hat_direct

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from maskdiff.plotting import pyplot
+
 BASELINE = "standard"
 
 
@@ -64,17 +66,8 @@ def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None
                                  "n_layers": preset.base.model.n_layers}}}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_pass_at_1(path: Path, results: dict) -> None:
-    plt = _plt()
+    plt = pyplot()
     labels = list(results["methods"])
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.2), constrained_layout=True)
     for x, label in enumerate(labels):
@@ -110,11 +103,11 @@ def _save(fig, ax, path: Path, **labels) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
-    _plt().close(fig)
+    pyplot().close(fig)
 
 
 def plot_val_curves(path: Path, results: dict) -> None:
-    fig, ax = _plt().subplots(figsize=(7.5, 4.5), constrained_layout=True)
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5), constrained_layout=True)
     for k, label, runs in _diffusion_runs(results):
         steps = sorted({h["step"] for r in runs for h in r["history"]})
         grid = np.full((len(runs), len(steps)), np.nan)
@@ -130,7 +123,7 @@ def plot_val_curves(path: Path, results: dict) -> None:
 
 
 def plot_loss_per_bin(path: Path, results: dict) -> None:
-    fig, ax = _plt().subplots(figsize=(7.5, 4.5), constrained_layout=True)
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5), constrained_layout=True)
     for k, label, runs in _diffusion_runs(results):
         runs = [r for r in runs if r["loss_per_t_bin"]]
         if not runs:

@@ -201,10 +201,9 @@ def plot_components(path: str | Path, configurations: dict[str, dict[str, Any]])
     """Stacked bars of A, B, C (clipped at 0) per configuration (``decompose.json``'s
     ``configurations``), with the unbiased total's ±1 SE, the cost-aware total (× forward
     passes) and the batch-level per-example variance (n × Var of the batch mean) as markers."""
-    import matplotlib
+    from maskdiff.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(configurations)
     rows = [configurations[n] for n in names]
@@ -239,10 +238,9 @@ def plot_curves(path: str | Path, curves: dict[str, dict[str, Any]]) -> None:
     conditional on t and carry no w, so configurations that differ only in the rate sampler
     have identical curves (same seed): each distinct curve is drawn once, labelled with every
     configuration it belongs to."""
-    import matplotlib
+    from maskdiff.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups: list[tuple[list[str], dict[str, Any]]] = []
     for name, cur in curves.items():

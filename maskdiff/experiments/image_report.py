@@ -27,10 +27,9 @@ def _grid_images(samples: list[str], labels: list[int], levels: int, columns: in
 
 def plot_grid(path: Path, grid: np.ndarray, levels: int, title: str) -> None:
     """Rows: classes 0–9; columns: samples. Ink is dark on white (``gray_r``)."""
-    import matplotlib
+    from maskdiff.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows, cols = grid.shape[:2]
     fig, axes = plt.subplots(rows, cols, figsize=(max(4.0, 0.75 * cols + 0.9), 0.75 * rows + 0.6),
@@ -53,10 +52,9 @@ def plot_grid(path: Path, grid: np.ndarray, levels: int, title: str) -> None:
 
 def plot_scores(path: Path, results: dict) -> None:
     """One panel per score: each seed a dot, the mean a bar, per method."""
-    import matplotlib
+    from maskdiff.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     methods = list(results["methods"])
     keys = ("accuracy", "mean_prob", "frechet")

@@ -241,10 +241,9 @@ def _band(ax, steps, runs, color, ls, label):
 
 
 def write_plots(results: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
+    from maskdiff.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = list(results["summary"])
     colors = plt.get_cmap("tab10")

@@ -343,10 +343,9 @@ def run_window_sweep(preset: WindowSweepPreset, out_dir: str | Path, *,
 
 
 def write_plots(results: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
+    from maskdiff.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     summary = results["summary"]
     paths = []
