@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskdiff.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
-from maskdiff.methods import method_estimator
-from maskdiff.train import Trainer
+from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
+from maskdiff.core.methods import method_estimator
+from maskdiff.training.trainer import Trainer
 
 
 def bare_loop(model, batches, device, lr, grad_clip):

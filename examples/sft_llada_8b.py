@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from maskdiff.hf import ChatCollator, MaskedDiffusionTrainer, load_hf_model
-from maskdiff.masking import Mirror
+from maskdiff.core.masking import Mirror
 from maskdiff.ppots import SecondMomentTracker, estimate_ppots, load_ppots_json, save_ppots_json
-from maskdiff.samplers import Importance
+from maskdiff.core.samplers import Importance
 
 LLADA = "GSAI-ML/LLaDA-8B-Instruct"
 LLADA_MASK_ID = 126336

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maskdiff.answers import answers_match, clean_answer, extract_answer, gold_answer, pass_at_1
+from maskdiff.training.answers import answers_match, clean_answer, extract_answer, gold_answer, pass_at_1
 
 CLEANING = [
     # (raw, cleaned)                                   what it checks

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from maskdiff.batch import Batch
-from maskdiff.config import ComponentConfig, EstimatorConfig, diff_configs, from_dict, to_dict
+from maskdiff.core.batch import Batch
+from maskdiff.training.config import ComponentConfig, EstimatorConfig, diff_configs, from_dict, to_dict
 
 
 def test_estimator_config_round_trips_through_json_dict():

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from maskdiff.batch import Batch
-from maskdiff.control import BinEMA, VarianceProxy, build_control
-from maskdiff.masking import Bernoulli
-from maskdiff.objective import Estimator
-from maskdiff.samplers import Importance, Uniform
+from maskdiff.core.batch import Batch
+from maskdiff.core.control import BinEMA, VarianceProxy, build_control
+from maskdiff.core.masking import Bernoulli
+from maskdiff.core.objective import Estimator
+from maskdiff.core.samplers import Importance, Uniform
 
 
 def test_bin_ema_follows_a41_step_by_step():

@@ -1,4 +1,4 @@
-"""Tests of maskdiff.diagnostics (SPEC §2): the layer that turns (model, examples, estimator)
+"""Tests of maskdiff.diagnostics.estimators (SPEC §2): the layer that turns (model, examples, estimator)
 into the nested design, the batch and gradient variances. The variance math itself is tested in
 test_variance.py and the engine in test_nested.py; here the truths are closed forms of small
 models whose losses are known exactly, run through the estimators' own code."""
@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from maskdiff.batch import Batch
-from maskdiff.control import BinEMA
-from maskdiff.diagnostics import (
+from maskdiff.core.batch import Batch
+from maskdiff.core.control import BinEMA
+from maskdiff.diagnostics.estimators import (
     DiagnosticsDesign, cost_aware, decompose_estimator, decompose_loss_fn,
     estimator_batch_variance, estimator_gradient_variance, marginal_rate_draw, run_diagnostics,
     select_parameters, take_examples, warm_up_control,
 )
-from maskdiff.masking import Bernoulli, Mirror, MultiSample
-from maskdiff.objective import Estimator
-from maskdiff.samplers import Stratified, Uniform
-from maskdiff.seeding import generator_for
+from maskdiff.core.masking import Bernoulli, Mirror, MultiSample
+from maskdiff.core.objective import Estimator
+from maskdiff.core.samplers import Stratified, Uniform
+from maskdiff.core.seeding import generator_for
 
 V, L, MASK = 8, 24, 7  # vocabulary, length, mask id (never a data token)
 EPS = 0.05  # a rate floor that keeps E[1/t] moderate, so SEs are small at test sizes
@@ -248,9 +248,9 @@ def trained_tiny(tmp_path_factory):
     """A real tiny model after 30 training steps on arithmetic, and 24 of its examples."""
     from dataclasses import replace
 
-    from maskdiff.config import OptimConfig
-    from maskdiff.runs import example_batch
-    from maskdiff.train import Trainer
+    from maskdiff.training.config import OptimConfig
+    from maskdiff.training.runs import example_batch
+    from maskdiff.training.trainer import Trainer
 
     from test_train import tiny
 
@@ -263,9 +263,9 @@ def trained_tiny(tmp_path_factory):
 
 
 def test_real_model_components_add_up_to_the_directly_measured_variance(trained_tiny):
-    from maskdiff.nested import nested_losses
-    from maskdiff.probe import estimator_loss_fn
-    from maskdiff.variance import total_variance
+    from maskdiff.diagnostics.nested import nested_losses
+    from maskdiff.diagnostics.probe import estimator_loss_fn
+    from maskdiff.diagnostics.variance import total_variance
 
     model, batch, mask_id = trained_tiny
     estimator = Estimator(rate_sampler=Uniform(eps=0.05), masker=Bernoulli(), mask_token_id=mask_id)

@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from maskdiff.checkpoint import latest_checkpoint, load_checkpoint
-from maskdiff.config import ComponentConfig, EstimatorConfig, RefitConfig, save_json
-from maskdiff.train import Trainer
+from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint
+from maskdiff.training.config import ComponentConfig, EstimatorConfig, RefitConfig, save_json
+from maskdiff.training.trainer import Trainer
 
 from test_train import tiny
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from maskdiff.generate import generate_causal, generate_diffusion, transfer_schedule
+from maskdiff.training.generate import generate_causal, generate_diffusion, transfer_schedule
 from maskdiff.models import TransformerConfig, build_model
 
 VOCAB = 8

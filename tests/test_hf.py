@@ -16,17 +16,17 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from maskdiff.control import BinEMA  # noqa: E402
-from maskdiff.evaluate import elbo  # noqa: E402
+from maskdiff.core.control import BinEMA  # noqa: E402
+from maskdiff.training.evaluate import elbo  # noqa: E402
 from maskdiff.hf import (  # noqa: E402
     AdapterOptions, ChatCollator, HFAdapter, IndexedDataset, MaskedDiffusionCollator,
     MaskedDiffusionTrainer, batch_from_inputs, encode_chat, load_hf_model, syntax_token_ids,
 )
-from maskdiff.masking import Bernoulli, Mirror  # noqa: E402
-from maskdiff.objective import Estimator  # noqa: E402
+from maskdiff.core.masking import Bernoulli, Mirror  # noqa: E402
+from maskdiff.core.objective import Estimator  # noqa: E402
 from maskdiff.ppots import SecondMomentTracker  # noqa: E402
-from maskdiff.samplers import Importance, Stratified, Uniform  # noqa: E402
-from maskdiff.seeding import BatchRandomness  # noqa: E402
+from maskdiff.core.samplers import Importance, Stratified, Uniform  # noqa: E402
+from maskdiff.core.seeding import BatchRandomness  # noqa: E402
 
 VOCAB, MASK, PAD = 64, 63, 0
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from maskdiff.masking import ISAD, MASKERS, Bernoulli, Mirror, MultiSample, build_masker, syrm_eligible
+from maskdiff.core.masking import ISAD, MASKERS, Bernoulli, Mirror, MultiSample, build_masker, syrm_eligible
 
 MASK = 99
 DELIMITER = 7

@@ -1,4 +1,4 @@
-"""Tests of maskdiff.nested (SPEC §2, §4): the seed assignment and layout of the nested loss
+"""Tests of maskdiff.diagnostics.nested (SPEC §2, §4): the seed assignment and layout of the nested loss
 engine, and the decomposition of a synthetic model whose A, B, C are known, run through it."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from maskdiff.nested import draw_rates, nested_losses, rates_on_grid
-from maskdiff.seeding import derive_seed, generator_for
-from maskdiff.variance import decompose, total_variance
+from maskdiff.diagnostics.nested import draw_rates, nested_losses, rates_on_grid
+from maskdiff.core.seeding import derive_seed, generator_for
+from maskdiff.diagnostics.variance import decompose, total_variance
 
 
 def uniform_draw(n: int, generator: torch.Generator) -> torch.Tensor:

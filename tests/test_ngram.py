@@ -12,7 +12,7 @@ from contextlib import redirect_stdout
 import numpy as np
 import pytest
 
-from maskdiff import ngram
+from maskdiff.labs import ngram
 from maskdiff.commands import predict_window as predict_window_command
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskdiff.batch import Batch
-from maskdiff.masking import ISAD, Bernoulli, Mirror, MultiSample, View
-from maskdiff.objective import Estimator, per_example_loss
-from maskdiff.samplers import Importance, Stratified, Uniform
+from maskdiff.core.batch import Batch
+from maskdiff.core.masking import ISAD, Bernoulli, Mirror, MultiSample, View
+from maskdiff.core.objective import Estimator, per_example_loss
+from maskdiff.core.samplers import Importance, Stratified, Uniform
 
 MASK, VOCAB = 0, 6
 
@@ -140,10 +140,10 @@ def test_a_batch_with_nothing_masked_still_backpropagates_zero_gradients():
     trainer's backward() raised. It must give 0 with zero (not missing) gradients."""
     import torch
 
-    from maskdiff.batch import Batch
-    from maskdiff.masking import Bernoulli
-    from maskdiff.objective import Estimator
-    from maskdiff.samplers import Uniform
+    from maskdiff.core.batch import Batch
+    from maskdiff.core.masking import Bernoulli
+    from maskdiff.core.objective import Estimator
+    from maskdiff.core.samplers import Uniform
 
     net = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10))
     x0 = torch.randint(0, 9, (2, 5))

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 
 from maskdiff.commands import parity as parity_command
 from maskdiff.experiments import parity_sweep
-from maskdiff.parity import (
+from maskdiff.labs.parity import (
     MASK_ID, FixedRate, ParityModelConfig, ParityRunConfig, build_parity_model,
     evaluate_accuracy, make_parity_data, md_loss, parity_labels, steps_to_accuracy,
     supervised_loss, train_parity,
 )
-from maskdiff.samplers import Window
-from maskdiff.theory import ps_optimal_t1, signal_probability
+from maskdiff.core.samplers import Window
+from maskdiff.labs.theory import ps_optimal_t1, signal_probability
 
 
 def _gen(seed: int) -> torch.Generator:

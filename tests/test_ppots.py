@@ -23,7 +23,7 @@ from maskdiff.ppots import (
     epr_log_p, epr_p, estimate_p_hat, fit_epr, fit_poly7, fit_ppots, load_ppots_json, plot_ppots,
     poly_density, save_ppots_json,
 )
-from maskdiff.ppots_fit import _epr_objective, _kl, logsumexp
+from maskdiff.ppots.fit import _epr_objective, _kl, logsumexp
 
 EPS = 1e-3
 TRUE = dict(a=0.5, b=2.0, A=0.8, kappa=1.5, r=2.0, q=3.0, m=3.0)  # U-shaped, as in paper Fig. 2
@@ -403,9 +403,9 @@ def test_cli_fits_a_table_file(tmp_path, capsys):
 
 
 def test_importance_sampler_accepts_the_density_tuple():
-    samplers = pytest.importorskip("maskdiff.samplers")
+    samplers = pytest.importorskip("maskdiff.core.samplers")
     if not hasattr(samplers, "Importance"):
-        pytest.skip("maskdiff.samplers.Importance not written yet")
+        pytest.skip("maskdiff.core.samplers.Importance not written yet")
     result = _result()
     sampler = samplers.Importance(result.as_tuple(), mix=result.mix, eps=EPS)
     t, w = sampler.sample(200_000, torch.Generator().manual_seed(0))

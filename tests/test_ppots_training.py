@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from maskdiff.cli import main
-from maskdiff.config import RefitConfig
-from maskdiff.methods import density_from_ppots, method_estimator
+from maskdiff.training.config import RefitConfig
+from maskdiff.core.methods import density_from_ppots, method_estimator
 from maskdiff.ppots import (
     epr_density, estimate_ppots, fit_ppots, model_p_hat, save_ppots_json,
 )
-from maskdiff.runs import example_batch
-from maskdiff.samplers import Importance
-from maskdiff.train import Trainer
+from maskdiff.training.runs import example_batch
+from maskdiff.core.samplers import Importance
+from maskdiff.training.trainer import Trainer
 
 from test_train import _metrics, _weights, tiny
 
@@ -96,7 +96,7 @@ def test_online_refits_change_the_sampler_and_resume_exactly(tmp_path):
 
 
 def test_online_refit_needs_the_importance_sampler():
-    from maskdiff.config import ComponentConfig, EstimatorConfig
+    from maskdiff.training.config import ComponentConfig, EstimatorConfig
 
     with pytest.raises(ValueError, match="needs sampler 'importance'"):
         EstimatorConfig(sampler=ComponentConfig(name="uniform"), refit=RefitConfig())

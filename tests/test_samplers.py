@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from maskdiff.samplers import (
+from maskdiff.core.samplers import (
     SAMPLERS, Clipped, Importance, RateSampler, Stratified, Uniform, Window, build_sampler,
     stratum_layout,
 )

@@ -2,11 +2,11 @@
 
 import torch
 
-from maskdiff.batch import Batch
-from maskdiff.masking import Mirror
-from maskdiff.objective import Estimator
-from maskdiff.samplers import Importance, Stratified, Uniform
-from maskdiff.seeding import BatchRandomness, derive_seed
+from maskdiff.core.batch import Batch
+from maskdiff.core.masking import Mirror
+from maskdiff.core.objective import Estimator
+from maskdiff.core.samplers import Importance, Stratified, Uniform
+from maskdiff.core.seeding import BatchRandomness, derive_seed
 
 
 def test_derive_seed_is_deterministic_and_spreads():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
-from maskdiff import theory
+from maskdiff.labs import theory
 from maskdiff.commands import theory as theory_command
 
 PAPER_WEIGHTS = [0.7427, 0.2063, 0.0401, 0.0084, 0.0024]  # parity paper App. F.4 (WikiText)

@@ -6,11 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from maskdiff import checkpoint as checkpoint_module
-from maskdiff.checkpoint import latest_checkpoint, load_checkpoint
-from maskdiff.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
-from maskdiff.methods import method_estimator
-from maskdiff.train import Trainer, TrainingError
+from maskdiff.training import checkpoint as checkpoint_module
+from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint
+from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
+from maskdiff.core.methods import method_estimator
+from maskdiff.training.trainer import Trainer, TrainingError
 
 
 def tiny(tmp_path, **overrides) -> TrainConfig:

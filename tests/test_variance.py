@@ -1,4 +1,4 @@
-"""Tests of maskdiff.variance (SPEC §2, §4): closed-form truths on synthetic nested data, with
+"""Tests of maskdiff.diagnostics.variance (SPEC §2, §4): closed-form truths on synthetic nested data, with
 tolerances stated in standard errors and fixed seeds."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskdiff.variance import (
+from maskdiff.diagnostics.variance import (
     GradientVarianceAccumulator,
     batch_variance,
     conditional_curves,

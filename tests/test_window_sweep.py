@@ -126,8 +126,8 @@ def test_cli_with_a_given_t_star(tmp_path):
 
 def test_per_example_elbo_matches_evaluate_elbo_and_pairs_models():
 
-    from maskdiff.evaluate import elbo
-    from maskdiff.train import Trainer
+    from maskdiff.training.evaluate import elbo
+    from maskdiff.training.trainer import Trainer
 
     preset = window_sweep.PRESETS["smoke"]
     trainer = Trainer(preset.train, quiet=True)

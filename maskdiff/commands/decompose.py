@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from maskdiff.presets import PRESETS
+from maskdiff.training.presets import PRESETS
 
 
 def register(subparsers) -> None:
@@ -69,7 +69,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskdiff.diagnostics import DiagnosticsDesign
+    from maskdiff.diagnostics.estimators import DiagnosticsDesign
     from maskdiff.experiments.decompose import (
         DecomposeSettings, design_defaults, load_model_source, run_decompose,
     )

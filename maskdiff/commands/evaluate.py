@@ -8,8 +8,8 @@ from pathlib import Path
 from maskdiff.commands import add_decoding_arguments
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
-from maskdiff.evaluate import causal_nll, elbo, pass_at_1
-from maskdiff.runs import load_run
+from maskdiff.training.evaluate import causal_nll, elbo, pass_at_1
+from maskdiff.training.runs import load_run
 
 
 def register(subparsers) -> None:

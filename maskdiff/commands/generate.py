@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from maskdiff.commands import add_decoding_arguments
-from maskdiff.generate import generate_causal, generate_diffusion
-from maskdiff.runs import load_run
+from maskdiff.training.generate import generate_causal, generate_diffusion
+from maskdiff.training.runs import load_run
 
 
 def register(subparsers) -> None:

@@ -93,8 +93,8 @@ def _base_config(args):
 
 
 def run(args) -> int:
-    from maskdiff.parity import train_parity
-    from maskdiff.theory import ps_optimal_t1
+    from maskdiff.labs.parity import train_parity
+    from maskdiff.labs.theory import ps_optimal_t1
 
     _, base = _base_config(args)
     if args.objective == "supervised":

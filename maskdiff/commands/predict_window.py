@@ -3,7 +3,7 @@
     maskdiff predict-window --corpus wiki.train.tokens [--level word|char] [--min-count 5] [--json]
 
 Estimates the n-gram dependency shares w2..w6 (parity paper App. F.4; the estimator is documented
-in :mod:`maskdiff.ngram`) and ``t* = argmax Signal(t)``.
+in :mod:`maskdiff.labs.ngram`) and ``t* = argmax Signal(t)``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from maskdiff.ngram import ESTIMATORS, LEVELS, predict_window
+from maskdiff.labs.ngram import ESTIMATORS, LEVELS, predict_window
 
 
 def register(subparsers) -> None:

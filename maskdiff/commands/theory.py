@@ -10,7 +10,7 @@ import argparse
 import json
 import math
 
-from maskdiff import theory
+from maskdiff.labs import theory
 
 ORDERS = (2, 3, 4, 5, 6)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from maskdiff.config import TrainConfig, from_dict, load_json, to_dict
-from maskdiff.methods import CAUSAL, METHOD_NAMES, density_from_ppots, method_estimator
-from maskdiff.presets import PRESETS
+from maskdiff.training.config import TrainConfig, from_dict, load_json, to_dict
+from maskdiff.core.methods import CAUSAL, METHOD_NAMES, density_from_ppots, method_estimator
+from maskdiff.training.presets import PRESETS
 
 
 def register(subparsers) -> None:
@@ -96,7 +96,7 @@ def build_config(args) -> TrainConfig:
 
 
 def run(args) -> int:
-    from maskdiff.train import Trainer
+    from maskdiff.training.trainer import Trainer
 
     config = build_config(args)
     result = Trainer(config, quiet=args.quiet).fit(resume=not args.no_resume)

@@ -2,7 +2,7 @@
 
 - :class:`Example` / :class:`TaskData` -- a prompt and a response; a task's splits;
 - :class:`CharTokenizer`, :class:`BPETokenizer`, :func:`load_tokenizer` -- the tokenisers;
-- :class:`Collator` / :class:`CollatorConfig` -- examples to :class:`~maskdiff.batch.Batch`
+- :class:`Collator` / :class:`CollatorConfig` -- examples to :class:`~maskdiff.core.batch.Batch`
   with an explicit pad policy ("eos" or "exclude") and overflow policy ("truncate" or "error");
 - :func:`load_jsonl` / :func:`save_jsonl` -- SFT (``prompt``/``response``) or text rows;
 - :func:`make_task` -- "arithmetic", "table", "text" (see :mod:`maskdiff.data.tasks`).

@@ -1,4 +1,4 @@
-"""Turning examples into a :class:`~maskdiff.batch.Batch` (SPEC §1 "Eligibility").
+"""Turning examples into a :class:`~maskdiff.core.batch.Batch` (SPEC §1 "Eligibility").
 
 Layout of one row: ``[bos] prompt response [eos] padding``.
 
@@ -18,7 +18,7 @@ Layout of one row: ``[bos] prompt response [eos] padding``.
 - ``"exclude"``: one EOS ends the response (eligible, attended), then PAD tokens that are
   neither eligible nor attended. ``pad_to_longest`` may then shorten the batch to its longest
   row: padding carries no loss and no attention, and the masks' uniforms do not depend on L
-  (:meth:`maskdiff.seeding.BatchRandomness.mask_uniforms`), so the losses are unchanged.
+  (:meth:`maskdiff.core.seeding.BatchRandomness.mask_uniforms`), so the losses are unchanged.
 
 **Overflow policy** (``overflow``) for a row longer than ``max_len``: ``"error"`` raises a
 ValueError naming the example index and its length; ``"truncate"`` cuts the response's end
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from maskdiff.batch import Batch
+from maskdiff.core.batch import Batch
 from maskdiff.data.examples import Example
 from maskdiff.data.tokenizer import Tokenizer, check_ids
 

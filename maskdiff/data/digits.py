@@ -33,7 +33,7 @@ import numpy as np
 from maskdiff.data.char_tokenizer import CharTokenizer
 from maskdiff.data.collate import Collator, CollatorConfig
 from maskdiff.data.examples import Example, TaskData
-from maskdiff.seeding import derive_seed
+from maskdiff.core.seeding import derive_seed
 
 DIGITS_CODE = 10  # the task's seed code (issue 10); never change it: it changes every split
 IMAGE_SIDE = 8

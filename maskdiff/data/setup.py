@@ -1,4 +1,4 @@
-"""From a :class:`~maskdiff.config.DataConfig` to a :class:`TaskData`: built-in task or JSONL."""
+"""From a :class:`~maskdiff.training.config.DataConfig` to a :class:`TaskData`: built-in task or JSONL."""
 
 from __future__ import annotations
 

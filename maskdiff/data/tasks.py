@@ -24,7 +24,7 @@ from maskdiff.data import arithmetic, corpus, digits, tables
 from maskdiff.data.bpe import BPETokenizer
 from maskdiff.data.char_tokenizer import CharTokenizer
 from maskdiff.data.examples import Example, TaskData
-from maskdiff.seeding import derive_seed
+from maskdiff.core.seeding import derive_seed
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 TEXT_CODE = 3

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from maskdiff.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
+from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.data.setup import load_task
-from maskdiff.evaluate import pass_at_1
-from maskdiff.methods import CAUSAL, DENSITY_METHODS, METHOD_NAMES, ONLINE, method_estimator
+from maskdiff.training.evaluate import pass_at_1
+from maskdiff.core.methods import CAUSAL, DENSITY_METHODS, METHOD_NAMES, ONLINE, method_estimator
 
 DEFAULT_SEEDS = (42, 731, 20231)
 EQUAL_COMPUTE = "standard@2x"  # standard with twice the batch: the two-forward methods' compute
@@ -179,7 +179,7 @@ class CompareJob:
         key = (task, causal)
         if key in self._starts:
             return self._starts[key]
-        from maskdiff.train import Trainer
+        from maskdiff.training.trainer import Trainer
 
         base = self.preset.base
         data = self.data_config(task)
@@ -205,7 +205,7 @@ class CompareJob:
             return self._density
         from maskdiff.models import TransformerConfig, build_model
         from maskdiff.ppots import cached_density, estimate_ppots
-        from maskdiff.runs import example_batch
+        from maskdiff.training.runs import example_batch
 
         def estimate():
             task_name = self.preset.base.data.task
@@ -224,7 +224,7 @@ class CompareJob:
 
     def window(self) -> tuple[float, float]:
         """The signal-rich window: width ``window_width`` around t* of the task's responses."""
-        from maskdiff.ngram import predict_window
+        from maskdiff.labs.ngram import predict_window
 
         task = self.task(self.preset.base.data.task)
         text = "\n".join(ex.prompt + " " + ex.response for ex in task.train)
@@ -245,7 +245,7 @@ class CompareJob:
 
     def run_one(self, spec: RunSpec) -> dict:
         """Train (or resume) one run and score it; reuse a finished run's ``compare.json``."""
-        from maskdiff.train import Trainer
+        from maskdiff.training.trainer import Trainer
 
         config = self.run_config(spec)
         run_dir = Path(config.out_dir)

@@ -1,9 +1,9 @@
 """The variance-diagnostics experiment (SPEC §2): A/B/C, batch and gradient variance of every
 training method on one model, written as ``decompose.json`` + ``report.md`` + PNG plots.
 
-The model comes from :func:`maskdiff.sources.load_model_source` (a run directory, a preset
+The model comes from :func:`maskdiff.training.sources.load_model_source` (a run directory, a preset
 trained once into the output directory, or a Hugging Face model); the methods are the named estimator configurations of
-:mod:`maskdiff.methods`; the P-POTS density of the ``ppots`` methods is estimated once from the
+:mod:`maskdiff.core.methods`; the P-POTS density of the ``ppots`` methods is estimated once from the
 model itself (:func:`maskdiff.ppots.estimate_ppots`, cached as ``ppots.json``). Every
 configuration is measured on the same examples with the same seed (common random numbers).
 """
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from maskdiff.batch import Batch
-from maskdiff.diagnostics import DiagnosticsDesign, EstimatorDiagnostics, run_diagnostics, with_extra
-from maskdiff.methods import DENSITY_METHODS, method_estimator
-from maskdiff.objective import Estimator
-from maskdiff.sources import ModelSource, load_model_source  # noqa: F401  (re-exported)
+from maskdiff.core.batch import Batch
+from maskdiff.diagnostics.estimators import DiagnosticsDesign, EstimatorDiagnostics, run_diagnostics, with_extra
+from maskdiff.core.methods import DENSITY_METHODS, method_estimator
+from maskdiff.core.objective import Estimator
+from maskdiff.training.sources import ModelSource, load_model_source  # noqa: F401  (re-exported)
 
 __all__ = [
     "DEFAULT_METHODS", "DESIGN_DEFAULTS", "DecomposeSettings", "ModelSource", "build_method",
@@ -47,7 +47,7 @@ def ppots_density(source: ModelSource, batch: Batch, *, out: Path, n_rates: int,
     """The P-POTS density for the ``ppots`` methods: from ``path`` (a ``ppots.json``), else
     estimated once from the model on ``batch`` (SPEC §4; ``n_rates`` grid rates × ``n_masks``
     masks) and cached as ``out/ppots.json`` (reused when its settings match)."""
-    from maskdiff.methods import density_from_ppots
+    from maskdiff.core.methods import density_from_ppots
     from maskdiff.ppots import estimate_ppots, save_ppots_json
 
     if path is not None:
@@ -70,7 +70,7 @@ def build_method(name: str, source: ModelSource,
                  density: dict[str, list[float]] | None) -> tuple[Estimator | None, str | None]:
     """The estimator of method ``name`` for ``source``'s model and data, or ``(None, reason)``
     when the method does not apply (SyRM on a task without syntax tokens)."""
-    from maskdiff.train import resolve_estimator
+    from maskdiff.training.trainer import resolve_estimator
 
     if name == "syrm" and not source.task.syntax_tokens:
         return None, (f"task {source.task.name!r} has no syntax tokens (SyRM needs markup, e.g. "

@@ -15,7 +15,7 @@ Protocol (issue 10):
    two-forward methods (MIRROR, P-POTS+MIRROR) spend twice the forward passes; ``standard@2x``
    (standard with twice the batch) is the equal-compute control.
 4. Each run's best checkpoint draws ``samples_per_class`` images per class with the
-   low-confidence decoder (:func:`maskdiff.generate.generate_diffusion`). The decoder is greedy;
+   low-confidence decoder (:func:`maskdiff.training.generate.generate_diffusion`). The decoder is greedy;
    to draw *samples* the model is wrapped by :class:`GumbelSampling`, which adds Gumbel noise of
    temperature ``T`` to its logits (Gumbel-max: the argmax is a draw from ``softmax(logits/T)``)
    and restricts them to the grey-level tokens. The noised logits also set the decoder's
@@ -42,15 +42,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from maskdiff.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
+from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.data.digits import (
     N_PIXELS, PROMPT_WIDTH, class_prompt, digits_task, ids_to_images, image_collator,
     image_to_text, level_token_ids, text_to_image,
 )
 from maskdiff.experiments.image_eval import ClassifierConfig, DigitEvaluator
-from maskdiff.generate import generate_diffusion
-from maskdiff.methods import DENSITY_METHODS, METHOD_NAMES, method_estimator
-from maskdiff.seeding import generator_for
+from maskdiff.training.generate import generate_diffusion
+from maskdiff.core.methods import DENSITY_METHODS, METHOD_NAMES, method_estimator
+from maskdiff.core.seeding import generator_for
 
 DEFAULT_SEEDS = (42, 731, 20231)
 EQUAL_COMPUTE = "standard@2x"  # standard with twice the batch: the two-forward methods' compute
@@ -232,7 +232,7 @@ class ImageJob:
         return self._evaluator
 
     def _trainer(self, config: TrainConfig, init_weights: dict | None = None):
-        from maskdiff.train import Trainer
+        from maskdiff.training.trainer import Trainer
 
         trainer = Trainer(config, task=self.task, init_weights=init_weights, quiet=True)
         # Only the 64 image tokens are eligible: no end-of-response EOS (the run's own collator
@@ -264,7 +264,7 @@ class ImageJob:
     def start_weights(self) -> dict[str, torch.Tensor]:
         """The cached starting checkpoint: the last step of the standard pre-training run."""
         if self._start is None:
-            from maskdiff.checkpoint import latest_checkpoint, load_checkpoint
+            from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint
 
             config = self.start_config()
             done = Path(config.out_dir) / "results.json"

@@ -27,7 +27,7 @@ from torch import nn
 
 from maskdiff.data.digits import N_PIXELS, examples_to_arrays
 from maskdiff.data.examples import Example
-from maskdiff.seeding import generator_for
+from maskdiff.core.seeding import generator_for
 
 N_CLASSES = 10
 CLASSIFIER_STREAM = 7  # seed stream of the classifier (init, batch order)

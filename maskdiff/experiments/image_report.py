@@ -155,7 +155,7 @@ def write_report(out_dir: Path, results: dict, records: list[dict], task) -> Non
         f"{setup['pretrain_steps']} standard steps (lr {setup['pretrain_lr']}); each run "
         f"{setup['optim']['max_steps']} steps × batch {setup['optim']['batch_size']} "
         f"(lr {setup['optim']['lr']}), best validation-ELBO checkpoint.",
-        f"- Generation: low-confidence decoder (`maskdiff.generate.generate_diffusion`), "
+        f"- Generation: low-confidence decoder (`maskdiff.training.generate.generate_diffusion`), "
         f"{setup['gen_steps']} steps, block length {setup['block_length']}, Gumbel-max sampling "
         f"at temperature {setup['temperature']} restricted to grey-level tokens; "
         f"{setup['samples_per_class']} images per class per run.",

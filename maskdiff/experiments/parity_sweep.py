@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from maskdiff.parity import ParityModelConfig, ParityRunConfig, steps_to_accuracy, train_parity
-from maskdiff.theory import ps_optimal_t1, signal_optimal_rate, signal_probability
+from maskdiff.labs.parity import ParityModelConfig, ParityRunConfig, steps_to_accuracy, train_parity
+from maskdiff.labs.theory import ps_optimal_t1, signal_optimal_rate, signal_probability
 
 __all__ = [
     "PRESETS", "ParitySetting", "ParitySweepPreset", "curves_on_grid", "paper_settings",

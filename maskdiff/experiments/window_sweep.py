@@ -3,10 +3,10 @@
 The tiny maskdiff transformer is trained on the natural-text corpus task (``"text"``) with the
 full range U[0,1] (the ``standard`` method) and with the ``window`` method on each of the ten
 intervals of width 0.1 ([0,0.1], ..., [0.9,1]) plus the interval of the same width centred on
-the corpus' predicted signal-rich rate ``t*`` (:func:`maskdiff.ngram.predict_window`, the
+the corpus' predicted signal-rich rate ``t*`` (:func:`maskdiff.labs.ngram.predict_window`, the
 ``maskdiff predict-window`` estimator, on the training split, clipped to [0,1]). Every setting
 trains for the same number of steps with the same seeds; the test loss is ALWAYS the full-range
-ELBO over U[eps,1] (:func:`maskdiff.evaluate.elbo`) with its standard error, on the same test
+ELBO over U[eps,1] (:func:`maskdiff.training.evaluate.elbo`) with its standard error, on the same test
 examples with common random numbers.
 
 Outputs in the output directory: ``report.md``, ``results.json``, ``test_loss_vs_window.png``
@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from maskdiff.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
-from maskdiff.evaluate import per_example_elbo
-from maskdiff.methods import method_estimator
+from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
+from maskdiff.training.evaluate import per_example_elbo
+from maskdiff.core.methods import method_estimator
 
 __all__ = [
     "PRESETS", "Setting", "WindowSweepPreset", "paired_delta", "per_example_elbo",
@@ -169,7 +169,7 @@ def _predict(preset: WindowSweepPreset, task, out_dir: Path, t_star: float | Non
         if record.get("source") == "corpus" and record.get("corpus_chars") == preset.corpus_chars:
             return record
     from maskdiff.data.corpus import load_corpus
-    from maskdiff.ngram import predict_window
+    from maskdiff.labs.ngram import predict_window
 
     text = load_corpus("train")
     if preset.corpus_chars is not None:
@@ -189,15 +189,15 @@ def _predict(preset: WindowSweepPreset, task, out_dir: Path, t_star: float | Non
 def _run_one(setting: Setting, seed: int, preset: WindowSweepPreset, task, out_dir: Path,
              device: str) -> dict:
     """Train (or resume) one (setting, seed) run and score it on the test set."""
-    from maskdiff.evaluate import elbo
-    from maskdiff.train import Trainer
+    from maskdiff.training.evaluate import elbo
+    from maskdiff.training.trainer import Trainer
 
     run_dir = out_dir / "runs" / f"{setting.slug}-s{seed}"
     done = run_dir / "test.json"
     if done.exists():
         record = json.loads(done.read_text())
         if "test_per_example" not in record:  # written before per-example values were kept
-            from maskdiff.runs import load_run, make_collator
+            from maskdiff.training.runs import load_run, make_collator
 
             loaded = load_run(run_dir, which="latest", device=device)
             record["test_per_example"] = per_example_elbo(
@@ -440,7 +440,7 @@ def write_report(results: dict, out_dir: Path, preset: WindowSweepPreset) -> Pat
         "Parity paper §5.1 / Fig. 3 (SPEC §10): the tiny maskdiff transformer on the natural-text "
         "task (World English Bible, char-level) trained with U[0,1] and with t ~ U[lo, hi] on each "
         "width-0.1 interval plus the interval centred on the corpus' predicted t*. Test loss is "
-        "always the full-range ELBO over U[1e-3, 1] (maskdiff.evaluate.elbo), same test examples "
+        "always the full-range ELBO over U[1e-3, 1] (maskdiff.training.evaluate.elbo), same test examples "
         "and masks for every run.",
         "",
         f"- model: d_model={train['model']['d_model']}, n_layers={train['model']['n_layers']}, "

@@ -12,10 +12,10 @@ Three pieces, each usable alone:
   :class:`ChatCollator` (prompt/response or chat ``messages``: the eligible mask is the
   assistant turns, the SyRM syntax mask comes from a list of syntax tokens).
 - :class:`MaskedDiffusionTrainer`, a ``transformers.Trainer`` whose loss is maskdiff's own
-  :class:`~maskdiff.objective.Estimator`, with rates and masks from
-  :class:`~maskdiff.seeding.BatchRandomness` keyed on (seed, global step, example index): the
+  :class:`~maskdiff.core.objective.Estimator`, with rates and masks from
+  :class:`~maskdiff.core.seeding.BatchRandomness` keyed on (seed, global step, example index): the
   same numbers maskdiff's trainer computes, on any number of ranks, with gradient accumulation,
-  and after a resume. It logs the per-t-bin statistics of :mod:`maskdiff.train` and can refit
+  and after a resume. It logs the per-t-bin statistics of :mod:`maskdiff.training.trainer` and can refit
   a P-POTS importance density online (SPEC §4 [beyond]).
 
 ``transformers`` is imported lazily by the functions that need it, so ``import maskdiff.hf``

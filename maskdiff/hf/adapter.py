@@ -15,7 +15,7 @@ from torch import nn
 PAD_POLICIES = ("ignore", "eos")
 ATTENTION_FORMATS = ("2d", "4d", "none")
 CHAT_METHODS = ("auto", "template", "diff")
-T_BINS = 10  # the bins of maskdiff.train's loss_per_t_bin
+T_BINS = 10  # the bins of maskdiff.training.trainer's loss_per_t_bin
 STATE_FILE = "maskdiff_state.pt"
 
 

@@ -8,14 +8,14 @@ from typing import Any
 
 import torch
 
-from maskdiff.batch import Batch
+from maskdiff.core.batch import Batch
 from maskdiff.hf.adapter import CHAT_METHODS, PAD_POLICIES
 
 
 # ----------------------------------------------------------------------------- collators
 class IndexedDataset(torch.utils.data.Dataset):
     """A map-style data set whose rows gain ``"example_index"``: their index, which seeds their
-    rates and masks (maskdiff.seeding). The trainer wraps its data sets in it."""
+    rates and masks (maskdiff.core.seeding). The trainer wraps its data sets in it."""
 
     def __init__(self, dataset: Any) -> None:
         if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
@@ -115,12 +115,12 @@ class MaskedDiffusionCollator:
         return out
 
     def batch(self, rows: Sequence[Mapping[str, Any]]) -> Batch:
-        """The same rows as a :class:`~maskdiff.batch.Batch` (for maskdiff's own tools)."""
+        """The same rows as a :class:`~maskdiff.core.batch.Batch` (for maskdiff's own tools)."""
         return batch_from_inputs(self(rows))
 
 
 def batch_from_inputs(inputs: Mapping[str, torch.Tensor]) -> Batch:
-    """The trainer's input dict (a collator's output) as a :class:`~maskdiff.batch.Batch`."""
+    """The trainer's input dict (a collator's output) as a :class:`~maskdiff.core.batch.Batch`."""
     missing = [k for k in ("input_ids", "attention_mask", "eligible", "example_index") if k not in inputs]
     if missing:
         raise ValueError(f"inputs lack {missing}: use MaskedDiffusionCollator or ChatCollator")
@@ -310,7 +310,7 @@ def hf_batch(tokenizer: Any, rows: Sequence[Mapping[str, Any]], *, pad_policy: s
              pad_token_id: int | None = None, max_length: int | None = None,
              syntax_tokens: Iterable[str | int] | None = None, method: str = "auto",
              first_index: int = 0) -> Batch:
-    """Rows (see :func:`encode_row`) → a :class:`~maskdiff.batch.Batch` for maskdiff's tools
+    """Rows (see :func:`encode_row`) → a :class:`~maskdiff.core.batch.Batch` for maskdiff's tools
     (``model_p_hat``/``estimate_ppots``, ``variance.decompose``) on a HF model. Example indices
     are ``first_index, first_index + 1, ...`` (they seed the draws)."""
     if pad_token_id is None:

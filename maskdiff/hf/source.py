@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maskdiff.batch import Batch
+from maskdiff.core.batch import Batch
 from maskdiff.hf.adapter import HFAdapter, load_hf_model
 from maskdiff.hf.collate import hf_batch
 

@@ -24,15 +24,15 @@ from maskdiff.hf.collate import (
     MaskedDiffusionCollator,
     batch_from_inputs,
 )
-from maskdiff.masking import Bernoulli, Masker
-from maskdiff.objective import NORMALIZERS, Estimator
-from maskdiff.samplers import DEFAULT_EPS, RateSampler, Window
-from maskdiff.seeding import BatchRandomness
+from maskdiff.core.masking import Bernoulli, Masker
+from maskdiff.core.objective import NORMALIZERS, Estimator
+from maskdiff.core.samplers import DEFAULT_EPS, RateSampler, Window
+from maskdiff.core.seeding import BatchRandomness
 
 
 # ----------------------------------------------------------------------------- trainer
 class _Window:
-    """The statistics maskdiff.train logs between two log lines (loss_per_t_bin, masked_ce)."""
+    """The statistics maskdiff.training.trainer logs between two log lines (loss_per_t_bin, masked_ce)."""
 
     def __init__(self) -> None:
         self.reset()
@@ -107,10 +107,10 @@ def _make_trainer_class():
         Args (besides ``transformers.Trainer``'s own):
             model: a HF model or PEFT model (wrapped in :class:`HFAdapter` with the options
                 below), or an :class:`HFAdapter` (its options are used, its ``.model`` trained).
-            rate_sampler, masker: the estimator's sampler and masker (maskdiff.samplers,
-                maskdiff.masking); P-POTS+MIRROR is ``Importance(density)`` + ``Mirror()``.
+            rate_sampler, masker: the estimator's sampler and masker (maskdiff.core.samplers,
+                maskdiff.core.masking); P-POTS+MIRROR is ``Importance(density)`` + ``Mirror()``.
             mask_token_id: the mask id (default: the adapter's, else ``model.config``'s).
-            control: optional control variate (:class:`maskdiff.control.BinEMA`), updated once
+            control: optional control variate (:class:`maskdiff.core.control.BinEMA`), updated once
                 per optimiser step from the whole global batch, as maskdiff's trainer does.
             normalizer: ``"eligible"``, ``"sequence"`` or ``"none"``; ``syntax_eligible``: SyRM.
             seed: keys the rates and masks with (global step, example index); default
@@ -118,19 +118,19 @@ def _make_trainer_class():
             ppots_tracker, refit_every: online P-POTS (SPEC §4 [beyond]): the tracker is fed
                 every step's ``(t, l, w)`` and every ``refit_every`` steps EPR is refitted and
                 handed to ``rate_sampler.set_density``; ``refit_min_count`` and
-                ``refit_restarts`` as in :class:`maskdiff.config.RefitConfig`.
+                ``refit_restarts`` as in :class:`maskdiff.training.config.RefitConfig`.
             logit_shift, attention, pad_token_id, pad_policy, forward_kwargs: adapter options
                 (:class:`AdapterOptions`) when ``model`` is not an adapter.
             eval_rates_per_example, eval_seed: evaluation is the full-range objective over
                 U[eps, 1] with stratified rates and common random numbers, exactly
-                :func:`maskdiff.evaluate.elbo`; it never uses the training sampler's weights.
+                :func:`maskdiff.training.evaluate.elbo`; it never uses the training sampler's weights.
 
         Data: map-style data sets of rows ``{"input_ids", "eligible", ["syntax"]}`` (or chat
         rows with ``data_collator=ChatCollator(...)``); they are wrapped in
         :class:`IndexedDataset` so each row's index seeds its draws. Logged every
         ``logging_steps``: ``loss`` (the mean of the estimator's values), ``loss_per_t_bin_j``
         (mean raw loss of the examples with ``t`` in ``(j/10, (j+1)/10]``), ``masked_ce``,
-        ``variance_proxy`` (SPEC §7) and ``tokens_per_s``, as maskdiff.train logs them; at a
+        ``variance_proxy`` (SPEC §7) and ``tokens_per_s``, as maskdiff.training.trainer logs them; at a
         refit step ``ppots_refit`` and ``ppots_kl``. Sampler density, control variate, proxy
         and tracker are saved with every checkpoint (``maskdiff_state.pt``) and restored on
         resume, so a resumed run computes what the uninterrupted one does.
@@ -145,7 +145,7 @@ def _make_trainer_class():
                      logit_shift: int = 0, attention: str = "2d", pad_token_id: int | None = None,
                      pad_policy: str = "ignore", forward_kwargs: Mapping[str, Any] | None = None,
                      eval_rates_per_example: int = 4, eval_seed: int = 1234, **kwargs) -> None:
-            from maskdiff.control import VarianceProxy
+            from maskdiff.core.control import VarianceProxy
 
             if model is None:
                 raise ValueError("model is required (model_init is not supported)")
@@ -325,7 +325,7 @@ def _make_trainer_class():
                         logs["ppots_refit"], logs["ppots_kl"] = last["refit"], last["kl"]
             super().log(logs, start_time)
 
-        # -- evaluation: the full-range objective (maskdiff.evaluate.elbo) ------------------
+        # -- evaluation: the full-range objective (maskdiff.training.evaluate.elbo) ------------------
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             inputs = self._prepare_inputs(inputs)
             batch = batch_from_inputs(inputs)

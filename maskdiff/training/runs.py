@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from maskdiff.checkpoint import latest_checkpoint, load_checkpoint
-from maskdiff.config import TrainConfig, from_dict, to_dict
-from maskdiff.batch import Batch
+from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint
+from maskdiff.training.config import TrainConfig, from_dict, to_dict
+from maskdiff.core.batch import Batch
 from maskdiff.data import Collator, CollatorConfig, TaskData, load_tokenizer, single_token_ids
 from maskdiff.models import TransformerConfig, build_model
 

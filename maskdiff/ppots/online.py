@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from maskdiff.ppots_fit import (
+from maskdiff.ppots.fit import (
     MIN_GRID_POINTS, MIN_TABLE_POINTS, DensityTable, EPRFit, check_table, epr_density, fit_epr,
 )
 
@@ -168,9 +168,9 @@ class SecondMomentTracker:
 
 
 class OnlineRefitter:
-    """Keeps an :class:`~maskdiff.samplers.Importance` sampler's density fresh during training
+    """Keeps an :class:`~maskdiff.core.samplers.Importance` sampler's density fresh during training
     (SPEC §4 [beyond]): tracks ``E[l² | t]`` from the training losses and refits EPR every
-    ``refit_every`` steps. ``config`` is a :class:`maskdiff.config.RefitConfig`.
+    ``refit_every`` steps. ``config`` is a :class:`maskdiff.training.config.RefitConfig`.
 
     Every rank calls :meth:`after_step` with its *local* per-example ``t``, plain loss ``l`` and
     weight ``w``; the statistics are all-reduced at once, so every rank fits the same table with

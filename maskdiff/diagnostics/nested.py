@@ -3,8 +3,8 @@ estimation (SPEC §4).
 
 For a examples, b rates per example and c mask draws per (example, rate) it evaluates a
 caller-supplied ``loss_fn`` on every triple, without gradient, in batches, and returns the
-``(a, b, c)`` array that :func:`maskdiff.variance.decompose` and
-:func:`maskdiff.variance.conditional_curves` consume. It knows nothing about models: the
+``(a, b, c)`` array that :func:`maskdiff.diagnostics.variance.decompose` and
+:func:`maskdiff.diagnostics.variance.conditional_curves` consume. It knows nothing about models: the
 ``loss_fn`` builds the views and calls the model.
 
 Randomness: triple ``(i, j, k)`` gets the mask seed ``derive_seed(seed, i, j, k)``; drawn rates of
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from maskdiff.seeding import STREAM_RATE, derive_seed, generator_for
+from maskdiff.core.seeding import STREAM_RATE, derive_seed, generator_for
 
 __all__ = ["LossFn", "RateDraw", "draw_rates", "nested_losses", "rates_on_grid"]
 
@@ -66,7 +66,7 @@ def draw_rates(
     with ``g_i = generator_for(seed, STREAM_RATE, i)`` (w = 1 when ``draw`` returns t only).
 
     These are exactly the rates :func:`nested_losses` uses for a callable ``rates`` with the
-    same ``seed``. For the random-rate design of :func:`maskdiff.variance.decompose`, ``draw``
+    same ``seed``. For the random-rate design of :func:`maskdiff.diagnostics.variance.decompose`, ``draw``
     must return i.i.d. rates (Uniform, Importance without stratification; not Stratified).
     """
     n_examples = _positive_int(n_examples, "n_examples")

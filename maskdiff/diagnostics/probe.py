@@ -1,19 +1,19 @@
 """Model probes for the nested loss engine: the per-example value a training estimator
 averages, at given rates and mask seeds, without gradient.
 
-:func:`maskdiff.nested.nested_losses` knows nothing about models; :func:`estimator_loss_fn`
+:func:`maskdiff.diagnostics.nested.nested_losses` knows nothing about models; :func:`estimator_loss_fn`
 turns (model, collated examples, estimator) into the ``loss_fn`` it calls. Both the P-POTS
 estimation (SPEC §4) and the variance decomposition (SPEC §2) use it, so they measure exactly
-what :class:`maskdiff.objective.Estimator` trains on.
+what :class:`maskdiff.core.objective.Estimator` trains on.
 """
 
 from __future__ import annotations
 
 import torch
 
-from maskdiff.batch import Batch
-from maskdiff.nested import LossFn
-from maskdiff.objective import Estimator, masked_token_losses, normalizer_counts
+from maskdiff.core.batch import Batch
+from maskdiff.diagnostics.nested import LossFn
+from maskdiff.core.objective import Estimator, masked_token_losses, normalizer_counts
 
 __all__ = ["estimator_loss_fn"]
 

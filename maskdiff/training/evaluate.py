@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from maskdiff.answers import answers_match, extract_answer, gold_answer
-from maskdiff.batch import Batch
-from maskdiff.generate import generate_causal, generate_diffusion
-from maskdiff.masking import Bernoulli
+from maskdiff.training.answers import answers_match, extract_answer, gold_answer
+from maskdiff.core.batch import Batch
+from maskdiff.training.generate import generate_causal, generate_diffusion
+from maskdiff.core.masking import Bernoulli
 from maskdiff.models.transformer import causal_lm_loss
-from maskdiff.objective import Estimator
-from maskdiff.samplers import DEFAULT_EPS, Window
-from maskdiff.seeding import BatchRandomness
+from maskdiff.core.objective import Estimator
+from maskdiff.core.samplers import DEFAULT_EPS, Window
+from maskdiff.core.seeding import BatchRandomness
 
 Collate = Callable[[Sequence[tuple[int, object]]], Batch]
 

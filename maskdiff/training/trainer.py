@@ -21,19 +21,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from maskdiff import distributed
-from maskdiff.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from maskdiff.config import (
+from maskdiff.training import distributed
+from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from maskdiff.training.config import (
     RESUME_FREE_FIELDS, ComponentConfig, EstimatorConfig, TrainConfig, diff_configs, to_dict,
 )
-from maskdiff.control import VarianceProxy
+from maskdiff.core.control import VarianceProxy
 from maskdiff.data import TaskData
 from maskdiff.data.setup import load_task
-from maskdiff.evaluate import EvalResult, causal_nll, elbo
+from maskdiff.training.evaluate import EvalResult, causal_nll, elbo
 from maskdiff.models import TransformerConfig, build_model
 from maskdiff.models.transformer import causal_lm_loss
-from maskdiff.runs import TOKENIZER_FILE, make_collator
-from maskdiff.seeding import BatchRandomness, generator_for
+from maskdiff.training.runs import TOKENIZER_FILE, make_collator
+from maskdiff.core.seeding import BatchRandomness, generator_for
 
 STREAM_DATA_ORDER = 4
 T_BINS = 10
@@ -103,7 +103,7 @@ class CausalObjective:
     rate_sampler = None
 
     def __call__(self, model, batch, randomness, update_control=False):
-        from maskdiff.objective import EstimatorOutput
+        from maskdiff.core.objective import EstimatorOutput
 
         loss = causal_lm_loss(model(batch.x0, batch.attention_mask), batch.x0, batch.eligible)
         ones = torch.ones_like(loss.detach())
@@ -155,7 +155,7 @@ class Trainer:
             mask_token_id=tok.mask_id)
         self.refitter = None
         if not self.causal and self.config.estimator.refit is not None:
-            from maskdiff.ppots_online import OnlineRefitter
+            from maskdiff.ppots.online import OnlineRefitter
             self.refitter = OnlineRefitter(self.config.estimator.refit, self.estimator.rate_sampler)
         self.ddp = distributed.wrap(self.model, self.device)
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from maskdiff.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
+from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
 
 PRESETS: dict[str, TrainConfig] = {
     # Exercises the whole path (train, evaluate, checkpoint) in well under 30 s on 2 CPU cores.

@@ -18,7 +18,7 @@ class Batch:
         attention_mask: (B, L) bool, True on real tokens, False on padding the model must ignore.
             Under LLaDA's pad policy, EOS padding of responses is real (True) and eligible.
         example_index: (B,) long, each example's global index in its data set: it seeds the
-            example's rates and masks (see :mod:`maskdiff.seeding`).
+            example's rates and masks (see :mod:`maskdiff.core.seeding`).
         syntax: optional (B, L) bool, the prompt's syntax tokens (SyRM's extra eligibility).
     """
 

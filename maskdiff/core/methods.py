@@ -1,7 +1,7 @@
 """The named training methods of the benchmarks (SPEC §11), as estimator configurations.
 
 A method is configuration, never a branch in the training loop: each name maps to an
-:class:`~maskdiff.config.EstimatorConfig` (and, for the autoregressive twin, a causal model).
+:class:`~maskdiff.training.config.EstimatorConfig` (and, for the autoregressive twin, a causal model).
 P-POTS methods need a fitted density: pass it as ``density`` (a ``{"t": [...], "p": [...]}``
 table; :func:`density_from_ppots` makes one from a ``ppots.json``). ``ppots_online`` starts from
 that density, or from the uniform one when none is given, and refits it during training from
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from maskdiff.config import ComponentConfig, EstimatorConfig, RefitConfig
+from maskdiff.training.config import ComponentConfig, EstimatorConfig, RefitConfig
 
 C = ComponentConfig
 

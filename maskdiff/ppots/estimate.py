@@ -1,9 +1,8 @@
-"""P-POTS estimation (SPEC §4; variance paper §3.1.1, A.5.2): p̂ from nested losses, the online
-second-moment tracker, and the result file (JSON + plot).
+"""P-POTS estimation (SPEC §4; variance paper §3.1.1, A.5.2): p̂ from nested losses, and the
+result file (JSON + plot).
 
-The fits themselves (EPR, degree-7 polynomial, density tables) live in :mod:`maskdiff.ppots_fit`
-and the online tracker in :mod:`maskdiff.ppots_online`; both are re-exported here, so
-``from maskdiff.ppots import fit_epr, SecondMomentTracker`` works.
+The fits themselves (EPR, degree-7 polynomial, density tables) live in :mod:`maskdiff.ppots.fit`
+and the online tracker in :mod:`maskdiff.ppots.online`; the package re-exports all three.
 
 Normalisation used throughout: a table ``p̂_j`` sums to 1 over its grid (the paper's convention,
 what the KL fit compares); a :class:`DensityTable` integrates to 1 over ``[eps, 1]``.
@@ -18,12 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskdiff.ppots_fit import (  # noqa: F401  (re-exported API)
-    EPR_KEYS, MIN_GRID_POINTS, MIN_TABLE_POINTS, DensityTable, EPRFit, PolyFit, check_table,
-    epr_density, epr_log_p, epr_p, fit_epr, fit_poly7, poly_density,
-)
-from maskdiff.ppots_online import (  # noqa: F401  (re-exported API)
-    OnlineRefitter, SecondMomentTracker, TrackedPHat, TrackerRefit,
+from maskdiff.ppots.fit import (
+    MIN_GRID_POINTS, MIN_TABLE_POINTS, DensityTable, EPRFit, PolyFit, check_table, epr_density,
+    epr_log_p, fit_epr, fit_poly7, poly_density,
 )
 
 ESTIMATORS = ("direct", "paper")
@@ -182,11 +178,11 @@ def model_p_hat(model, batch, *, mask_token_id: int, n_rates: int = 70, n_masks:
     """
     import time
 
-    from maskdiff.masking import Bernoulli
-    from maskdiff.nested import nested_losses, rates_on_grid
-    from maskdiff.objective import Estimator
-    from maskdiff.probe import estimator_loss_fn
-    from maskdiff.samplers import Uniform
+    from maskdiff.core.masking import Bernoulli
+    from maskdiff.diagnostics.nested import nested_losses, rates_on_grid
+    from maskdiff.core.objective import Estimator
+    from maskdiff.diagnostics.probe import estimator_loss_fn
+    from maskdiff.core.samplers import Uniform
 
     start = time.perf_counter()
     probe = Estimator(rate_sampler=Uniform(eps=eps), masker=Bernoulli(),
@@ -230,7 +226,7 @@ def cached_density(out_dir: str | Path, estimate) -> dict[str, list[float]]:
     """The density of ``out_dir/ppots.json`` as a config table; when the file is missing, call
     ``estimate()`` (→ :class:`PPotsResult`) first and write ``ppots.json`` and ``ppots.png``.
     Experiments use it so a restarted job estimates P-POTS once."""
-    from maskdiff.methods import density_from_ppots
+    from maskdiff.core.methods import density_from_ppots
 
     out = Path(out_dir)
     path = out / "ppots.json"

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from maskdiff.batch import Batch
-from maskdiff.masking import Masker, View, syrm_eligible
-from maskdiff.samplers import RateSampler
-from maskdiff.seeding import BatchRandomness
+from maskdiff.core.batch import Batch
+from maskdiff.core.masking import Masker, View, syrm_eligible
+from maskdiff.core.samplers import RateSampler
+from maskdiff.core.seeding import BatchRandomness
 
 NORMALIZERS = ("eligible", "sequence", "none")
 
@@ -116,7 +116,7 @@ class Estimator:
         masker: builds the views.
         mask_token_id: the model's mask token.
         control: optional control variate with ``adjust(values, t) -> adjusted`` and
-            ``update(values, t)`` (see :mod:`maskdiff.control`).
+            ``update(values, t)`` (see :mod:`maskdiff.core.control`).
         normalizer: ``"eligible"``, ``"sequence"`` or ``"none"`` (SPEC §1).
         syntax_eligible: SyRM: the batch's syntax tokens are eligible too.
         fuse_views: run all views of a batch through the model in one forward pass (faster

@@ -5,7 +5,7 @@ float64): the A/B/C decomposition of the per-example loss with unbiased nested-A
 and bootstrap standard errors, directly measured variances to check it against, the variance of
 mini-batch estimates, the trace of the per-example gradient covariance, and the conditional
 curves ``g(t)``, ``v(t)`` that P-POTS needs (SPEC §4). The losses come from
-:func:`maskdiff.nested.nested_losses`; nothing here knows about models.
+:func:`maskdiff.diagnostics.nested.nested_losses`; nothing here knows about models.
 
 Every random draw (only the bootstrap) takes an explicit seed or ``numpy.random.Generator``.
 """
@@ -208,7 +208,7 @@ def decompose(
     Solving: ``Â = MS_W``, ``B̂ = (MS_R − MS_W)/c``, ``Ĉ = (MS_E − MS_R)/(b c)``, all unbiased.
 
     ``rate_design="fixed"``: every example uses the same b rates (e.g.
-    :func:`maskdiff.nested.rates_on_grid`), a crossed design; the decomposition is then that of
+    :func:`maskdiff.diagnostics.nested.rates_on_grid`), a crossed design; the decomposition is then that of
     t uniform on those b points (for the midpoint grid, a quadrature of U[eps, 1]). Now
     ``E MS_R = A + c·b/(b−1)·B``, B being the grid's population spread
     ``E_x0[(1/b)Σ_j (g_ij − ḡ_i)²]``, and ``E MS_E = A + b c C`` (the fixed rates add no spread
@@ -491,7 +491,7 @@ def conditional_curves(
     losses: Any, rates: Any, *, n_boot: int = 1000, seed: Seed = 0
 ) -> ConditionalCurves:
     """``g(t_j)``, ``v(t_j)`` and ``E[l² | t_j]`` from ``losses`` (a, b, c) at the b ``rates``
-    shared by all examples (e.g. :func:`maskdiff.nested.rates_on_grid`); SPEC §4.
+    shared by all examples (e.g. :func:`maskdiff.diagnostics.nested.rates_on_grid`); SPEC §4.
 
     At each rate the data are a two-level nested design (a examples, c masks). With
     ``s²_ij`` the sample variance over masks and ``ȳ_ij`` the mean:

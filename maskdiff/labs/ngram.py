@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from maskdiff.theory import window_signal_curve, window_t_star
+from maskdiff.labs.theory import window_signal_curve, window_t_star
 
 __all__ = [
     "LEVELS",

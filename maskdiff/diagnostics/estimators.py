@@ -1,12 +1,12 @@
 """Variance diagnostics of a training estimator on a model (SPEC §2; variance paper eq. 2).
 
-:mod:`maskdiff.variance` is the math on numbers; this module produces the numbers for one
+:mod:`maskdiff.diagnostics.variance` is the math on numbers; this module produces the numbers for one
 (model, examples, estimator) triple, always through the estimator's own code so that what is
 measured is what the trainer averages (``w·l``, the MIRROR mean, the EMA-adjusted loss):
 
 - :func:`decompose_estimator`: the per-example A/B/C decomposition from the nested design
-  (a examples × b rates × c masks) run by :func:`maskdiff.nested.nested_losses` with
-  :func:`maskdiff.probe.estimator_loss_fn`. Rates are the sampler's *marginal* draws
+  (a examples × b rates × c masks) run by :func:`maskdiff.diagnostics.nested.nested_losses` with
+  :func:`maskdiff.diagnostics.probe.estimator_loss_fn`. Rates are the sampler's *marginal* draws
   (:func:`marginal_rate_draw`), i.i.d. as the random-rate ANOVA needs. A batch-level layout
   such as StraTS's stratification therefore cannot show here: per example, a stratified rate is
   just a uniform rate. It shows in :func:`estimator_batch_variance`.
@@ -20,7 +20,7 @@ measured is what the trainer averages (``w·l``, the MIRROR mean, the EMA-adjust
   adjustment is zero; it must see training-like values first or the diagnostic shows nothing.
 - :func:`cost_aware`: variance × forward passes per example (MIRROR pays 2 passes).
 
-Every random draw derives from an explicit integer seed (:mod:`maskdiff.seeding`); with the
+Every random draw derives from an explicit integer seed (:mod:`maskdiff.core.seeding`); with the
 same seed, different estimators see the same examples and uniforms (common random numbers),
 which sharpens the comparison between configurations.
 """
@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskdiff.batch import Batch
-from maskdiff.nested import RateDraw, nested_losses, rates_on_grid
-from maskdiff.objective import Estimator
-from maskdiff.probe import estimator_loss_fn
-from maskdiff.samplers import RateSampler
-from maskdiff.seeding import BatchRandomness, derive_seed, generator_for
-from maskdiff.variance import (
+from maskdiff.core.batch import Batch
+from maskdiff.diagnostics.nested import RateDraw, nested_losses, rates_on_grid
+from maskdiff.core.objective import Estimator
+from maskdiff.diagnostics.probe import estimator_loss_fn
+from maskdiff.core.samplers import RateSampler
+from maskdiff.core.seeding import BatchRandomness, derive_seed, generator_for
+from maskdiff.diagnostics.variance import (
     BatchVariance, ConditionalCurves, Decomposition, GradientVariance,
     GradientVarianceAccumulator, batch_variance, conditional_curves, decompose,
 )
@@ -81,7 +81,7 @@ def marginal_rate_draw(sampler: RateSampler) -> RateDraw:
 
     Each rate is drawn as if it were a batch of one (``sample_at`` with global batch size 1),
     so a stratified sampler (StraTS, stratified importance) degenerates to its marginal: one
-    stratum. That is what the random-rate design of :func:`maskdiff.variance.decompose`
+    stratum. That is what the random-rate design of :func:`maskdiff.diagnostics.variance.decompose`
     needs (rates i.i.d. within an example); the batch-level effect of stratification is
     measured by :func:`estimator_batch_variance` instead.
     """
@@ -131,7 +131,7 @@ def warm_up_control(model, pool: Batch, estimator: Estimator, *, n_samples: int 
                     batch_size: int = 64, seed: int = 0) -> int:
     """Feed a control variate the values of ``n_samples`` training-like draws (SPEC §6).
 
-    A :class:`~maskdiff.control.BinEMA` starts with zero statistics, so its adjustment
+    A :class:`~maskdiff.core.control.BinEMA` starts with zero statistics, so its adjustment
     ``c_j·b_j`` is zero until it has seen losses: a diagnostic on a fresh control would measure
     the plain estimator. This runs the estimator without gradient on batches of ``batch_size``
     examples drawn with replacement from ``pool`` (rates and masks as in training, from streams
@@ -163,7 +163,7 @@ def _device(model, batch: Batch) -> torch.device:
 def decompose_loss_fn(loss_fn, *, n_examples: int, rate_draw: RateDraw, n_rates: int,
                       n_masks: int, seed: int = 0, n_boot: int = 1000, batch_size: int = 256,
                       progress: bool = False) -> tuple[Decomposition, np.ndarray]:
-    """The nested design of SPEC §2 for any ``loss_fn`` (see :func:`maskdiff.nested.nested_losses`)
+    """The nested design of SPEC §2 for any ``loss_fn`` (see :func:`maskdiff.diagnostics.nested.nested_losses`)
     with i.i.d. rates from ``rate_draw``: returns the random-design decomposition and the
     ``(a, b, c)`` values ``w·loss_fn``."""
     losses = nested_losses(loss_fn, n_examples=n_examples, rates=rate_draw, n_rates=n_rates,

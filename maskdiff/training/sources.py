@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from maskdiff.batch import Batch
-from maskdiff.config import TrainConfig
+from maskdiff.core.batch import Batch
+from maskdiff.training.config import TrainConfig
 
 __all__ = ["ModelSource", "load_model_source"]
 
@@ -31,7 +31,7 @@ class ModelSource:
 
     def examples(self, n: int, split: str = "train") -> Batch:
         """The first ``n`` examples of ``split``, collated as the run collates them."""
-        from maskdiff.runs import example_batch
+        from maskdiff.training.runs import example_batch
 
         if self.hf is not None:
             return self.hf.batch(min(n, len(self.hf.rows)))
@@ -50,7 +50,7 @@ def load_model_source(*, run: str | Path | None = None, preset: str | None = Non
     reused on restart; ``task`` overrides the preset's task). ``hf``: a Hugging Face
     model probed on the rows of ``data`` (JSONL)."""
     from maskdiff.data.setup import load_task
-    from maskdiff.runs import load_run
+    from maskdiff.training.runs import load_run
 
     if sum(x is not None for x in (run, preset, hf)) != 1:
         raise ValueError("give exactly one model source: run=DIR, preset=NAME or hf=NAME")
@@ -66,8 +66,8 @@ def load_model_source(*, run: str | Path | None = None, preset: str | None = Non
                            mask_token_id=model_task.tokenizer.mask_id,
                            description={"run": str(run), "checkpoint": str(loaded.checkpoint),
                                         **_training_summary(Path(run))})
-    from maskdiff.presets import preset as preset_config
-    from maskdiff.train import Trainer
+    from maskdiff.training.presets import preset as preset_config
+    from maskdiff.training.trainer import Trainer
 
     config = preset_config(preset)
     if task is not None:

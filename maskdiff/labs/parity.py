@@ -8,10 +8,10 @@ seen; validation examples are disjoint from it.
 Two ways to train the *same* network (maskdiff's bidirectional transformer with learned absolute
 positions, nanoGPT-style: pre-norm attention + GELU MLP blocks, residuals, LayerNorm):
 
-- **masked diffusion (MD)**: ``t ~ U[t0, t1]`` (:class:`maskdiff.samplers.Window`) or a fixed rate
+- **masked diffusion (MD)**: ``t ~ U[t0, t1]`` (:class:`maskdiff.core.samplers.Window`) or a fixed rate
   (:class:`FixedRate`), every one of the ``n + 1`` positions masked with probability ``t``
-  (:class:`maskdiff.masking.Bernoulli`), cross-entropy on the masked positions divided by ``t``
-  (:func:`maskdiff.objective.per_example_loss` with ``normalizer="none"``: eq. 1 with N = 1);
+  (:class:`maskdiff.core.masking.Bernoulli`), cross-entropy on the masked positions divided by ``t``
+  (:func:`maskdiff.core.objective.per_example_loss` with ``normalizer="none"``: eq. 1 with N = 1);
 - **supervised**: all ``n`` bits visible, the label position masked, cross-entropy on the label.
 
 Evaluation (both objectives): all bits visible, the label masked, the prediction is the argmax
@@ -30,11 +30,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from maskdiff.masking import Bernoulli, View
+from maskdiff.core.masking import Bernoulli, View
 from maskdiff.models import TransformerConfig, build_model
-from maskdiff.objective import per_example_loss
-from maskdiff.samplers import RateSampler, Window
-from maskdiff.seeding import derive_seed, generator_for
+from maskdiff.core.objective import per_example_loss
+from maskdiff.core.samplers import RateSampler, Window
+from maskdiff.core.seeding import derive_seed, generator_for
 
 __all__ = [
     "MASK_ID", "MINUS_ID", "PLUS_ID", "VOCAB_SIZE", "FixedRate", "ParityData", "ParityModelConfig",
@@ -397,7 +397,7 @@ def train_parity(config: ParityRunConfig, data: ParityData | None = None,
 
 def md_signal_share(config: ParityRunConfig) -> float:
     """``P_S`` of the run's window (SPEC §9), or NaN for the supervised objective."""
-    from maskdiff.theory import signal_probability
+    from maskdiff.labs.theory import signal_probability
 
     if config.objective != "md":
         return math.nan

@@ -1,0 +1,168 @@
+"""Configuration dataclasses of the estimator, and the JSON round trip every config uses.
+
+Frozen, nested, keyword-only dataclasses (docs/architecture.md, "Configuration").
+
+Each config validates itself in ``__post_init__`` with a ``ValueError`` naming the field, the bad
+value and what is allowed, and builds the object it describes with ``build()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from maskdiff.core.control import CONTROLS, build_control
+from maskdiff.core.masking import MASKERS, build_masker
+from maskdiff.core.objective import NORMALIZERS, Estimator
+from maskdiff.core.samplers import SAMPLERS, build_sampler
+
+C = TypeVar("C")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    return dataclasses.asdict(config)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if _is_dataclass_type(tp):
+        return from_dict(tp, value)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if _is_dataclass_type(arg) and isinstance(value, dict):
+                return from_dict(arg, value)
+        return value
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Rebuild a config dataclass from :func:`to_dict`'s output; unknown keys are an error."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
+    return cls(**{k: _convert(hints[k], v) for k, v in data.items()})
+
+
+def save_json(config: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def load_json(cls: type[C], path: str | Path) -> C:
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    return from_dict(cls, data)
+
+
+def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two config dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff_configs(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComponentConfig:
+    """A registered component by name plus its keyword arguments."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def positive_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefitConfig:
+    """Online P-POTS (SPEC §4 [beyond]): refit the importance density during training.
+
+    The trainer tracks ``E[l² | t]`` per bin of t from its own training losses (no extra
+    forward passes; :class:`maskdiff.ppots.estimate.SecondMomentTracker`, all-reduced across ranks) and
+    every ``refit_every`` steps fits EPR to the tracked p̂ and hands it to the sampler. Bins with
+    fewer than ``min_count`` draws are left out of the fit; ``decay`` < 1 forgets old losses.
+    """
+
+    refit_every: int = 50
+    n_bins: int = 20
+    min_count: float = 8.0
+    decay: float = 1.0
+    restarts: int = 4
+
+    def __post_init__(self) -> None:
+        positive_int("estimator.refit", "refit_every", self.refit_every)
+        positive_int("estimator.refit", "n_bins", self.n_bins, minimum=8)
+        positive_int("estimator.refit", "restarts", self.restarts)
+        if not self.min_count > 0:
+            raise ValueError(f"estimator.refit.min_count must be > 0, got {self.min_count!r}")
+        if not 0.0 < self.decay <= 1.0:
+            raise ValueError(f"estimator.refit.decay must lie in (0, 1], got {self.decay!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EstimatorConfig:
+    """Sampler + masker + optional control variate (DESIGN §3 "Estimator").
+
+    P-POTS+MIRROR is ``EstimatorConfig(sampler=ComponentConfig(name="importance",
+    params={"density": {...}}), masker=ComponentConfig(name="mirror"))``.
+    """
+
+    sampler: ComponentConfig = field(default_factory=lambda: ComponentConfig(name="uniform"))
+    masker: ComponentConfig = field(default_factory=lambda: ComponentConfig(name="bernoulli"))
+    control: ComponentConfig | None = None
+    normalizer: str = "eligible"
+    syntax_eligible: bool = False
+    fuse_views: bool = True
+    refit: RefitConfig | None = None  # online P-POTS: needs the "importance" sampler
+
+    def __post_init__(self) -> None:
+        if self.refit is not None and self.sampler.name != "importance":
+            raise ValueError(f"estimator.refit (online P-POTS) needs sampler 'importance', "
+                             f"got {self.sampler.name!r}")
+        if self.sampler.name not in SAMPLERS:
+            raise ValueError(f"sampler.name={self.sampler.name!r} is not one of {sorted(SAMPLERS)}")
+        if self.masker.name not in MASKERS:
+            raise ValueError(f"masker.name={self.masker.name!r} is not one of {sorted(MASKERS)}")
+        if self.control is not None and self.control.name not in CONTROLS:
+            raise ValueError(f"control.name={self.control.name!r} is not one of {sorted(CONTROLS)}")
+        if self.normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer={self.normalizer!r} is not one of {NORMALIZERS}")
+
+    def build(self, *, mask_token_id: int) -> Estimator:
+        control = None
+        if self.control is not None:
+            control = build_control(self.control.name, **self.control.params)
+        return Estimator(
+            rate_sampler=build_sampler(self.sampler.name, **self.sampler.params),
+            masker=build_masker(self.masker.name, **self.masker.params),
+            mask_token_id=mask_token_id,
+            control=control,
+            normalizer=self.normalizer,
+            syntax_eligible=self.syntax_eligible,
+            fuse_views=self.fuse_views,
+        )

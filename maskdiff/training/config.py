@@ -1,0 +1,160 @@
+"""The training run's configuration: model, data, optimiser, evaluation, and the estimator.
+
+A :class:`TrainConfig` nests the estimator's :class:`~maskdiff.core.config.EstimatorConfig` and
+is saved as ``config.json`` in every run; that file reproduces the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from maskdiff.core.config import (  # noqa: F401  (re-exported: a run's config nests them)
+    ComponentConfig,
+    EstimatorConfig,
+    RefitConfig,
+    diff_configs,
+    from_dict,
+    load_json,
+    positive_int,
+    save_json,
+    to_dict,
+)
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The tiny transformer's shape; vocabulary, length and mask id come from the data."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    positions: str = "rotary"
+    causal: bool = False  # True: the autoregressive twin (SPEC §11), next-token loss
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "mlp_ratio"):
+            positive_int("model", name, getattr(self, name))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where examples come from and how they become rows (see :mod:`maskdiff.data.collate`).
+
+    ``task`` names a built-in task; ``train_file`` (JSONL) replaces it with the user's data,
+    ``val_file`` gives its validation split (else the last 10% of ``train_file`` is held out).
+    ``data_seed`` generates the data and stays fixed across training seeds.
+    """
+
+    task: str = "arithmetic"
+    train_file: str | None = None
+    val_file: str | None = None
+    n_train: int = 2000
+    n_val: int = 128
+    n_test: int = 128
+    data_seed: int = 0
+    max_len: int = 128
+    pad_policy: str = "eos"
+    overflow: str = "truncate"
+    tokenizer: str = "char"
+    vocab_size: int | None = None
+    difficulty: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "max_len"):
+            positive_int("data", name, getattr(self, name))
+        for name in ("n_val", "n_test", "data_seed"):
+            positive_int("data", name, getattr(self, name), minimum=0)
+        if self.tokenizer not in ("char", "bpe"):
+            raise ValueError(f"data.tokenizer must be 'char' or 'bpe', got {self.tokenizer!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW with linear warm-up then linear decay to ``min_lr_ratio·lr``."""
+
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    warmup_steps: int = 20
+    max_steps: int = 300
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    batch_size: int = 32  # the global batch: examples per optimiser step on all ranks together
+    grad_accum: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0):
+            raise ValueError(f"optim.lr must be positive, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
+        for name in ("beta1", "beta2"):
+            if not (0 <= getattr(self, name) < 1):
+                raise ValueError(f"optim.{name} must lie in [0, 1), got {getattr(self, name)!r}")
+        positive_int("optim", "warmup_steps", self.warmup_steps, minimum=0)
+        positive_int("optim", "max_steps", self.max_steps)
+        positive_int("optim", "batch_size", self.batch_size)
+        positive_int("optim", "grad_accum", self.grad_accum)
+        if not (0 <= self.min_lr_ratio <= 1):
+            raise ValueError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
+        if self.grad_clip < 0:
+            raise ValueError(f"optim.grad_clip must be >= 0 (0 disables), got {self.grad_clip!r}")
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        span = max(1, self.max_steps - self.warmup_steps)
+        frac = min(1.0, (step - self.warmup_steps) / span)
+        return self.lr * (1.0 - (1.0 - self.min_lr_ratio) * frac)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Validation: the full-range ELBO (always U[eps,1], whatever the training sampler).
+
+    ``rates_per_example`` stratified rates per validation example, drawn with fixed seeds
+    (common random numbers), so two evaluations differ only through the model.
+    ``patience`` evaluations without improvement stop training (SPEC §8; 0 disables).
+    """
+
+    every: int = 50
+    n_examples: int = 128
+    rates_per_example: int = 4
+    batch_size: int = 64
+    patience: int = 3
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        for name in ("every", "n_examples", "rates_per_example", "batch_size"):
+            positive_int("eval", name, getattr(self, name))
+        positive_int("eval", "patience", self.patience, minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that determines a training run; ``config.json`` of a run reproduces it."""
+
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    bf16: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: at every evaluation
+    out_dir: str = "runs/train"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        positive_int("train", "seed", self.seed, minimum=0)
+        positive_int("train", "log_every", self.log_every)
+        positive_int("train", "checkpoint_every", self.checkpoint_every, minimum=0)
+
+
+# Fields that may change between a run and its resumption: where it runs, not what it computes.
+RESUME_FREE_FIELDS = ("out_dir", "device")
