@@ -28,7 +28,9 @@ from maskdiff.diagnostics.measure import (
 )
 from maskdiff.diagnostics.variance import BatchVariance, Decomposition
 
-__all__ = ["DiagnosticsDesign", "EstimatorDiagnostics", "cost_aware", "run_diagnostics", "with_extra"]
+__all__ = [
+    "DiagnosticsDesign", "EstimatorDiagnostics", "cost_aware", "run_diagnostics", "with_extra",
+]
 
 
 def cost_aware(variance: float, forward_passes: int) -> float:

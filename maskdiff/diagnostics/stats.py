@@ -27,7 +27,7 @@ def json_float(x: float) -> float | None:
 
 
 def as_array(values: Any, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
-    """``values`` (array-like or tensor) as a finite float64 array with ``ndim`` in the allowed ones."""
+    """``values`` (array-like or tensor) as a finite float64 array of an allowed ``ndim``."""
     if isinstance(values, torch.Tensor):
         arr = values.detach().to("cpu", torch.float64).numpy()
     else:

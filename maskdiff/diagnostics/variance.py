@@ -21,7 +21,8 @@ from typing import Any, Literal
 import numpy as np
 
 from maskdiff.diagnostics.stats import (
-    Estimate, Seed, as_array, as_generator, bootstrap_counts, bootstrap_se, check_n_boot, json_float,
+    Estimate, Seed, as_array, as_generator, bootstrap_counts, bootstrap_se, check_n_boot,
+    json_float,
 )
 
 __all__ = [
