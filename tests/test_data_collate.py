@@ -119,6 +119,18 @@ def test_pad_to_longest_only_with_exclude():
         CollatorConfig(max_len=5, pad_to_longest=True)
 
 
+def test_ignore_is_an_alias_of_exclude():
+    """The Hugging Face path's older word: the same policy, the same batch, stored canonically."""
+    items = [(0, Example("ab", "xyz")), (1, Example("", "c"))]
+    config = CollatorConfig(max_len=8, pad_policy="ignore", pad_to_longest=True)
+    assert config.pad_policy == "exclude"
+    alias = collate(items, max_len=8, pad_policy="ignore", pad_to_longest=True)
+    exclude = collate(items, max_len=8, pad_policy="exclude", pad_to_longest=True)
+    for name in ("x0", "eligible", "attention_mask", "example_index"):
+        assert torch.equal(getattr(alias, name), getattr(exclude, name))
+    assert alias.attention_mask.tolist()[1] == [True, True, False, False, False, False]
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [("max_len", 0, "max_len"), ("max_len", True, "max_len"),

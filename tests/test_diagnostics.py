@@ -1,5 +1,5 @@
-"""Tests of maskdiff.diagnostics.estimators (SPEC §2): the layer that turns (model, examples, estimator)
-into the nested design, the batch and gradient variances. The variance math itself is tested in
+"""Tests of maskdiff.diagnostics.measure and .estimators (SPEC §2): the layer that turns
+(model, examples, estimator) into the nested design, the batch and gradient variances. The variance math itself is tested in
 test_variance.py and the engine in test_nested.py; here the truths are closed forms of small
 models whose losses are known exactly, run through the estimators' own code."""
 
@@ -13,10 +13,10 @@ import torch
 
 from maskdiff.core.batch import Batch
 from maskdiff.core.control import BinEMA
-from maskdiff.diagnostics.estimators import (
-    DiagnosticsDesign, cost_aware, decompose_estimator, decompose_loss_fn,
-    estimator_batch_variance, estimator_gradient_variance, marginal_rate_draw, run_diagnostics,
-    select_parameters, take_examples, warm_up_control,
+from maskdiff.diagnostics.estimators import DiagnosticsDesign, cost_aware, run_diagnostics
+from maskdiff.diagnostics.measure import (
+    decompose_estimator, decompose_loss_fn, estimator_batch_variance, estimator_gradient_variance,
+    marginal_rate_draw, select_parameters, take_examples, warm_up_control,
 )
 from maskdiff.core.masking import Bernoulli, Mirror, MultiSample
 from maskdiff.core.objective import Estimator

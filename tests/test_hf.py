@@ -82,6 +82,9 @@ def test_adapter_matches_model_and_shifts_logits():
         AdapterOptions(mask_token_id=MASK, logit_shift=-1)
     with pytest.raises(ValueError, match="pad_policy"):
         AdapterOptions(mask_token_id=MASK, pad_policy="left")
+    # One pad-policy vocabulary with the native collator; "ignore" is kept as an alias.
+    assert AdapterOptions(mask_token_id=MASK).pad_policy == "exclude"
+    assert AdapterOptions(mask_token_id=MASK, pad_policy="ignore").pad_policy == "exclude"
 
 
 # ----------------------------------------------------------------------------- collator
@@ -98,6 +101,9 @@ def test_collator_pad_policies():
     assert eos["input_ids"].tolist() == [[5, 6, 7, 3], [8, 3, 3, 3]]
     assert eos["attention_mask"].all() and eos["eligible"].tolist()[1] == [True] * 4
     assert eos["eligible"].tolist()[0] == [False, True, True, True]
+    for alias in ("exclude", "ignore"):
+        same = MaskedDiffusionCollator(PAD, pad_policy=alias)(rows)
+        assert all(torch.equal(same[k], out[k]) for k in out)
     cut = MaskedDiffusionCollator(PAD, max_length=2)(rows)
     assert cut["input_ids"].shape == (2, 2)
     with pytest.raises(ValueError, match="example_index"):

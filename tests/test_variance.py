@@ -1,5 +1,5 @@
-"""Tests of maskdiff.diagnostics.variance (SPEC §2, §4): closed-form truths on synthetic nested data, with
-tolerances stated in standard errors and fixed seeds."""
+"""Tests of maskdiff.diagnostics.variance, .gradient and .curves (SPEC §2, §4): closed-form
+truths on synthetic nested data, with tolerances stated in standard errors and fixed seeds."""
 
 from __future__ import annotations
 
@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from maskdiff.diagnostics.variance import (
-    GradientVarianceAccumulator,
-    batch_variance,
-    conditional_curves,
-    decompose,
-    gradient_variance,
-    total_variance,
-)
+from maskdiff.diagnostics.curves import conditional_curves
+from maskdiff.diagnostics.gradient import GradientVarianceAccumulator, gradient_variance
+from maskdiff.diagnostics.variance import batch_variance, decompose, total_variance
 
 # Gaussian nested model l = μ + α_i + β_ij + γ_ijk with Var α = C, Var β = B, Var γ = A.
 A_TRUE, B_TRUE, C_TRUE = 2.0, 0.5, 1.0

@@ -9,7 +9,10 @@ Layout of one row: ``[bos] prompt response [eos] padding``.
   syntax id (SyRM, variance paper §3.2.2); responses are eligible anyway.
 - ``attention_mask`` is False only on "exclude" padding.
 
-**Pad policy** (``pad_policy``):
+**Pad policy** (``pad_policy``), one vocabulary for this collator and the Hugging Face one
+(:class:`maskdiff.hf.collate.MaskedDiffusionCollator`); :data:`PAD_POLICY_ALIASES` maps the older
+words to it (``"ignore"``, the Hugging Face path's word, is ``"exclude"``), so configurations
+written with them load and give the same batches:
 
 - ``"eos"`` (LLaDA): a row is filled up to ``max_len`` with EOS tokens that are real tokens:
   attended, eligible, in the loss. The model learns to emit EOS after the answer, and
@@ -38,7 +41,19 @@ from maskdiff.data.examples import Example
 from maskdiff.data.tokenizer import Tokenizer, check_ids
 
 PAD_POLICIES = ("eos", "exclude")
+# Older words still accepted, each meaning one policy above (the HF collator said "ignore").
+PAD_POLICY_ALIASES = {"ignore": "exclude"}
 OVERFLOW_POLICIES = ("truncate", "error")
+
+
+def canonical_pad_policy(pad_policy: str) -> str:
+    """``pad_policy`` in the one vocabulary :data:`PAD_POLICIES` (an alias is mapped); a value
+    that is neither a policy nor an alias raises ValueError."""
+    canonical = PAD_POLICY_ALIASES.get(pad_policy, pad_policy)
+    if canonical not in PAD_POLICIES:
+        raise ValueError(f"pad_policy must be one of {PAD_POLICIES} (or an alias in "
+                         f"{sorted(PAD_POLICY_ALIASES)}), got {pad_policy!r}")
+    return canonical
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +62,8 @@ class CollatorConfig:
 
     Attributes:
         max_len: row length L (with ``pad_to_longest``, the most a row may have).
-        pad_policy: "eos" (LLaDA: EOS padding is eligible and attended) or "exclude".
+        pad_policy: "eos" (LLaDA: EOS padding is eligible and attended) or "exclude"
+            (padding neither attended nor eligible; alias "ignore").
         overflow: "truncate" (cut the response end, counted) or "error".
         append_eos: end each response with EOS. Off for chunks of running text, whose end
             is not the end of a document.
@@ -65,8 +81,7 @@ class CollatorConfig:
     def __post_init__(self) -> None:
         if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or self.max_len < 1:
             raise ValueError(f"max_len must be a positive int, got {self.max_len!r}")
-        if self.pad_policy not in PAD_POLICIES:
-            raise ValueError(f"pad_policy must be one of {PAD_POLICIES}, got {self.pad_policy!r}")
+        object.__setattr__(self, "pad_policy", canonical_pad_policy(self.pad_policy))
         if self.overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {self.overflow!r}")
         if self.pad_to_longest and self.pad_policy != "exclude":

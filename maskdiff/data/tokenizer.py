@@ -1,4 +1,4 @@
-"""The tokeniser protocol every data path uses, and loading a saved tokeniser.
+"""The tokeniser protocol every data path uses and the control-token strings.
 
 A tokeniser maps text to ids and back and names four control ids: ``pad_id`` (padding the model
 never attends to under the "exclude" pad policy), ``eos_id`` (end of a response; LLaDA pads with
@@ -8,13 +8,13 @@ data stays text -- so data can never forge a MASK or an EOS. Markup tokens such 
 (``extra_tokens``) *are* matched in text, as single ids: they are SyRM's syntax tokens.
 
 Two implementations: :class:`maskdiff.data.char_tokenizer.CharTokenizer` (synthetic tasks) and
-:class:`maskdiff.data.bpe.BPETokenizer` (Hugging Face ``tokenizers``). Both save to one JSON file
-whose ``"type"`` field :func:`load_tokenizer` dispatches on.
+:class:`maskdiff.data.bpe.BPETokenizer` (Hugging Face ``tokenizers``). Both import this module;
+loading a saved one (:func:`maskdiff.data.tokenizer_files.load_tokenizer`) imports both, so it
+lives in its own module.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -91,22 +91,3 @@ def check_ids(ids: Sequence[int], vocab_size: int, where: str) -> None:
                 f"{where}: token id {token_id} at position {position} is outside "
                 f"[0, vocab_size={vocab_size})"
             )
-
-
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokeniser saved by ``save()`` of either implementation."""
-    # Imported here: the implementations import this module for the protocol and constants.
-    from maskdiff.data.bpe import BPETokenizer
-    from maskdiff.data.char_tokenizer import CharTokenizer
-
-    path = Path(path)
-    try:
-        kind = json.loads(path.read_text(encoding="utf-8")).get("type")
-    except (OSError, json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"path {str(path)!r} is not a saved tokenizer: {err}") from err
-    loaders = {"char": CharTokenizer.load, "bpe": BPETokenizer.load}
-    if kind not in loaders:
-        raise ValueError(
-            f"path {str(path)!r}: unknown tokenizer type {kind!r}; known {sorted(loaders)}"
-        )
-    return loaders[kind](path)

@@ -4,7 +4,7 @@ estimation (SPEC §4).
 For a examples, b rates per example and c mask draws per (example, rate) it evaluates a
 caller-supplied ``loss_fn`` on every triple, without gradient, in batches, and returns the
 ``(a, b, c)`` array that :func:`maskdiff.diagnostics.variance.decompose` and
-:func:`maskdiff.diagnostics.variance.conditional_curves` consume. It knows nothing about models: the
+:func:`maskdiff.diagnostics.curves.conditional_curves` consume. It knows nothing about models: the
 ``loss_fn`` builds the views and calls the model.
 
 Randomness: triple ``(i, j, k)`` gets the mask seed ``derive_seed(seed, i, j, k)``; drawn rates of
@@ -88,6 +88,29 @@ def draw_rates(
     return t_all, w_all
 
 
+def _given_rates(rates: torch.Tensor | np.ndarray, weights: torch.Tensor | np.ndarray | None,
+                 a: int, n_rates: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rates given as a tensor (b,) or (a, b) and their weights (default 1), both as (a, b)."""
+    t = torch.as_tensor(rates)
+    if t.ndim == 1:
+        t = t.unsqueeze(0).expand(a, -1)
+    if t.ndim != 2 or t.shape[0] != a:
+        raise ValueError(f"rates must be (b,) or (n_examples={a}, b), got shape "
+                         f"{tuple(torch.as_tensor(rates).shape)}")
+    if n_rates is not None and n_rates != t.shape[1]:
+        raise ValueError(f"n_rates={n_rates!r} does not match rates with b={t.shape[1]}")
+    _check_rates(t, "rates")
+    if weights is None:
+        return t, torch.ones(t.shape, dtype=torch.float64)
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.ndim == 1:
+        w = w.unsqueeze(0).expand(a, -1)
+    if tuple(w.shape) != tuple(t.shape):
+        raise ValueError(f"weights has shape {tuple(torch.as_tensor(weights).shape)}, "
+                         f"rates {tuple(t.shape)}")
+    return t, w
+
+
 def nested_losses(
     loss_fn: LossFn,
     *,
@@ -131,24 +154,7 @@ def nested_losses(
             raise ValueError("weights must be None when rates is a callable (its w is used)")
         t, w = draw_rates(rates, a, n_rates, seed)
     else:
-        t = torch.as_tensor(rates)
-        if t.ndim == 1:
-            t = t.unsqueeze(0).expand(a, -1)
-        if t.ndim != 2 or t.shape[0] != a:
-            raise ValueError(f"rates must be (b,) or (n_examples={a}, b), got shape "
-                             f"{tuple(torch.as_tensor(rates).shape)}")
-        if n_rates is not None and n_rates != t.shape[1]:
-            raise ValueError(f"n_rates={n_rates!r} does not match rates with b={t.shape[1]}")
-        _check_rates(t, "rates")
-        if weights is None:
-            w = torch.ones(t.shape, dtype=torch.float64)
-        else:
-            w = torch.as_tensor(weights, dtype=torch.float64)
-            if w.ndim == 1:
-                w = w.unsqueeze(0).expand(a, -1)
-            if tuple(w.shape) != tuple(t.shape):
-                raise ValueError(f"weights has shape {tuple(torch.as_tensor(weights).shape)}, "
-                                 f"rates {tuple(t.shape)}")
+        t, w = _given_rates(rates, weights, a, n_rates)
     b = int(t.shape[1])
     if b < 1:
         raise ValueError(f"rates must hold at least one rate per example, got {tuple(t.shape)}")

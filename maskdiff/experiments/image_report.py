@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from maskdiff.data.digits import CLASS_WORDS, examples_to_arrays, text_to_image
+from maskdiff.data.digits import CLASS_WORDS, examples_to_arrays, image_to_text, text_to_image
 
 SCORE_LABELS = {"accuracy": "class accuracy", "mean_prob": "mean p(requested class)",
                 "frechet": "Fréchet distance (lower is better)",
@@ -122,6 +122,13 @@ def write_report(out_dir: Path, results: dict, records: list[dict], task) -> Non
     """``report.md`` plus ``samples_<method>.png`` (first seed; ``@`` written ``_at_``), ``real.png``,
     ``scores.png``."""
     out_dir = Path(out_dir)
+    write_pictures(out_dir, results, records, task)
+    lines = _setup_lines(results) + _score_tables(results) + _picture_lines(results)
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def write_pictures(out_dir: Path, results: dict, records: list[dict], task) -> None:
+    """The sample grid of every method (first seed), the real images' grid and ``scores.png``."""
     setup, ev = results["setup"], results["evaluator"]
     levels, cols = setup["levels"], results["grid_columns"]
     first = results["seeds"][0]
@@ -134,14 +141,17 @@ def write_report(out_dir: Path, results: dict, records: list[dict], task) -> Non
                   f"{method}, seed {first}: accuracy {own['accuracy']:.2f}, "
                   f"Fréchet {own['frechet']:.1f} (T={setup['temperature']})")
     real_images, real_labels = examples_to_arrays(task.test[ev["classifier_train_images"]:], levels)
-    from maskdiff.data.digits import image_to_text
-
     plot_grid(out_dir / "real.png",
               _grid_images([image_to_text(im, levels) for im in real_images], real_labels.tolist(),
                            levels, cols), levels, "real held-out images (the Fréchet reference)")
     plot_scores(out_dir / "scores.png", results)
 
-    lines = [
+
+def _setup_lines(results: dict) -> list[str]:
+    """The report's title and the description of the data, model, generation and evaluator."""
+    setup, ev = results["setup"], results["evaluator"]
+    levels = setup["levels"]
+    return [
         f"# maskdiff image — preset `{results['preset']}`", "",
         "Class-to-image masked diffusion on scikit-learn's 8×8 handwritten digits: the prompt is "
         "the class in words (\"a handwritten seven\"), the response the 64 pixels quantised to "
@@ -169,6 +179,13 @@ def write_report(out_dir: Path, results: dict, records: list[dict], task) -> Non
         f"- Seeds {results['seeds']}; training + generation of every run, the start and P-POTS: "
         f"{results['compute_seconds'] / 60:.1f} min (this invocation: "
         f"{results['seconds'] / 60:.1f} min; finished runs are reused).", "",
+    ]
+
+
+def _score_tables(results: dict) -> list[str]:
+    """The score tables: per method, per seed, accuracy differences, per-class accuracy."""
+    setup = results["setup"]
+    lines = [
         "## Scores (mean ± sd over seeds)", "",
         "| method | class accuracy | mean p(class) | Fréchet ↓ | best val ELBO | fwd passes |",
         "|---|---|---|---|---|---|",
@@ -204,7 +221,13 @@ def write_report(out_dir: Path, results: dict, records: list[dict], task) -> Non
     for method, m in results["methods"].items():
         cells = " | ".join(f"{v:.2f}" for v in m["per_class_accuracy"])
         lines.append(f"| {method} | {cells} |")
-    lines += ["", "## Pictures", "", "Real held-out images:", "", "![real](real.png)", ""]
+    return lines
+
+
+def _picture_lines(results: dict) -> list[str]:
+    """The pictures section and the notes on the P-POTS density and the starting checkpoint."""
+    first = results["seeds"][0]
+    lines = ["", "## Pictures", "", "Real held-out images:", "", "![real](real.png)", ""]
     for method in results["methods"]:
         lines += [f"`{method}` (seed {first}):", "", f"![{method}]({_grid_name(method)})", ""]
     lines += ["Scores per seed (dots) and their mean (bars):", "", "![scores](scores.png)", ""]
@@ -216,4 +239,4 @@ def write_report(out_dir: Path, results: dict, records: list[dict], task) -> Non
         st = results["start"]
         lines += [f"Starting checkpoint: {st['steps']} steps, {st['seconds']:.0f} s, final val "
                   f"ELBO {st['final_val']:.4f}.", ""]
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return lines

@@ -25,13 +25,13 @@ costs nothing until a model is loaded or a trainer is built.
 from maskdiff.hf.adapter import (  # noqa: F401
     ATTENTION_FORMATS,
     CHAT_METHODS,
-    PAD_POLICIES,
     STATE_FILE,
     T_BINS,
     AdapterOptions,
     HFAdapter,
     load_hf_model,
 )
+from maskdiff.data.collate import PAD_POLICIES  # noqa: F401 (one vocabulary for both paths)
 from maskdiff.hf.collate import (  # noqa: F401
     ChatCollator,
     IndexedDataset,

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-PAD_POLICIES = ("ignore", "eos")
+from maskdiff.data.collate import canonical_pad_policy
+
 ATTENTION_FORMATS = ("2d", "4d", "none")
 CHAT_METHODS = ("auto", "template", "diff")
 T_BINS = 10  # the bins of maskdiff.training.trainer's loss_per_t_bin
@@ -36,9 +37,11 @@ class AdapterOptions:
             every query row keeps its real keys, so padded rows never give NaN), or ``"none"``
             (the model sees no mask: right for the EOS pad policy, where nothing is padding).
         pad_token_id: the id padding is filled with (under ``pad_policy="eos"``, the EOS id).
-        pad_policy: ``"ignore"``: padding is masked out of attention and never eligible;
+        pad_policy: the native collator's vocabulary (:mod:`maskdiff.data.collate`):
+            ``"exclude"``: padding is masked out of attention and never eligible;
             ``"eos"`` (LLaDA SFT): rows are padded with EOS tokens that are real tokens,
-            attended and eligible, so the model learns to end its answer.
+            attended and eligible, so the model learns to end its answer. The older word
+            ``"ignore"`` is accepted and stored as ``"exclude"``.
         forward_kwargs: constant keyword arguments added to every forward call.
     """
 
@@ -46,7 +49,7 @@ class AdapterOptions:
     logit_shift: int = 0
     attention: str = "2d"
     pad_token_id: int | None = None
-    pad_policy: str = "ignore"
+    pad_policy: str = "exclude"
     forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -56,8 +59,7 @@ class AdapterOptions:
             raise ValueError(f"logit_shift must be a non-negative int, got {self.logit_shift!r}")
         if self.attention not in ATTENTION_FORMATS:
             raise ValueError(f"attention must be one of {ATTENTION_FORMATS}, got {self.attention!r}")
-        if self.pad_policy not in PAD_POLICIES:
-            raise ValueError(f"pad_policy must be one of {PAD_POLICIES}, got {self.pad_policy!r}")
+        object.__setattr__(self, "pad_policy", canonical_pad_policy(self.pad_policy))
         if self.pad_token_id is not None and (not isinstance(self.pad_token_id, int)
                                               or self.pad_token_id < 0):
             raise ValueError(f"pad_token_id must be a non-negative int or None, got {self.pad_token_id!r}")
@@ -137,7 +139,7 @@ def _config_value(config: Any, *names: str) -> Any:
 def load_hf_model(name_or_path: str | os.PathLike, *, mask_token_id: int | None = None,
                   trust_remote_code: bool = False, logit_shift: int = 0, device: str = "cpu",
                   dtype: torch.dtype | str | None = None, attention: str = "2d",
-                  pad_policy: str = "ignore", auto_class: str | None = None,
+                  pad_policy: str = "exclude", auto_class: str | None = None,
                   tokenizer_name_or_path: str | os.PathLike | None = None,
                   ) -> tuple[HFAdapter, Any, int]:
     """Load a HF model and its tokenizer behind the maskdiff contract, in eval mode.

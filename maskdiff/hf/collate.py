@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from maskdiff.core.batch import Batch
-from maskdiff.hf.adapter import CHAT_METHODS, PAD_POLICIES
+from maskdiff.data.collate import canonical_pad_policy
+from maskdiff.hf.adapter import CHAT_METHODS
 
 
 # ----------------------------------------------------------------------------- collators
@@ -49,19 +50,19 @@ class MaskedDiffusionCollator:
     "example_index": i}`` → padded tensors (the trainer's inputs).
 
     ``eligible`` defaults to every token (pretraining, SPEC §1). Padding to the longest row (a
-    multiple of ``pad_to_multiple_of``) follows ``pad_policy`` (see :class:`AdapterOptions`):
-    ``"ignore"`` pads with ``pad_token_id``, unattended and not eligible; ``"eos"`` pads with the
-    EOS id given as ``pad_token_id``, attended and eligible (LLaDA SFT). Rows longer than
+    multiple of ``pad_to_multiple_of``) follows ``pad_policy``, in the native collator's
+    vocabulary (:mod:`maskdiff.data.collate`): ``"exclude"`` pads with ``pad_token_id``,
+    unattended and not eligible; ``"eos"`` pads with the EOS id given as ``pad_token_id``,
+    attended and eligible (LLaDA SFT). The older word ``"ignore"`` means ``"exclude"``. Rows longer than
     ``max_length`` are cut on the right (what was eligible there is lost; an example left with
     nothing eligible is skipped and counted by the estimator).
     """
 
-    def __init__(self, pad_token_id: int, *, pad_policy: str = "ignore", max_length: int | None = None,
+    def __init__(self, pad_token_id: int, *, pad_policy: str = "exclude", max_length: int | None = None,
                  pad_to_multiple_of: int | None = None) -> None:
         if not isinstance(pad_token_id, int) or pad_token_id < 0:
             raise ValueError(f"pad_token_id must be a non-negative int, got {pad_token_id!r}")
-        if pad_policy not in PAD_POLICIES:
-            raise ValueError(f"pad_policy must be one of {PAD_POLICIES}, got {pad_policy!r}")
+        pad_policy = canonical_pad_policy(pad_policy)
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
@@ -232,7 +233,7 @@ class ChatCollator:
     ``pad_token_id`` defaults to the tokenizer's pad token (its EOS under ``pad_policy="eos"``).
     """
 
-    def __init__(self, tokenizer: Any, *, pad_policy: str = "ignore", pad_token_id: int | None = None,
+    def __init__(self, tokenizer: Any, *, pad_policy: str = "exclude", pad_token_id: int | None = None,
                  max_length: int | None = None, pad_to_multiple_of: int | None = None,
                  syntax_tokens: Iterable[str | int] | None = None, method: str = "auto",
                  chat_template_kwargs: Mapping[str, Any] | None = None) -> None:
@@ -306,7 +307,7 @@ def encode_row(tokenizer: Any, row: Mapping[str, Any], *, method: str = "auto",
     return out
 
 
-def hf_batch(tokenizer: Any, rows: Sequence[Mapping[str, Any]], *, pad_policy: str = "ignore",
+def hf_batch(tokenizer: Any, rows: Sequence[Mapping[str, Any]], *, pad_policy: str = "exclude",
              pad_token_id: int | None = None, max_length: int | None = None,
              syntax_tokens: Iterable[str | int] | None = None, method: str = "auto",
              first_index: int = 0) -> Batch:

@@ -1,8 +1,9 @@
-"""P-POTS estimation (SPEC §4; variance paper §3.1.1, A.5.2): p̂ from nested losses, and the
-result file (JSON + plot).
+"""P-POTS estimation (SPEC §4; variance paper §3.1.1, A.5.2): p̂ from nested losses, on a model
+or on given losses, and the fitted result.
 
-The fits themselves (EPR, degree-7 polynomial, density tables) live in :mod:`maskdiff.ppots.fit`
-and the online tracker in :mod:`maskdiff.ppots.online`; the package re-exports all three.
+The fits themselves (EPR, degree-7 polynomial, density tables) live in :mod:`maskdiff.ppots.fit`,
+the result file (``ppots.json``, plot) in :mod:`maskdiff.ppots.io` and the online tracker in
+:mod:`maskdiff.ppots.online`; the package re-exports all four.
 
 Normalisation used throughout: a table ``p̂_j`` sums to 1 over its grid (the paper's convention,
 what the KL fit compares); a :class:`DensityTable` integrates to 1 over ``[eps, 1]``.
@@ -10,21 +11,23 @@ what the KL fit compares); a :class:`DensityTable` integrates to 1 over ``[eps, 
 
 from __future__ import annotations
 
-import json
+import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from maskdiff.core.masking import Bernoulli
+from maskdiff.core.objective import Estimator
+from maskdiff.core.samplers import Uniform
+from maskdiff.diagnostics.nested import nested_losses, rates_on_grid
+from maskdiff.diagnostics.probe import estimator_loss_fn
 from maskdiff.ppots.fit import (
     MIN_GRID_POINTS, MIN_TABLE_POINTS, DensityTable, EPRFit, PolyFit, check_table, epr_density,
-    epr_log_p, fit_epr, fit_poly7, poly_density,
+    fit_epr, fit_poly7, poly_density,
 )
 
 ESTIMATORS = ("direct", "paper")
-JSON_FORMAT = "maskdiff.ppots"
-JSON_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- p̂ from losses
@@ -102,7 +105,7 @@ def estimate_p_hat(losses: np.ndarray | torch.Tensor, t: np.ndarray | torch.Tens
                 n_examples=n_examples, n_masks=n_masks)
 
 
-# ----------------------------------------------------------------------------- result + JSON
+# ----------------------------------------------------------------------------- the result
 @dataclass(frozen=True, eq=False)  # holds arrays: no element-wise ==
 class PPotsResult:
     """Everything a P-POTS estimation produces: the table, both fits, and the settings."""
@@ -176,14 +179,6 @@ def model_p_hat(model, batch, *, mask_token_id: int, n_rates: int = 70, n_masks:
     The nested design: every example × ``n_rates`` rates on the midpoint grid × ``n_masks``
     Bernoulli masks, losses as the standard estimator defines them (no gradient, eval mode).
     """
-    import time
-
-    from maskdiff.core.masking import Bernoulli
-    from maskdiff.diagnostics.nested import nested_losses, rates_on_grid
-    from maskdiff.core.objective import Estimator
-    from maskdiff.diagnostics.probe import estimator_loss_fn
-    from maskdiff.core.samplers import Uniform
-
     start = time.perf_counter()
     probe = Estimator(rate_sampler=Uniform(eps=eps), masker=Bernoulli(),
                       mask_token_id=mask_token_id, normalizer=normalizer)
@@ -209,8 +204,6 @@ def estimate_ppots(model, batch, *, mask_token_id: int, n_rates: int = 70, n_mas
     ``forward_passes`` and ``seconds`` of the result cover the estimation and the fits, so the
     cost can be set against the training run it serves.
     """
-    import time
-
     start = time.perf_counter()
     measured = model_p_hat(model, batch, mask_token_id=mask_token_id, n_rates=n_rates,
                            n_masks=n_masks, eps=eps, estimator=estimator, normalizer=normalizer,
@@ -220,111 +213,3 @@ def estimate_ppots(model, batch, *, mask_token_id: int, n_rates: int = 70, n_mas
                        estimator=estimator, p_hat_paper=phat.p_hat_paper,
                        p_hat_direct=phat.p_hat_direct, forward_passes=measured.forward_passes)
     return replace(result, seconds=time.perf_counter() - start)
-
-
-def cached_density(out_dir: str | Path, estimate) -> dict[str, list[float]]:
-    """The density of ``out_dir/ppots.json`` as a config table; when the file is missing, call
-    ``estimate()`` (→ :class:`PPotsResult`) first and write ``ppots.json`` and ``ppots.png``.
-    Experiments use it so a restarted job estimates P-POTS once."""
-    from maskdiff.core.methods import density_from_ppots
-
-    out = Path(out_dir)
-    path = out / "ppots.json"
-    if not path.exists():
-        result = estimate()
-        out.mkdir(parents=True, exist_ok=True)
-        save_ppots_json(path, result)
-        plot_ppots(out / "ppots.png", result)
-    return density_from_ppots(path)
-
-
-def _floats(values: np.ndarray | None) -> list[float] | None:
-    return None if values is None else [float(v) for v in values]
-
-
-def save_ppots_json(path: str | Path, result: PPotsResult) -> None:
-    """Write the result as JSON: ``t``, ``p_hat``, ``epr {params, kl}``, ``poly7 {coeffs, kl,
-    floor}``, ``mix``, ``estimator``, ``eps`` and, when known, ``p_hat_paper``, ``p_hat_direct``,
-    ``forward_passes``, ``seconds``."""
-    doc = dict(format=JSON_FORMAT, version=JSON_VERSION, estimator=result.estimator,
-               eps=result.eps, mix=result.mix, t=_floats(result.t), p_hat=_floats(result.p_hat),
-               epr=dict(params=dict(result.epr.params), kl=result.epr.kl,
-                        restarts=list(result.epr.restarts)))
-    if result.poly7 is not None:
-        doc["poly7"] = dict(coeffs=list(result.poly7.coeffs), kl=result.poly7.kl, floor=result.poly7.floor)
-    for key in ("p_hat_paper", "p_hat_direct"):
-        if getattr(result, key) is not None:
-            doc[key] = _floats(getattr(result, key))
-    if result.forward_passes is not None:
-        doc["forward_passes"] = int(result.forward_passes)
-    if result.seconds is not None:
-        doc["seconds"] = float(result.seconds)
-    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
-
-
-def load_ppots_json(path: str | Path) -> PPotsResult:
-    """Read a file written by :func:`save_ppots_json` (``eps`` defaults to 1e-3 if absent)."""
-    doc = json.loads(Path(path).read_text())
-    missing = [k for k in ("t", "p_hat", "epr", "mix", "estimator") if k not in doc]
-    if missing:
-        raise ValueError(f"{path}: not a P-POTS result, missing keys {missing}")
-    poly = doc.get("poly7")
-    return PPotsResult(
-        t=np.asarray(doc["t"], dtype=np.float64), p_hat=np.asarray(doc["p_hat"], dtype=np.float64),
-        epr=EPRFit(params=doc["epr"]["params"], kl=float(doc["epr"]["kl"]),
-                   restarts=tuple(doc["epr"].get("restarts", ()))),
-        poly7=None if poly is None else PolyFit(coeffs=tuple(poly["coeffs"]), kl=float(poly["kl"]),
-                                                floor=float(poly["floor"])),
-        mix=float(doc["mix"]), estimator=doc["estimator"], eps=float(doc.get("eps", 1e-3)),
-        p_hat_paper=None if doc.get("p_hat_paper") is None else np.asarray(doc["p_hat_paper"]),
-        p_hat_direct=None if doc.get("p_hat_direct") is None else np.asarray(doc["p_hat_direct"]),
-        forward_passes=doc.get("forward_passes"), seconds=doc.get("seconds"))
-
-
-# ----------------------------------------------------------------------------- plot
-def plot_ppots(path_png: str | Path, result: PPotsResult) -> None:
-    """Left: p̂ (points, both estimators when known) with the EPR and poly7 shapes on the grid
-    scale (sum 1 over the grid). Right: the sampling densities on [eps, 1] after mixing."""
-    from maskdiff.plotting import pyplot
-
-    plt = pyplot()
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
-    direct = result.p_hat if result.estimator == "direct" else result.p_hat_direct
-    paper = result.p_hat if result.estimator == "paper" else result.p_hat_paper
-    if direct is not None:
-        left.plot(result.t, direct, "o", ms=4, color="C0", label="p̂ direct: √mean l² (SPEC §4 [fix])")
-    if paper is not None:
-        left.plot(result.t, paper, "s", ms=4, mfc="none", color="C3", label="p̂ paper: √(ĝ² + v̂)")
-    fine = np.linspace(result.t[0], result.t[-1], 600)
-    log_grid = epr_log_p(result.t, result.epr.params)
-    left.plot(fine, np.exp(epr_log_p(fine, result.epr.params) - np.logaddexp.reduce(log_grid)),
-              "-", color="k", lw=2, label=f"EPR fit (KL {result.epr.kl:.2e})")
-    if result.poly7 is not None:
-        left.plot(fine, result.poly7.p(fine) / result.poly7.p(result.t).sum(), "--", color="C2",
-                  lw=1.5, label=f"degree-7 polynomial (KL {result.poly7.kl:.2e})")
-    params = result.epr.params
-    left.text(0.02, 0.97, "EPR: √(a·t^r + b·(1−t)^q + A²·exp(2κ·t^m))\n"
-              + f"r={params['r']:.3g}  q={params['q']:.3g}  κ={params['kappa']:.3g}  m={params['m']:.3g}",
-              transform=left.transAxes, va="top", fontsize=8, family="monospace")
-    left.set(xlabel="masking rate t", ylabel="p̂_j  (normalised: Σ_j p̂_j = 1)",
-             title=f"P-POTS estimate ({result.estimator} estimator, {result.t.size} rates)")
-    left.set_ylim(bottom=0)
-    left.legend(fontsize=8, loc="lower right")
-    left.grid(alpha=0.3)
-
-    densities = [("EPR", result.density("epr"), "k", "-")]
-    if result.poly7 is not None:
-        densities.append(("poly7", result.density("poly7"), "C2", "--"))
-    for label, table, color, style in densities:
-        mixed = table.mixed(result.mix)
-        right.plot(mixed.t_grid, mixed.p_grid, style, color=color,
-                   label=f"{label}, mixed λ={result.mix:g} (max weight {1 / mixed.p_grid.min():.1f})")
-    right.axhline(1.0 / (1.0 - result.eps), color="C7", lw=1, ls=":", label="uniform U[eps, 1]")
-    right.set(xlabel="masking rate t", ylabel="density p(t) on [eps, 1]",
-              title="Sampling density (weight w = 1/p(t))")
-    right.set_ylim(bottom=0)
-    right.legend(fontsize=8, loc="upper left")
-    right.grid(alpha=0.3)
-    fig.savefig(path_png, dpi=120)
-    plt.close(fig)
