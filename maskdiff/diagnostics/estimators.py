@@ -40,7 +40,9 @@ from maskdiff.diagnostics.nested import RateDraw, nested_losses, rates_on_grid
 from maskdiff.core.objective import Estimator
 from maskdiff.diagnostics.probe import estimator_loss_fn
 from maskdiff.core.samplers import RateSampler
-from maskdiff.core.seeding import BatchRandomness, derive_seed, generator_for
+from maskdiff.core.seeding import (
+    STREAM_BATCH_PICK, STREAM_GRAD_PICK, STREAM_WARMUP, BatchRandomness, derive_seed, generator_for,
+)
 from maskdiff.diagnostics.variance import (
     BatchVariance, ConditionalCurves, Decomposition, GradientVariance,
     GradientVarianceAccumulator, batch_variance, conditional_curves, decompose,
@@ -52,11 +54,6 @@ __all__ = [
     "estimator_gradient_variance", "marginal_rate_draw", "run_diagnostics", "select_parameters",
     "take_examples", "warm_up_control", "with_extra",
 ]
-
-# Streams of this module's own draws (part of the seeds: never change them).
-STREAM_BATCH_PICK = 11  # which examples form a repeated batch
-STREAM_GRAD_PICK = 12  # which example a per-example gradient draw uses
-STREAM_WARMUP = 13  # the control variate's warm-up batches
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
