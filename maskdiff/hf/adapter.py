@@ -15,7 +15,6 @@ from torch import nn
 PAD_POLICIES = ("ignore", "eos")
 ATTENTION_FORMATS = ("2d", "4d", "none")
 CHAT_METHODS = ("auto", "template", "diff")
-T_BINS = 10  # the bins of maskdiff.training.trainer's loss_per_t_bin
 STATE_FILE = "maskdiff_state.pt"
 
 
