@@ -146,6 +146,30 @@ def test_trainer_loss_equals_maskdiff_estimator(tmp_path):
     assert abs(log["masked_ce"] - expected.masked_ce_sum / expected.masked_count) < 1e-5
 
 
+def test_hf_and_native_trainers_log_the_same_step_statistics(tmp_path):
+    """Both trainers log one window implementation: the same steps give the same per-bin
+    losses and masked CE, under the native list and under Trainer's flat keys."""
+    from maskdiff.training.stats import StepStats
+    from maskdiff.training.trainer import _LogWindow
+
+    trainer = MaskedDiffusionTrainer(
+        model=tiny_bert(), args=args(tmp_path), train_dataset=sft_rows(4), rate_sampler=Uniform(),
+        masker=Bernoulli(), mask_token_id=MASK, pad_token_id=PAD)
+    native = _LogWindow()
+    for seed in range(2):
+        g = torch.Generator().manual_seed(seed)
+        t, raw = torch.rand(16, generator=g) * 0.7, torch.rand(16, generator=g) * 5  # bins 7-9 empty
+        stats = StepStats(t=t, w=torch.ones(16), raw=raw, values=raw, masked_ce_sum=3.0 + seed,
+                          masked_count=4, tokens=100)
+        trainer._window.add(stats)
+        native.add({"stats": stats, "loss": 0.0, "grad_norm": 0.0, "lr": 0.0})
+    logged, record = trainer._window_logs(), native.flush(2, float("nan"))
+    for j, loss in enumerate(record["loss_per_t_bin"]):
+        assert logged.get(f"loss_per_t_bin_{j}") == loss, j
+    assert record["loss_per_t_bin"][9] is None and record["loss_per_t_bin"][0] is not None
+    assert logged["masked_ce"] == record["masked_ce"] == 7.0 / 8
+
+
 def test_grad_accumulation_gives_the_full_batch_update(tmp_path):
     """6 examples in one micro-batch or in three of 2: the same update. StraTS makes the rates
     depend on each example's position in the global batch (3 strata: positions 0-5 lie in

@@ -71,18 +71,15 @@ def test_resume_refuses_a_different_config(tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = tiny(tmp_path, checkpoint_every=2)
     trainer = Trainer(config, quiet=True)
-    real = trainer.estimator
 
-    def poisoned(model, batch, randomness, update_control=True):
-        out = real(model, batch, randomness, update_control)
-        if trainer.step == 3:
-            return replace(out, loss=out.loss * float("nan"))
-        return out
+    class Poisoned(type(trainer.estimator)):  # the same objective, NaN at step 3
+        def __call__(self, model, batch, randomness, update_control=True):
+            out = super().__call__(model, batch, randomness, update_control)
+            if trainer.step == 3:
+                return replace(out, loss=out.loss * float("nan"))
+            return out
 
-    trainer.estimator = poisoned
-    trainer.estimator.forward_passes = 1
-    trainer.estimator.control = None
-    trainer.estimator.rate_sampler = real.rate_sampler
+    trainer.estimator.__class__ = Poisoned
     with pytest.raises(TrainingError, match="step 3.*step-000002"):
         trainer.fit()
     last = latest_checkpoint(tmp_path / "run" / "checkpoints")

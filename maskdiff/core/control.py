@@ -14,6 +14,15 @@ from typing import Any
 import torch
 
 
+def t_bins(t: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Bin index of each rate among ``n_bins`` equal bins of (0, 1]: ``j`` such that
+    ``t in (j/m, (j+1)/m]``, clamped to [0, m); a long CPU tensor.
+
+    The one binning of t: the control variate's bins and the trainers' ``loss_per_t_bin``.
+    """
+    return (torch.ceil(t.detach().double().cpu() * n_bins) - 1).long().clamp(0, n_bins - 1)
+
+
 class BinEMA:
     """Bin-wise EMA control variate of variance paper A.4.1.
 
@@ -47,7 +56,7 @@ class BinEMA:
 
     def bins(self, t: torch.Tensor) -> torch.Tensor:
         """Bin index of each rate: ``j`` such that ``t in (j/m, (j+1)/m]``, clamped to [0, m)."""
-        return (torch.ceil(t.detach().double().cpu() * self.n_bins) - 1).long().clamp(0, self.n_bins - 1)
+        return t_bins(t, self.n_bins)
 
     def coefficients(self) -> torch.Tensor:
         mu_l, mu_h, m_lh, m_hh, _ = self.stats

@@ -2,13 +2,16 @@
 
 ``per_example_loss`` is a pure function of tensors. :class:`Estimator` is configuration:
 a rate sampler + a masker + an optional control variate, nothing else; P-POTS+MIRROR is
-``Estimator(rate_sampler=Importance(p), masker=Mirror(), ...)``.
+``Estimator(rate_sampler=Importance(p), masker=Mirror(), ...)``. :class:`Objective` is what a
+trainer calls: the estimator implements it, and so does the causal twin's next-token loss
+(:class:`maskdiff.training.objective.CausalObjective`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +111,34 @@ class EstimatorOutput:
     masked_count: int
 
 
+@runtime_checkable
+class Objective(Protocol):
+    """What a trainer calls, and all it calls (docs/architecture.md): the native trainer and
+    the Hugging Face trainer drive any objective through these five members.
+
+    - ``objective(model, batch, randomness, update_control=False)``: the micro-batch's loss and
+      per-example statistics (:class:`EstimatorOutput`); adaptive state is left untouched.
+    - ``forward_passes``: model forward passes per example (the compute counters).
+    - ``observe(t, w, raw_loss)``: after an optimiser step, fold the *global* batch's
+      per-example rates, weights and losses (gathered over ranks, in the same order on every
+      rank) into the adaptive state (a control variate), so every rank holds the same state.
+    - ``state_dict()`` / ``load_state_dict(state)``: that state as plain tensors, restored
+      exactly on resume.
+    """
+
+    @property
+    def forward_passes(self) -> int: ...
+
+    def __call__(self, model: Model, batch: Batch, randomness: BatchRandomness | torch.Generator,
+                 update_control: bool = True) -> "EstimatorOutput": ...
+
+    def observe(self, t: torch.Tensor, w: torch.Tensor, raw_loss: torch.Tensor) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
 class Estimator:
     """Sampler + masker (+ control variate): turns a batch and a model into the training loss.
 
@@ -173,25 +204,32 @@ class Estimator:
             return list(logits.chunk(len(views)))
         return [model(v.xt, attention) for v in views]
 
+    def view_losses(self, model: Model, x0: torch.Tensor, views: list[View],
+                    attention: torch.Tensor, counts: torch.Tensor
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The per-example loss averaged over ``views`` (SPEC §1), (B,) float32 with gradient,
+        and each view's (B, L) token losses; ``counts`` are the normalizer's ``N``."""
+        token_losses = [masked_token_losses(logits, x0, view)
+                        for view, logits in zip(views, self.forward_views(model, views, attention))]
+        raw = torch.stack([losses.sum(dim=1) / counts for losses in token_losses]).mean(dim=0)
+        return raw, token_losses
+
     def __call__(self, model: Model, batch: Batch,
                  randomness: BatchRandomness | torch.Generator,
                  update_control: bool = True) -> EstimatorOutput:
         """The training loss of ``model`` on ``batch``.
 
         ``update_control=False`` leaves the control variate's statistics untouched (a
-        distributed trainer gathers the values of all ranks and updates them itself).
+        distributed trainer gathers the values of all ranks and calls :meth:`observe`).
         """
         eligible = self.eligible(batch)
         t, w, views = self.draw(batch, randomness, eligible)
         counts = normalizer_counts(eligible, self.normalizer)
-        per_view, ce_sum, count = [], 0.0, 0
-        for view, logits in zip(views, self.forward_views(model, views, batch.attention_mask)):
-            token_losses = masked_token_losses(logits, batch.x0, view)
-            per_view.append(token_losses.sum(dim=1) / counts)
-            # Undo the 1/inclusion_prob to log the plain masked cross-entropy.
-            ce_sum += float((token_losses.detach() * view.inclusion_prob).sum())
-            count += int(view.masked.sum())
-        raw = torch.stack(per_view).mean(dim=0)
+        raw, token_losses = self.view_losses(model, batch.x0, views, batch.attention_mask, counts)
+        # Undo the 1/inclusion_prob to log the plain masked cross-entropy.
+        ce_sum = sum(float((losses.detach() * view.inclusion_prob).sum())
+                     for losses, view in zip(token_losses, views))
+        count = sum(int(view.masked.sum()) for view in views)
         values = w * raw
         if self.control is not None:
             values = self.control.adjust(values, t)
@@ -201,6 +239,21 @@ class Estimator:
         return EstimatorOutput(
             loss=values.mean(), values=values.detach(), raw_loss=raw.detach(), t=t, w=w,
             n_empty=n_empty, forward_passes=len(views), masked_ce_sum=ce_sum, masked_count=count)
+
+    def observe(self, t: torch.Tensor, w: torch.Tensor, raw_loss: torch.Tensor) -> None:
+        """Fold a step's global batch into the control variate (if any): its ``w · l`` at ``t``."""
+        if self.control is not None:
+            self.control.update(w * raw_loss, t)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rate sampler's state (an online P-POTS density) and the control variate's."""
+        return {"sampler": self.rate_sampler.state_dict(),
+                "control": self.control.state_dict() if self.control is not None else {}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rate_sampler.load_state_dict(state["sampler"])
+        if self.control is not None:
+            self.control.load_state_dict(state["control"])
 
     def __repr__(self) -> str:
         return (f"Estimator(rate_sampler={self.rate_sampler!r}, masker={self.masker!r}, "

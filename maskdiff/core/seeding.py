@@ -19,10 +19,27 @@ import torch
 
 _MASK64 = (1 << 64) - 1
 
-# Stream identifiers: part of the seed, never change them (it would change every run's draws).
-STREAM_RATE = 1
-STREAM_MASK = 2
-STREAM_BATCH = 3
+# Seed streams: the second part of every ``derive_seed``/``generator_for`` key, so independent
+# draws never share a generator. This is their one definition; every value is part of every
+# run's draws: never change one. Streams under different root seeds (the groups below) may
+# share a value.
+# The estimator's draws, keyed further by (example index, step) or (step):
+STREAM_RATE = 1  # each example's rate
+STREAM_MASK = 2  # each example's masks (one generator per uniform set)
+STREAM_BATCH = 3  # batch-level layouts shared by all ranks (StraTS's strata)
+# The trainer:
+STREAM_DATA_ORDER = 4  # the per-epoch permutation of the training set
+# Diagnostics (maskdiff.diagnostics.estimators):
+STREAM_BATCH_PICK = 11  # which examples form a repeated batch
+STREAM_GRAD_PICK = 12  # which example a per-example gradient draw uses
+STREAM_WARMUP = 13  # the control variate's warm-up batches
+# The k-parity laboratory (maskdiff.labs.parity):
+STREAM_PARITY_DATA = 11  # the secret and the splits
+STREAM_PARITY_INIT = 12  # the model's initialisation
+STREAM_PARITY_TRAIN = 13  # batch order and masks
+# The image experiment (maskdiff.experiments.image, image_eval):
+STREAM_CLASSIFIER = 7  # the digit classifier's initialisation and batch order
+STREAM_IMAGE_SAMPLING = 11  # the generation noise
 
 
 def _splitmix64(x: int) -> int:

@@ -37,7 +37,9 @@ import torch
 from maskdiff.core.batch import Batch
 from maskdiff.core.objective import Estimator
 from maskdiff.core.samplers import RateSampler
-from maskdiff.core.seeding import BatchRandomness, derive_seed, generator_for
+from maskdiff.core.seeding import (
+    STREAM_BATCH_PICK, STREAM_GRAD_PICK, STREAM_WARMUP, BatchRandomness, derive_seed, generator_for,
+)
 from maskdiff.diagnostics.curves import ConditionalCurves, conditional_curves
 from maskdiff.diagnostics.gradient import GradientVariance, GradientVarianceAccumulator
 from maskdiff.diagnostics.nested import RateDraw, nested_losses, rates_on_grid
@@ -49,11 +51,6 @@ __all__ = [
     "estimator_gradient_variance", "marginal_rate_draw", "select_parameters", "take_examples",
     "warm_up_control",
 ]
-
-# Streams of this module's own draws (part of the seeds: never change them).
-STREAM_BATCH_PICK = 11  # which examples form a repeated batch
-STREAM_GRAD_PICK = 12  # which example a per-example gradient draw uses
-STREAM_WARMUP = 13  # the control variate's warm-up batches
 
 
 def int_at_least(value: Any, name: str, minimum: int = 1) -> int:

@@ -13,7 +13,7 @@ import torch
 
 from maskdiff.core.batch import Batch
 from maskdiff.diagnostics.nested import LossFn
-from maskdiff.core.objective import Estimator, masked_token_losses, normalizer_counts
+from maskdiff.core.objective import Estimator, normalizer_counts
 
 __all__ = ["estimator_loss_fn"]
 
@@ -35,7 +35,8 @@ def estimator_loss_fn(model, batch: Batch, estimator: Estimator, *,
 
     Row r evaluates example ``example_ids[r]`` of ``batch`` at rate ``t[r]`` with the
     estimator's masker driven by uniforms seeded by ``mask_seeds[r]``: the mean over the
-    masker's views of the per-example loss (SPEC §1), i.e. the estimator's ``raw_loss``.
+    masker's views of the per-example loss (SPEC §1), i.e. the estimator's ``raw_loss``,
+    computed by the estimator itself (:meth:`Estimator.view_losses`); only the draws differ.
     The rate weight ``w`` is applied by the engine. With a control variate and
     ``apply_control`` the control's *current* adjustment ``−c_j b_j`` is added (SPEC §6), so
     the value is what the trainer averages at that state; the control is never updated.
@@ -56,10 +57,7 @@ def estimator_loss_fn(model, batch: Batch, estimator: Estimator, *,
         rates = t.to(device=device, dtype=torch.float32)
         uniforms = _mask_uniforms(mask_seeds, masker.n_uniform_sets, x0.shape[1]).to(device)
         views = masker.views_from_uniforms(x0, eligible, rates, uniforms, mask_id)
-        logits = estimator.forward_views(model, views, attention)
-        per_view = [masked_token_losses(lg, x0, view).sum(dim=1) / counts_all[ids]
-                    for view, lg in zip(views, logits)]
-        values = torch.stack(per_view).mean(dim=0)
+        values, _ = estimator.view_losses(model, x0, views, attention, counts_all[ids])
         if apply_control and estimator.control is not None:
             values = estimator.control.adjust(values, rates)
         return values.float().cpu()

@@ -50,13 +50,12 @@ from maskdiff.data.digits import (
 from maskdiff.experiments.image_eval import ClassifierConfig, DigitEvaluator
 from maskdiff.training.generate import generate_diffusion
 from maskdiff.core.methods import DENSITY_METHODS, METHOD_NAMES, method_estimator
-from maskdiff.core.seeding import generator_for
+from maskdiff.core.seeding import STREAM_IMAGE_SAMPLING, generator_for
 
 DEFAULT_SEEDS = (42, 731, 20231)
 EQUAL_COMPUTE = "standard@2x"  # standard with twice the batch: the two-forward methods' compute
 DEFAULT_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", EQUAL_COMPUTE)
 START_SEED = 0
-SAMPLING_STREAM = 11  # seed stream of the generation noise
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,7 +177,7 @@ def sample_images(model: nn.Module, tokenizer, labels: Sequence[int], *, levels:
     """(N, 8, 8) images, one per requested label, by low-confidence decoding (SPEC §8)."""
     sampler = GumbelSampling(model, temperature=temperature,
                              allowed_ids=level_token_ids(tokenizer, levels),
-                             generator=generator_for(seed, SAMPLING_STREAM)).to(device)
+                             generator=generator_for(seed, STREAM_IMAGE_SAMPLING)).to(device)
     out = []
     for start in range(0, len(labels), batch_size):
         chunk = labels[start:start + batch_size]

@@ -27,10 +27,9 @@ from torch import nn
 
 from maskdiff.data.digits import N_PIXELS, examples_to_arrays
 from maskdiff.data.examples import Example
-from maskdiff.core.seeding import generator_for
+from maskdiff.core.seeding import STREAM_CLASSIFIER, generator_for
 
 N_CLASSES = 10
-CLASSIFIER_STREAM = 7  # seed stream of the classifier (init, batch order)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,8 +104,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, levels: int,
     if len(inputs) != len(targets) or len(inputs) == 0:
         raise ValueError(
             f"need as many labels as images (> 0), got {len(inputs)} and {len(targets)}")
-    model = DigitClassifier(config.hidden, generator_for(config.seed, CLASSIFIER_STREAM, 0))
-    order_gen = generator_for(config.seed, CLASSIFIER_STREAM, 1)
+    model = DigitClassifier(config.hidden, generator_for(config.seed, STREAM_CLASSIFIER, 0))
+    order_gen = generator_for(config.seed, STREAM_CLASSIFIER, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     model.train()

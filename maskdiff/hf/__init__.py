@@ -18,7 +18,8 @@ Three pieces, each usable alone:
   and after a resume. It logs the per-t-bin statistics of :mod:`maskdiff.training.trainer` and can refit
   a P-POTS importance density online (SPEC §4 [beyond]).
 
-``transformers`` is imported lazily by the functions that need it, so ``import maskdiff.hf``
+``transformers`` is imported lazily by the functions that need it and by the first use of
+``MaskedDiffusionTrainer`` (:mod:`maskdiff.hf.trainer` imports it), so ``import maskdiff.hf``
 costs nothing until a model is loaded or a trainer is built.
 """
 
@@ -26,7 +27,6 @@ from maskdiff.hf.adapter import (  # noqa: F401
     ATTENTION_FORMATS,
     CHAT_METHODS,
     STATE_FILE,
-    T_BINS,
     AdapterOptions,
     HFAdapter,
     load_hf_model,
@@ -43,6 +43,7 @@ from maskdiff.hf.collate import (  # noqa: F401
     syntax_token_ids,
 )
 from maskdiff.hf.source import HFSource, load_hf_source  # noqa: F401
+from maskdiff.training.stats import T_BINS  # noqa: F401  (the bins of loss_per_t_bin_j)
 
 __all__ = [
     "AdapterOptions", "HFAdapter", "load_hf_model", "MaskedDiffusionCollator", "IndexedDataset",
@@ -53,9 +54,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The Trainer subclass needs transformers at class-creation time: build it on first use.
+    # The Trainer subclass imports transformers: import its module on first use.
     if name == "MaskedDiffusionTrainer":
-        from maskdiff.hf.trainer import trainer_class
+        from maskdiff.hf.trainer import MaskedDiffusionTrainer
 
-        return trainer_class()
+        return MaskedDiffusionTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,6 @@ from maskdiff.data.collate import canonical_pad_policy
 
 ATTENTION_FORMATS = ("2d", "4d", "none")
 CHAT_METHODS = ("auto", "template", "diff")
-T_BINS = 10  # the bins of maskdiff.training.trainer's loss_per_t_bin
 STATE_FILE = "maskdiff_state.pt"
 
 

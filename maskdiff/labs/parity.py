@@ -30,11 +30,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from maskdiff.core.batch import Batch
 from maskdiff.core.masking import Bernoulli, View
 from maskdiff.models import TransformerConfig, build_model
-from maskdiff.core.objective import per_example_loss
+from maskdiff.core.objective import Estimator, per_example_loss
 from maskdiff.core.samplers import RateSampler, Window
-from maskdiff.core.seeding import derive_seed, generator_for
+from maskdiff.core.seeding import (
+    STREAM_PARITY_DATA, STREAM_PARITY_INIT, STREAM_PARITY_TRAIN, derive_seed, generator_for,
+)
 
 __all__ = [
     "MASK_ID", "MINUS_ID", "PLUS_ID", "VOCAB_SIZE", "FixedRate", "ParityData", "ParityModelConfig",
@@ -45,9 +48,6 @@ __all__ = [
 
 MINUS_ID, PLUS_ID, MASK_ID = 0, 1, 2
 VOCAB_SIZE = 3
-
-# Stream codes mixed into derive_seed so that data, init, batch order and masks never share draws.
-_STREAM_DATA, _STREAM_INIT, _STREAM_TRAIN = 11, 12, 13
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ class ParityModelConfig:
 def build_parity_model(config: ParityModelConfig, n: int, seed: int) -> torch.nn.Module:
     """The model for ``n`` input bits, initialised from ``seed`` (the global RNG is untouched)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, _STREAM_INIT))
+        torch.manual_seed(derive_seed(seed, STREAM_PARITY_INIT))
         return build_model(config.transformer_config(n))
 
 
@@ -194,12 +194,14 @@ def _label_masked(tokens: torch.Tensor) -> torch.Tensor:
 def md_loss(model: torch.nn.Module, tokens: torch.Tensor, sampler: RateSampler,
             generator: torch.Generator) -> torch.Tensor:
     """The MD objective (SPEC §9; eq. 1 with N = 1): batch mean of
-    ``-(1/t) Σ_i 1[masked_i] log p(x0_i | xt)`` over all ``n + 1`` positions."""
-    t, w = sampler.sample(tokens.shape[0], generator)
-    eligible = torch.ones_like(tokens, dtype=torch.bool)
-    (view,) = Bernoulli().views(tokens, eligible, t, generator, MASK_ID)
-    logits = model(view.xt, None)
-    return (w * per_example_loss(logits, tokens, view, eligible, normalizer="none")).mean()
+    ``-(1/t) Σ_i 1[masked_i] log p(x0_i | xt)`` over all ``n + 1`` positions: maskdiff's
+    :class:`Estimator` with Bernoulli masks on every position, drawing from ``generator``."""
+    everything = torch.ones_like(tokens, dtype=torch.bool)
+    batch = Batch(x0=tokens, eligible=everything, attention_mask=everything,
+                  example_index=torch.arange(tokens.shape[0]))
+    estimator = Estimator(rate_sampler=sampler, masker=Bernoulli(), mask_token_id=MASK_ID,
+                          normalizer="none")
+    return estimator(model, batch, generator).loss
 
 
 def supervised_loss(model: torch.nn.Module, tokens: torch.Tensor, sampler: Any = None,
@@ -307,7 +309,7 @@ class ParityRunConfig:
 
     def make_data(self) -> ParityData:
         return make_parity_data(n=self.n, k=self.k, n_train=self.n_train, n_val=self.n_val,
-                                generator=generator_for(self.data_seed, _STREAM_DATA))
+                                generator=generator_for(self.data_seed, STREAM_PARITY_DATA))
 
 
 @dataclass
@@ -348,7 +350,7 @@ def train_parity(config: ParityRunConfig, data: ParityData | None = None,
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=config.betas)
-    generator = generator_for(config.seed, _STREAM_TRAIN)
+    generator = generator_for(config.seed, STREAM_PARITY_TRAIN)
     sampler = config.sampler()
     objective: Objective = md_loss if config.objective == "md" else supervised_loss
     train, m = data.train, data.train.shape[0]

@@ -170,7 +170,8 @@ class SecondMomentTracker:
 class OnlineRefitter:
     """Keeps an :class:`~maskdiff.core.samplers.Importance` sampler's density fresh during training
     (SPEC §4 [beyond]): tracks ``E[l² | t]`` from the training losses and refits EPR every
-    ``refit_every`` steps. ``config`` is a :class:`maskdiff.training.config.RefitConfig`.
+    ``refit_every`` steps. Both trainers use it: the native one builds it with
+    :meth:`from_config`, the Hugging Face one around the tracker its user hands it.
 
     Every rank calls :meth:`after_step` with its *local* per-example ``t``, plain loss ``l`` and
     weight ``w``; the statistics are all-reduced at once, so every rank fits the same table with
@@ -178,24 +179,34 @@ class OnlineRefitter:
     keeps the current density and is reported, not raised.
     """
 
-    def __init__(self, config, sampler) -> None:
+    def __init__(self, sampler, tracker: SecondMomentTracker, *, refit_every: int,
+                 min_count: float, restarts: int) -> None:
         if not hasattr(sampler, "set_density"):
             raise ValueError(f"online P-POTS needs an importance sampler, got {sampler!r}")
-        self.config, self.sampler = config, sampler
-        self.tracker = SecondMomentTracker(config.n_bins, eps=sampler.eps, decay=config.decay)
+        self.sampler, self.tracker = sampler, tracker
+        self.refit_every, self.min_count, self.restarts = refit_every, min_count, restarts
         self.params: dict[str, float] | None = None
         self.refits = 0
+
+    @classmethod
+    def from_config(cls, config, sampler) -> "OnlineRefitter":
+        """From a :class:`maskdiff.core.config.RefitConfig`, with a tracker on the sampler's range."""
+        if not hasattr(sampler, "set_density"):
+            raise ValueError(f"online P-POTS needs an importance sampler, got {sampler!r}")
+        tracker = SecondMomentTracker(config.n_bins, eps=sampler.eps, decay=config.decay)
+        return cls(sampler, tracker, refit_every=config.refit_every, min_count=config.min_count,
+                   restarts=config.restarts)
 
     def after_step(self, step: int, t: torch.Tensor, losses: torch.Tensor,
                    weights: torch.Tensor) -> dict | None:
         """Fold in one step's losses; at a refit step, refit and return a log record."""
         self.tracker.update(t, losses, weights)
         self.tracker.all_reduce_()
-        if step % self.config.refit_every != 0:
+        if step % self.refit_every != 0:
             return None
         try:
-            refit = self.tracker.refit(min_count=self.config.min_count,
-                                       restarts=self.config.restarts, seed=step, init=self.params)
+            refit = self.tracker.refit(min_count=self.min_count, restarts=self.restarts,
+                                       seed=step, init=self.params)
         except ValueError as err:  # not enough filled bins yet
             return {"step": step, "refit": None, "reason": str(err)}
         self.sampler.set_density(refit.density.as_tuple())

@@ -44,19 +44,34 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def _wire(x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the device the backend reduces on (NCCL: this rank's GPU; gloo: the CPU)."""
+    if dist.get_backend() == "nccl":
+        return x.to(torch.device("cuda", torch.cuda.current_device()))
+    return x.cpu()
+
+
 def gather_cat(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate equal-shaped tensors of all ranks in rank order (CPU tensors)."""
+    """Concatenate the ranks' tensors along dim 0 in rank order; their lengths may differ
+    (a rank may drop non-finite values). The result lies on ``x``'s device."""
     world = rank_and_world()[1]
     if world == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    local = _wire(x.contiguous())
+    sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(x)], dtype=torch.long, device=local.device))
+    lengths = [int(n) for n in sizes]
+    padded = local.new_zeros((max(lengths), *x.shape[1:]))
+    padded[: len(x)] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, lengths)]).to(x.device)
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over ranks (a new tensor on ``x``'s device; ``x`` itself alone)."""
     if rank_and_world()[1] == 1:
         return x
-    x = x.clone()
-    dist.all_reduce(x)
-    return x
+    total = _wire(x.clone())
+    dist.all_reduce(total)
+    return total.to(x.device)

@@ -56,6 +56,34 @@ def _batches(examples: Sequence, collate: Collate, batch_size: int, device):
         yield collate(items).to(device)
 
 
+def stratified_estimators(*, mask_token_id: int, rates_per_example: int = 4,
+                          normalizer: str = "eligible", eps: float = DEFAULT_EPS,
+                          syntax_eligible: bool = False) -> list[Estimator]:
+    """One estimator per stratum: ``U`` over the j-th of ``rates_per_example`` equal strata of
+    [eps, 1], Bernoulli masks, no weights, no control variate (SPEC §8)."""
+    if rates_per_example < 1:
+        raise ValueError(f"rates_per_example must be >= 1, got {rates_per_example}")
+    edges = [eps + (1 - eps) * j / rates_per_example for j in range(rates_per_example + 1)]
+    return [Estimator(rate_sampler=Window(edges[j], edges[j + 1], eps=eps), masker=Bernoulli(),
+                      mask_token_id=mask_token_id, normalizer=normalizer,
+                      syntax_eligible=syntax_eligible)
+            for j in range(rates_per_example)]
+
+
+@torch.no_grad()
+def stratified_elbo(model, batch: Batch, estimators: Sequence[Estimator],
+                    seed: int) -> torch.Tensor:
+    """Each example's full-range ELBO term: the mean over the strata of ``estimators``
+    (:func:`stratified_estimators`), stratum ``j``'s draws keyed on ``(seed, j, example index)``.
+    Float64 (B,) on the batch's device."""
+    indices = batch.example_index.tolist()
+    total = torch.zeros(len(batch), dtype=torch.float64, device=batch.x0.device)
+    for stratum, estimator in enumerate(estimators):
+        randomness = BatchRandomness.for_batch(seed, stratum, indices)
+        total += estimator(model, batch, randomness).values.double()
+    return total / len(estimators)
+
+
 @torch.no_grad()
 def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
                      rates_per_example: int = 4, seed: int = 1234, batch_size: int = 64,
@@ -66,25 +94,14 @@ def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_
     every draw, so their per-example difference gives a *paired* standard error."""
     if not examples:
         raise ValueError("cannot evaluate on an empty list of examples")
-    if rates_per_example < 1:
-        raise ValueError(f"rates_per_example must be >= 1, got {rates_per_example}")
+    estimators = stratified_estimators(mask_token_id=mask_token_id,
+                                       rates_per_example=rates_per_example,
+                                       normalizer=normalizer, eps=eps)
     was_training = model.training
     model.eval()
-    edges = [eps + (1 - eps) * j / rates_per_example for j in range(rates_per_example + 1)]
-    estimators = [
-        Estimator(rate_sampler=Window(edges[j], edges[j + 1], eps=eps), masker=Bernoulli(),
-                  mask_token_id=mask_token_id, normalizer=normalizer)
-        for j in range(rates_per_example)
-    ]
-    per_example = []
     try:
-        for batch in _batches(examples, collate, batch_size, device):
-            indices = batch.example_index.tolist()
-            total = torch.zeros(len(batch), dtype=torch.float64)
-            for stratum, estimator in enumerate(estimators):
-                randomness = BatchRandomness.for_batch(seed, stratum, indices)
-                total += estimator(model, batch, randomness).values.double().cpu()
-            per_example.append(total / rates_per_example)
+        per_example = [stratified_elbo(model, batch, estimators, seed).cpu()
+                       for batch in _batches(examples, collate, batch_size, device)]
     finally:
         model.train(was_training)
     return torch.cat(per_example)

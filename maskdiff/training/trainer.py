@@ -31,12 +31,10 @@ from maskdiff.data import TaskData
 from maskdiff.data.setup import load_task
 from maskdiff.training.evaluate import EvalResult, causal_nll, elbo
 from maskdiff.models import TransformerConfig, build_model
-from maskdiff.models.transformer import causal_lm_loss
+from maskdiff.training.objective import CausalObjective, build_objective  # noqa: F401
 from maskdiff.training.runs import TOKENIZER_FILE, make_collator
-from maskdiff.core.seeding import BatchRandomness, generator_for
-
-STREAM_DATA_ORDER = 4
-T_BINS = 10
+from maskdiff.training.stats import T_BINS, StepStats, StepWindow, finish_step  # noqa: F401
+from maskdiff.core.seeding import STREAM_DATA_ORDER, BatchRandomness, generator_for
 
 
 class TrainingError(RuntimeError):
@@ -95,26 +93,6 @@ def resolve_estimator(config: EstimatorConfig, task: TaskData) -> EstimatorConfi
     return replace(config, masker=masker)
 
 
-class CausalObjective:
-    """The autoregressive twin's loss in the estimator's output shape (SPEC §11)."""
-
-    forward_passes = 1
-    control = None
-    rate_sampler = None
-
-    def __call__(self, model, batch, randomness, update_control=False):
-        from maskdiff.core.objective import EstimatorOutput
-
-        loss = causal_lm_loss(model(batch.x0, batch.attention_mask), batch.x0, batch.eligible)
-        ones = torch.ones_like(loss.detach())
-        n_targets = int(batch.eligible[:, 1:].sum())
-        return EstimatorOutput(
-            loss=loss.mean(), values=loss.detach(), raw_loss=loss.detach(), t=ones, w=ones,
-            n_empty=int((batch.eligible.sum(1) == 0).sum()), forward_passes=1,
-            masked_ce_sum=float((loss.detach() * batch.eligible[:, 1:].sum(1)).sum()),
-            masked_count=n_targets)
-
-
 class Trainer:
     """Trains one run described by a :class:`TrainConfig` into ``config.out_dir``.
 
@@ -151,19 +129,10 @@ class Trainer:
             self.model = build_model(model_cfg).to(self.device)
         if init_weights is not None:
             self.model.load_state_dict(init_weights)
-        self.estimator = CausalObjective() if self.causal else self.config.estimator.build(
-            mask_token_id=tok.mask_id)
-        self.refitter = None
-        if not self.causal and self.config.estimator.refit is not None:
-            from maskdiff.ppots.online import OnlineRefitter
-            self.refitter = OnlineRefitter(self.config.estimator.refit, self.estimator.rate_sampler)
+        self.estimator, self.refitter = build_objective(
+            self.config.estimator, causal=self.causal, mask_token_id=tok.mask_id)
         self.ddp = distributed.wrap(self.model, self.device)
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": optim.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=optim.lr, betas=(optim.beta1, optim.beta2))
+        self.optimizer = _adamw(self.model, optim)
         self.order = DataOrder(len(self.task.train), config.seed)
         self.proxy = VarianceProxy()
         self.out_dir = Path(config.out_dir)
@@ -176,8 +145,7 @@ class Trainer:
     def _state(self) -> dict:
         return {
             "step": self.step, "optimizer": self.optimizer.state_dict(),
-            "sampler": getattr(self.estimator.rate_sampler, "state_dict", dict)(),
-            "control": self.estimator.control.state_dict() if self.estimator.control else {},
+            **self.estimator.state_dict(),  # "sampler" and "control" of an estimator
             "proxy": self.proxy.state_dict(),
             "refit": self.refitter.state_dict() if self.refitter else {},
             "early_stopping": {"best": self.best, "best_se": self.best_se,
@@ -202,10 +170,7 @@ class Trainer:
         state = ckpt.state
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.estimator.rate_sampler is not None:
-            self.estimator.rate_sampler.load_state_dict(state["sampler"])
-        if self.estimator.control is not None:
-            self.estimator.control.load_state_dict(state["control"])
+        self.estimator.load_state_dict({key: state[key] for key in self.estimator.state_dict()})
         self.proxy.load_state_dict(state["proxy"])
         if self.refitter is not None:
             self.refitter.load_state_dict(state["refit"])
@@ -245,7 +210,7 @@ class Trainer:
         local = cfg.optim.batch_size // self.world
         positions = list(range(self.rank * local, (self.rank + 1) * local))
         self.optimizer.zero_grad(set_to_none=True)
-        outputs = []
+        outputs, tokens = [], []
         for m in range(cfg.optim.grad_accum):
             pos = positions[m * self.micro_batch:(m + 1) * self.micro_batch]
             idx = [indices[p] for p in pos]
@@ -265,34 +230,18 @@ class Trainer:
                     f"{last_good or 'none written yet'}")
             with sync:
                 (out.loss * (len(idx) / local)).backward()
-            outputs.append((out, int(batch.attention_mask.sum())))
+            outputs.append(out)
+            tokens.append(int(batch.attention_mask.sum()))
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
         self.optimizer.step()
-        return self._step_stats(outputs, lr, float(grad_norm))
-
-    def _step_stats(self, outputs, lr: float, grad_norm: float) -> dict:
-        """Gather the step's per-example values over ranks; update control, proxy, counters."""
-        cat = lambda name: torch.cat([getattr(o, name).detach().float().cpu() for o, _ in outputs])  # noqa: E731
-        t, w, raw, values = cat("t"), cat("w"), cat("raw_loss"), cat("values")
-        refit = None
-        if self.refitter is not None:  # local values: the tracker all-reduces its statistics
-            refit = self.refitter.after_step(self.step + 1, t, raw, w)
-        scalars = torch.tensor([sum(o.masked_ce_sum for o, _ in outputs),
-                                sum(o.masked_count for o, _ in outputs),
-                                sum(n for _, n in outputs)], dtype=torch.float64)
-        t, w, raw, values = (distributed.gather_cat(x) for x in (t, w, raw, values))
-        scalars = distributed.all_reduce_sum(scalars)
-        if self.estimator.control is not None:
-            self.estimator.control.update(w * raw, t)
-        self.proxy.update(raw, w)
-        passes = self.estimator.forward_passes
-        self.forward_passes += passes * len(t)
-        self.tokens += int(scalars[2]) * passes
-        bins = (torch.ceil(t.double() * T_BINS) - 1).long().clamp(0, T_BINS - 1)
-        return {"loss": float(values.mean()), "raw": raw, "bins": bins, "lr": lr,
-                "grad_norm": grad_norm, "ce_sum": float(scalars[0]), "ce_count": float(scalars[1]),
-                "tokens": float(scalars[2]) * passes, "refit": refit}
+        stats, refit = finish_step(StepStats.collect(outputs, tokens), step=step + 1,
+                                   objective=self.estimator, proxy=self.proxy,
+                                   refitter=self.refitter)
+        self.forward_passes += self.estimator.forward_passes * len(stats)
+        self.tokens += int(stats.tokens)
+        return {"stats": stats, "loss": float(stats.values.mean()), "lr": lr,
+                "grad_norm": float(grad_norm), "refit": refit}
 
     def fit(self, resume: bool = True, stop_after: int | None = None) -> TrainResult:
         """Train until ``optim.max_steps`` or early stopping.
@@ -311,7 +260,7 @@ class Trainer:
         metrics_path = self.out_dir / "metrics.jsonl"
         if self.rank == 0:
             _truncate_metrics(metrics_path, self.step if resumed else 0)
-        self.session_start, window = time.perf_counter(), _Window()
+        self.session_start, window = time.perf_counter(), _LogWindow()
         bar = tqdm(total=cfg.optim.max_steps, initial=self.step, desc=Path(cfg.out_dir).name,
                    disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
         stopped_early = False
@@ -383,42 +332,39 @@ class Trainer:
         self.model.load_state_dict(load_checkpoint(path).weights)
 
 
-class _Window:
-    """Statistics accumulated between two log lines."""
-
-    def __init__(self) -> None:
-        self.reset()
+class _LogWindow(StepWindow):
+    """The shared step window plus what only this trainer logs: loss, grad norm, lr."""
 
     def reset(self) -> None:
-        self.losses, self.raw, self.bins, self.grad_norms = [], [], [], []
-        self.ce_sum = self.ce_count = self.tokens = 0.0
-        self.lr, self.start = 0.0, time.perf_counter()
+        super().reset()
+        self.losses, self.grad_norms, self.lr = [], [], 0.0
 
-    def add(self, stats: dict) -> None:
-        self.losses.append(stats["loss"])
-        self.raw.append(stats["raw"])
-        self.bins.append(stats["bins"])
-        self.grad_norms.append(stats["grad_norm"])
-        self.ce_sum += stats["ce_sum"]
-        self.ce_count += stats["ce_count"]
-        self.tokens += stats["tokens"]
-        self.lr = stats["lr"]
+    def add(self, step: dict) -> None:
+        super().add(step["stats"])
+        self.losses.append(step["loss"])
+        self.grad_norms.append(step["grad_norm"])
+        self.lr = step["lr"]
 
     def flush(self, step: int, variance_proxy: float) -> dict:
-        raw, bins = torch.cat(self.raw).double(), torch.cat(self.bins)
-        sums = torch.zeros(T_BINS, dtype=torch.float64).index_add_(0, bins, raw)
-        counts = torch.bincount(bins, minlength=T_BINS)
-        per_bin = [float(s / c) if c else None for s, c in zip(sums, counts)]
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
         record = {
             "step": step, "loss": sum(self.losses) / len(self.losses),
-            "masked_ce": self.ce_sum / self.ce_count if self.ce_count else None,
-            "loss_per_t_bin": per_bin, "grad_norm": sum(self.grad_norms) / len(self.grad_norms),
-            "lr": self.lr, "tokens_per_s": self.tokens / elapsed,
+            "masked_ce": self.masked_ce(), "loss_per_t_bin": self.loss_per_t_bin(),
+            "grad_norm": sum(self.grad_norms) / len(self.grad_norms),
+            "lr": self.lr, "tokens_per_s": self.tokens_per_s(),
             "variance_proxy": None if math.isnan(variance_proxy) else variance_proxy,
         }
         self.reset()
         return record
+
+
+def _adamw(model: torch.nn.Module, optim) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": optim.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=optim.lr, betas=(optim.beta1, optim.beta2))
 
 
 def _plain_line(record: dict, max_steps: int) -> str:
