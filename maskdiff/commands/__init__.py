@@ -10,6 +10,39 @@ def parse_ints(text: str, name: str) -> tuple[int, ...]:
         raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from err
 
 
+def parse_seeds(text: str | None, name: str = "--seeds") -> tuple[int, ...] | None:
+    """Distinct seeds, or None when the flag is absent; empty or repeated seeds are an error
+    (a repeated seed would count one run twice)."""
+    if text is None:
+        return None
+    seeds = parse_ints(text, name)
+    if not seeds:
+        raise ValueError(f"{name} names no seed, got {text!r}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"{name} repeats seed(s) {repeated}: each seed is one run, counted once")
+    if min(seeds) < 0:
+        raise ValueError(f"{name} must be integers >= 0, got {text!r}")
+    return seeds
+
+
+def add_threads_argument(parser) -> None:
+    """``--threads``: PyTorch's intra-op threads (results depend on it; reports record it)."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op CPU threads (default: PyTorch's choice); the run's "
+                             "results.json records the number used")
+
+
+def apply_threads(args) -> None:
+    if getattr(args, "threads", None) is None:
+        return
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
 def parse_names(text: str) -> tuple[str, ...]:
     """``"standard, mirror"`` -> ``("standard", "mirror")``."""
     return tuple(x.strip() for x in text.split(",") if x.strip())

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint
+from maskdiff.training.checkpoint import CheckpointError, find_checkpoint
 from maskdiff.training.config import TrainConfig, from_dict, to_dict
 from maskdiff.core.batch import Batch
 from maskdiff.data import Collator, CollatorConfig, TaskData, load_tokenizer, single_token_ids
@@ -31,11 +32,16 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> L
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     if not (run_dir / "config.json").exists():
         raise ValueError(f"{run_dir} is not a run directory (no config.json)")
-    root = run_dir / ("best" if which == "best" else "checkpoints")
-    path = latest_checkpoint(root) or latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
+    found = find_checkpoint(run_dir / ("best" if which == "best" else "checkpoints"))
+    if found.checkpoint is None and which == "best":
+        found = find_checkpoint(run_dir / "checkpoints")
+    if found.checkpoint is None:
+        if found.skipped:
+            raise CheckpointError(f"{run_dir} has no valid checkpoint ({found.note()})")
         raise ValueError(f"{run_dir} has no checkpoint yet")
-    ckpt = load_checkpoint(path)
+    if found.skipped:
+        print(f"maskdiff: {found.note()}", file=sys.stderr, flush=True)
+    ckpt, path = found.checkpoint, found.checkpoint.path
     config = from_dict(TrainConfig, ckpt.config)
     tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
     model_cfg = TransformerConfig(vocab_size=tokenizer.vocab_size, max_len=config.data.max_len,
