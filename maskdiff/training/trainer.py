@@ -36,7 +36,9 @@ from maskdiff.data.setup import load_task
 from maskdiff.training.evaluate import EvalResult, causal_nll, elbo
 from maskdiff.models import TransformerConfig, build_model
 from maskdiff.models.transformer import causal_lm_loss
-from maskdiff.training.runs import TOKENIZER_FILE, make_collator
+from maskdiff.training.runs import (
+    TOKENIZER_FILE, check_step_memory, make_collator, truncation_counts, truncation_line,
+)
 from maskdiff.core.seeding import BatchRandomness, generator_for
 
 STREAM_DATA_ORDER = 4
@@ -61,6 +63,7 @@ class TrainResult:
     n_parameters: int
     history: list[dict] = field(default_factory=list)
     threads: int = 0  # torch's intra-op threads: float results depend on it
+    truncated: dict = field(default_factory=dict)  # per split: examples/tokens cut to max_len
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -154,6 +157,7 @@ class Trainer:
             self.model.load_state_dict(init_weights)
         self.estimator = CausalObjective() if self.causal else self.config.estimator.build(
             mask_token_id=tok.mask_id)
+        check_step_memory(config, tok.vocab_size, per_rank, self.estimator.forward_passes)
         self.refitter = None
         if not self.causal and self.config.estimator.refit is not None:
             from maskdiff.ppots.online import OnlineRefitter
@@ -332,6 +336,11 @@ class Trainer:
         metrics_path = self.out_dir / "metrics.jsonl"
         if self.rank == 0:
             _truncate_metrics(metrics_path, self.step if resumed else 0)
+        self.truncated = truncation_counts(self.collate, {
+            "train": self.task.train, "val": list(self.task.val)[: cfg.eval.n_examples]})
+        if self.rank == 0 and truncation_line(self.truncated, cfg.data.max_len):
+            print(f"maskdiff: {truncation_line(self.truncated, cfg.data.max_len)}",
+                  file=sys.stderr, flush=True)
         self.session_start, window = time.perf_counter(), _Window()
         bar = tqdm(total=cfg.optim.max_steps, initial=self.step, desc=Path(cfg.out_dir).name,
                    disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
@@ -394,7 +403,8 @@ class Trainer:
             stopped_early=stopped_early, variance_proxy=self.proxy.variance(),
             forward_passes=self.forward_passes, tokens=self.tokens, seconds=seconds,
             out_dir=str(self.out_dir), n_parameters=count_parameters(self.model),
-            history=list(self.history), threads=torch.get_num_threads())
+            history=list(self.history), threads=torch.get_num_threads(),
+            truncated=getattr(self, "truncated", {}))
         if self.rank == 0:
             (self.out_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         return result
