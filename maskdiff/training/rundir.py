@@ -3,7 +3,10 @@
 :func:`claim` is held by a trainer for the whole of ``fit``:
 
 * a lock (``out_dir/.lock``, ``flock``: released by the kernel when the process dies, so a
-  ``kill -9`` never leaves a stale lock) refuses a second trainer in the same directory;
+  ``kill -9`` never leaves a stale lock) keeps a second trainer out of the directory: refused
+  when it would start fresh or its config differs from the directory's ``config.json``; when
+  it resumes the same run (parallel experiment workers reading a shared starting run), it
+  waits for the first to finish, saying so, then resumes what that one left;
 * a fresh start (no resume) in a directory that already holds a run is refused unless
   ``overwrite`` is given, which first removes that run's checkpoints, logs and results;
 * a resumed start in a directory whose run left no checkpoint but logs of a different config is
@@ -15,8 +18,10 @@ See docs/architecture.md ("Reliability").
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,7 +40,9 @@ RUN_OUTPUTS = ("checkpoints", "best", "metrics.jsonl", "results.json")
 
 
 @contextmanager
-def _lock(out_dir: Path) -> Iterator[None]:
+def _lock(out_dir: Path, wait_if: "callable | None" = None) -> Iterator[None]:
+    """Hold ``out_dir/.lock``. When another process holds it: wait for it if ``wait_if()``
+    says so (a resume of the same run: it then finds that run's progress), else refuse."""
     path = out_dir / LOCK_FILE
     handle = open(path, "a+")
     try:
@@ -45,8 +52,13 @@ def _lock(out_dir: Path) -> Iterator[None]:
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown"
-                raise RunDirError(f"{out_dir} is in use by another trainer (pid {holder}); "
-                                  f"wait for it to finish or use another --out") from None
+                if wait_if is None or not wait_if():
+                    raise RunDirError(f"{out_dir} is in use by another trainer (pid {holder}); "
+                                      f"wait for it to finish or use another --out") from None
+                print(f"maskdiff: {out_dir} is in use by another trainer of the same run (pid "
+                      f"{holder}); waiting for it to finish, then resuming", file=sys.stderr,
+                      flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -54,6 +66,19 @@ def _lock(out_dir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()  # closing releases the flock
+
+
+def _same_run(out_dir: Path, config: dict[str, Any], free_fields: tuple[str, ...]) -> bool:
+    """Whether ``out_dir/config.json`` is absent (not yet written) or describes ``config``."""
+    saved = out_dir / "config.json"
+    if not saved.is_file():
+        return True
+    try:
+        old = json.loads(saved.read_text())
+    except (ValueError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(old, dict) and not [
+        d for d in diff_configs(old, config) if d not in free_fields]
 
 
 def held_run(out_dir: Path) -> str | None:
@@ -88,8 +113,6 @@ def _check(out_dir: Path, config: dict[str, Any], resume: bool, overwrite: bool,
                           f"--no-resume), replace it with --overwrite, or use another --out")
     saved = out_dir / "config.json"
     if not step_dirs(out_dir / "checkpoints") and saved.is_file():
-        import json
-
         try:
             old = json.loads(saved.read_text())
         except (ValueError, UnicodeDecodeError):
@@ -110,6 +133,7 @@ def claim(out_dir: str | Path, *, rank: int, config: dict[str, Any], resume: boo
         return
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _lock(out_dir):
+    wait_if = (lambda: _same_run(out_dir, config, free_fields)) if resume and not overwrite else None
+    with _lock(out_dir, wait_if):
         _check(out_dir, config, resume, overwrite, free_fields)
         yield
