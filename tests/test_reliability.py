@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import signal
 import threading
 import subprocess
 import sys
@@ -154,7 +153,7 @@ def test_the_lock_is_held_across_processes_and_freed_by_kill(tmp_path, capsys):
             assert proc.poll() is not None  # ... which kill -9 ended without a stale lock
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate()
     assert "waiting for it to finish" in capsys.readouterr().err
 
 
@@ -289,8 +288,9 @@ def test_a_stopped_rank_makes_the_other_fail_after_the_timeout(tmp_path):
     try:
         out, err = procs[0].communicate(timeout=60)
     finally:
-        procs[1].send_signal(signal.SIGKILL)
-        procs[1].wait()
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
     assert "TrainingError rank 0/2: all_reduce waited more than 1 s" in out, err[-2000:]
 
 
