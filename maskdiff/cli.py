@@ -39,14 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe(err: BaseException) -> str:
+    """One line for an expected failure, naming the file where the error carries one."""
+    if isinstance(err, OSError) and err.filename is not None:
+        target = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+        return f"{target}: {err.strerror or err}"
+    return str(err).strip() or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every expected failure (bad input: ``ValueError``; I/O: ``OSError``; a
+    refused or diverged run: ``ExpectedError``; Ctrl-C) ends in one line on stderr and a
+    non-zero exit: 2 for bad input, 1 for the others, 130 for an interruption."""
+    from maskdiff.training.errors import ExpectedError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as err:  # bad input: say what, without a traceback
-        print(f"maskdiff {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"maskdiff {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ExpectedError) as err:  # say what, without a traceback
+        print(f"maskdiff {args.command}: error: {describe(err)}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
 
 
 if __name__ == "__main__":

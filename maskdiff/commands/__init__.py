@@ -2,12 +2,56 @@
 few argument parsers they share."""
 
 
+def positive(text: str) -> int:
+    """argparse ``type`` of a count that must be >= 1 (0 would silently mean the default)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def parse_ints(text: str, name: str) -> tuple[int, ...]:
     """``"42,731"`` -> ``(42, 731)``; a ValueError naming the flag otherwise."""
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError as err:
         raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from err
+
+
+def parse_seeds(text: str | None, name: str = "--seeds") -> tuple[int, ...] | None:
+    """Distinct seeds, or None when the flag is absent; empty or repeated seeds are an error
+    (a repeated seed would count one run twice)."""
+    if text is None:
+        return None
+    seeds = parse_ints(text, name)
+    if not seeds:
+        raise ValueError(f"{name} names no seed, got {text!r}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"{name} repeats seed(s) {repeated}: each seed is one run, counted once")
+    if min(seeds) < 0:
+        raise ValueError(f"{name} must be integers >= 0, got {text!r}")
+    return seeds
+
+
+def add_threads_argument(parser) -> None:
+    """``--threads``: PyTorch's intra-op threads (results depend on it; reports record it)."""
+    parser.add_argument("--threads", type=positive, default=None,
+                        help="intra-op CPU threads (default: PyTorch's choice); the run's "
+                             "results.json records the number used")
+
+
+def apply_threads(args) -> None:
+    if getattr(args, "threads", None) is None:
+        return
+    import torch
+
+    torch.set_num_threads(args.threads)
 
 
 def parse_names(text: str) -> tuple[str, ...]:
@@ -17,8 +61,9 @@ def parse_names(text: str) -> tuple[str, ...]:
 
 def add_decoding_arguments(parser) -> None:
     """The low-confidence decoder's flags (SPEC §8) and the run's checkpoint and device."""
-    parser.add_argument("--gen-length", type=int, help="default: max_len minus the prompt's length")
-    parser.add_argument("--steps", type=int, help="default: one token per step")
-    parser.add_argument("--block-length", type=int, help="default: one block")
+    parser.add_argument("--gen-length", type=positive,
+                        help="default: max_len minus the prompt's length")
+    parser.add_argument("--steps", type=positive, help="default: one token per step")
+    parser.add_argument("--block-length", type=positive, help="default: one block")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     parser.add_argument("--device", default="cpu")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from maskdiff.commands import parse_ints, parse_names
+from maskdiff.commands import parse_names, parse_seeds
 from maskdiff.experiments.compare import PRESETS
 
 
@@ -41,7 +41,7 @@ def run(args) -> int:
     preset = PRESETS[args.preset]
     if args.methods:
         preset = replace(preset, methods=parse_names(args.methods))
-    seeds = parse_ints(args.seeds, "--seeds") if args.seeds else None
+    seeds = parse_seeds(args.seeds)
     out = Path(args.out or f"runs/compare-{preset.name}")
     device = args.device or preset.base.device
     workers = args.workers or (min(4, os.cpu_count() or 1) if device == "cpu" else 1)

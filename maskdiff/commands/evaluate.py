@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from maskdiff.commands import add_decoding_arguments
+from maskdiff.commands import add_decoding_arguments, positive
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
 from maskdiff.training.evaluate import causal_nll, elbo, pass_at_1
+from maskdiff.training.checkpoint import atomic_write_text
 from maskdiff.training.runs import load_run
 
 
@@ -18,8 +20,8 @@ def register(subparsers) -> None:
                                           "writes eval.json into the run directory.")
     p.add_argument("--run", required=True)
     p.add_argument("--split", choices=("val", "test"), default="test")
-    p.add_argument("--n", type=int, default=128, help="examples to evaluate")
-    p.add_argument("--rates", type=int, default=8, help="stratified rates per example (ELBO)")
+    p.add_argument("--n", type=positive, default=128, help="examples to evaluate")
+    p.add_argument("--rates", type=positive, default=8, help="stratified rates per example (ELBO)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the ELBO's common random numbers")
     p.add_argument("--pass-at-1", action="store_true", help="also generate and score answers")
     add_decoding_arguments(p)
@@ -30,6 +32,10 @@ def run(args) -> int:
     loaded = load_run(args.run, args.checkpoint, args.device)
     config, tok = loaded.config, loaded.tokenizer
     examples = list(load_task(config.data).split(args.split))[: args.n]
+    if config.data.train_file is not None and args.split == "test":
+        print("maskdiff evaluate: note: with a train_file the test split is the validation "
+              "split (early stopping chose the checkpoint on it), not held-out data",
+              file=sys.stderr)
     collate = Collator(tok, CollatorConfig(max_len=config.data.max_len,
                                            pad_policy=config.data.pad_policy,
                                            overflow=config.data.overflow))
@@ -49,5 +55,5 @@ def run(args) -> int:
                         device=args.device)
         report["pass_at_1"] = gen.pass_at_1
         print(f"pass@1 {gen.pass_at_1:.3f} over {gen.n} examples")
-    (Path(args.run) / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(Path(args.run) / "eval.json", json.dumps(report, indent=2) + "\n")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from maskdiff.training.config import TrainConfig, from_dict, load_json, to_dict
 from maskdiff.core.methods import CAUSAL, METHOD_NAMES, density_from_ppots, method_estimator
 from maskdiff.training.presets import PRESETS
+from maskdiff.commands import add_threads_argument, apply_threads
 
 
 def register(subparsers) -> None:
@@ -39,7 +40,11 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field by its dotted name, e.g. data.max_len=64 "
                         "(VALUE is read as JSON when it parses, else as a string)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start a fresh run (refused where the directory holds another run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a fresh run, first removing the run the directory holds")
+    add_threads_argument(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -99,7 +104,9 @@ def run(args) -> int:
     from maskdiff.training.trainer import Trainer
 
     config = build_config(args)
-    result = Trainer(config, quiet=args.quiet).fit(resume=not args.no_resume)
+    apply_threads(args)
+    result = Trainer(config, quiet=args.quiet).fit(resume=not args.no_resume,
+                                                   overwrite=args.overwrite)
     best = "n/a" if result.best_val is None else f"{result.best_val:.4f} ± {result.best_val_se:.4f}"
     print(f"{config.out_dir}: {result.steps} steps in {result.seconds:.1f}s, best validation "
           f"loss {best} (step {result.best_step}), variance proxy {result.variance_proxy:.4f}")

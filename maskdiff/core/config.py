@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -93,6 +94,29 @@ class ComponentConfig:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+_PRIMITIVES = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float)}
+
+
+def check_fields(config: Any, owner: str) -> None:
+    """Every ``str``/``bool``/``int``/``float`` field (optional or not) of a config dataclass
+    holds a value of that type, and every number is finite: a ``ValueError`` naming the field
+    and the value otherwise (``--set optim.lr=abc``, ``lr=inf``, ``weight_decay=NaN``)."""
+    for f in dataclasses.fields(config):
+        kind = str(f.type).replace(" | None", "").replace("Optional[", "").rstrip("]")
+        if kind not in _PRIMITIVES:
+            continue
+        value = getattr(config, f.name)
+        if value is None and "None" in str(f.type):
+            continue
+        allowed = _PRIMITIVES[kind]
+        if not isinstance(value, allowed) or (kind != "bool" and isinstance(value, bool)):
+            noun = {"str": "a string", "bool": "true or false", "int": "an integer",
+                    "float": "a number"}[kind]
+            raise ValueError(f"{owner}.{f.name} must be {noun}, got {value!r}")
+        if kind in ("int", "float") and not math.isfinite(value):
+            raise ValueError(f"{owner}.{f.name} must be finite, got {value!r}")
+
+
 def positive_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
@@ -115,6 +139,7 @@ class RefitConfig:
     restarts: int = 4
 
     def __post_init__(self) -> None:
+        check_fields(self, "estimator.refit")
         positive_int("estimator.refit", "refit_every", self.refit_every)
         positive_int("estimator.refit", "n_bins", self.n_bins, minimum=8)
         positive_int("estimator.refit", "restarts", self.restarts)
@@ -141,6 +166,7 @@ class EstimatorConfig:
     refit: RefitConfig | None = None  # online P-POTS: needs the "importance" sampler
 
     def __post_init__(self) -> None:
+        check_fields(self, "estimator")
         if self.refit is not None and self.sampler.name != "importance":
             raise ValueError(f"estimator.refit (online P-POTS) needs sampler 'importance', "
                              f"got {self.sampler.name!r}")

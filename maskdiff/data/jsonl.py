@@ -4,8 +4,9 @@ Two row kinds, one kind per file: ``{"prompt": str, "response": str}`` (SFT) and
 ``{"text": str}`` (pretraining; becomes ``Example(prompt="", response=text)``). Blank lines
 are skipped. Anything else -- bad JSON, a row that is not an object, a missing key, a value
 that is not a string, an empty response or text, rows of both kinds in one file, unknown keys
-(unless ``extra_keys="ignore"``), no rows at all -- raises ValueError naming the file and
-line, so a broken data set never trains silently on a subset.
+(unless ``extra_keys="ignore"``), no rows at all, bytes that are not UTF-8, a lone surrogate
+escape (``"\\ud800"``) -- raises ValueError naming the file and line, so a broken data set
+never trains silently on a subset.
 """
 
 from __future__ import annotations
@@ -41,11 +42,16 @@ def load_jsonl(path: str | Path, extra_keys: str = "error") -> list[Example]:
     examples: list[Example] = []
     file_kind: str | None = None
     first_line = 0
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{where}: not UTF-8 (byte {raw[err.start]:#04x} at byte "
+                                 f"{err.start + 1} of the line)") from None
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
@@ -75,6 +81,11 @@ def load_jsonl(path: str | Path, extra_keys: str = "error") -> list[Example]:
                     raise ValueError(
                         f"{where}: {key!r} must be a string, got {type(row[key]).__name__}"
                     )
+                try:
+                    row[key].encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise ValueError(f"{where}: {key!r} holds a lone surrogate "
+                                     f"({row[key][err.start]!r}), not text") from None
             unknown = sorted(set(row) - set(keys))
             if unknown and extra_keys == "error":
                 raise ValueError(

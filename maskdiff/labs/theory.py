@@ -25,6 +25,8 @@ from typing import Union
 import numpy as np
 from scipy.optimize import brentq
 
+from maskdiff.memory import require
+
 __all__ = [
     "signal_probability",
     "signal_optimal_rate",
@@ -74,7 +76,10 @@ def _check_window(t0: float, t1: float) -> tuple[float, float]:
 
 def _gauss_legendre_mean(f, t0: float, t1: float, degree: int) -> float:
     """Exact mean of a polynomial ``f`` of the given degree over ``[t0, t1]`` (t0 < t1)."""
-    nodes, weights = np.polynomial.legendre.leggauss(degree // 2 + 1)
+    n = degree // 2 + 1
+    # leggauss builds and diagonalises an n × n companion matrix (two float64 copies).
+    require(16.0 * n * n, f"Gauss-Legendre integration of degree {degree} ({n} nodes)")
+    nodes, weights = np.polynomial.legendre.leggauss(n)
     t = 0.5 * (t1 - t0) * nodes + 0.5 * (t1 + t0)
     return float(0.5 * np.sum(weights * f(t)))
 

@@ -61,10 +61,22 @@ def save_ppots_json(path: str | Path, result: PPotsResult) -> None:
 
 def load_ppots_json(path: str | Path) -> PPotsResult:
     """Read a file written by :func:`save_ppots_json` (``eps`` defaults to 1e-3 if absent)."""
-    doc = json.loads(Path(path).read_text())
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a P-POTS result (not valid JSON: {err})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a P-POTS result (a JSON object is expected)")
     missing = [k for k in ("t", "p_hat", "epr", "mix", "estimator") if k not in doc]
     if missing:
         raise ValueError(f"{path}: not a P-POTS result, missing keys {missing}")
+    try:
+        return _ppots_from_doc(doc)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a P-POTS result ({type(err).__name__}: {err})") from None
+
+
+def _ppots_from_doc(doc: dict) -> PPotsResult:
     poly = doc.get("poly7")
     return PPotsResult(
         t=np.asarray(doc["t"], dtype=np.float64), p_hat=np.asarray(doc["p_hat"], dtype=np.float64),

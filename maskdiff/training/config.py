@@ -9,10 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from maskdiff.core.config import (  # noqa: F401  (re-exported: a run's config nests them)
     ComponentConfig,
     EstimatorConfig,
     RefitConfig,
+    check_fields,
     diff_configs,
     from_dict,
     load_json,
@@ -36,8 +39,11 @@ class ModelConfig:
     causal: bool = False  # True: the autoregressive twin (SPEC §11), next-token loss
 
     def __post_init__(self) -> None:
+        check_fields(self, "model")
         for name in ("d_model", "n_layers", "n_heads", "mlp_ratio"):
             positive_int("model", name, getattr(self, name))
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +70,7 @@ class DataConfig:
     difficulty: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_fields(self, "data")
         for name in ("n_train", "max_len"):
             positive_int("data", name, getattr(self, name))
         for name in ("n_val", "n_test", "data_seed"):
@@ -88,6 +95,7 @@ class OptimConfig:
     grad_accum: int = 1
 
     def __post_init__(self) -> None:
+        check_fields(self, "optim")
         if not (self.lr > 0):
             raise ValueError(f"optim.lr must be positive, got {self.lr!r}")
         if self.weight_decay < 0:
@@ -129,6 +137,7 @@ class EvalConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
+        check_fields(self, "eval")
         for name in ("every", "n_examples", "rates_per_example", "batch_size"):
             positive_int("eval", name, getattr(self, name))
         positive_int("eval", "patience", self.patience, minimum=0)
@@ -151,9 +160,15 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        check_fields(self, "train")
         positive_int("train", "seed", self.seed, minimum=0)
         positive_int("train", "log_every", self.log_every)
         positive_int("train", "checkpoint_every", self.checkpoint_every, minimum=0)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"train.device must be cpu, cuda, cuda:N, mps ..., got "
+                             f"{self.device!r}") from None
 
 
 # Fields that may change between a run and its resumption: where it runs, not what it computes.

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint
+from maskdiff.training.checkpoint import CheckpointError, find_checkpoint
 from maskdiff.training.config import TrainConfig, from_dict, to_dict
 from maskdiff.core.batch import Batch
 from maskdiff.data import Collator, CollatorConfig, TaskData, load_tokenizer, single_token_ids
+from maskdiff.data.examples import Example
 from maskdiff.models import TransformerConfig, build_model
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -31,11 +34,16 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> L
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     if not (run_dir / "config.json").exists():
         raise ValueError(f"{run_dir} is not a run directory (no config.json)")
-    root = run_dir / ("best" if which == "best" else "checkpoints")
-    path = latest_checkpoint(root) or latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
+    found = find_checkpoint(run_dir / ("best" if which == "best" else "checkpoints"))
+    if found.checkpoint is None and which == "best":
+        found = find_checkpoint(run_dir / "checkpoints")
+    if found.checkpoint is None:
+        if found.skipped:
+            raise CheckpointError(f"{run_dir} has no valid checkpoint ({found.note()})")
         raise ValueError(f"{run_dir} has no checkpoint yet")
-    ckpt = load_checkpoint(path)
+    if found.skipped:
+        print(f"maskdiff: {found.note()}", file=sys.stderr, flush=True)
+    ckpt, path = found.checkpoint, found.checkpoint.path
     config = from_dict(TrainConfig, ckpt.config)
     tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
     model_cfg = TransformerConfig(vocab_size=tokenizer.vocab_size, max_len=config.data.max_len,
@@ -52,6 +60,45 @@ def make_collator(config: TrainConfig, task: TaskData) -> Collator:
     syntax = single_token_ids(tok, task.syntax_tokens) if task.syntax_tokens else None
     return Collator(tok, CollatorConfig(max_len=config.data.max_len, pad_policy=config.data.pad_policy,
                                         overflow=config.data.overflow), syntax_ids=syntax)
+
+
+def check_step_memory(config: TrainConfig, vocab_size: int, micro_batch: int,
+                      forward_passes: int) -> None:
+    """Refuse a batch or length whose activations exceed the machine's memory (a ValueError
+    with the estimate), before anything is allocated (:mod:`maskdiff.memory`)."""
+    from maskdiff.memory import require, transformer_step_bytes
+
+    model, data = config.model, config.data
+    rows = max(micro_batch * forward_passes, config.eval.batch_size)
+    need = transformer_step_bytes(rows=rows, length=data.max_len, d_model=model.d_model,
+                                  n_layers=model.n_layers, n_heads=model.n_heads, vocab=vocab_size)
+    require(need, f"a step of {rows} rows × max_len={data.max_len} (d_model={model.d_model}, "
+                  f"{model.n_layers} layers, {model.n_heads} heads, vocab {vocab_size})",
+            config.device)
+
+
+def truncation_counts(collate: Collator, splits: dict[str, Sequence[Example]]) -> dict:
+    """Per split: how many examples (and tokens) the overflow policy cuts to ``max_len``.
+
+    A run reports these (``results.json``, and a line on stderr when any is cut); under
+    ``overflow="error"`` the first overlong example raises here, before training starts.
+    """
+    probe = Collator(collate.tokenizer, collate.config)
+    out = {}
+    for name, examples in splits.items():
+        probe.reset_counts()
+        for index, example in enumerate(examples):
+            probe.encode(index, example)
+        out[name] = {"examples": probe.n_truncated, "tokens": probe.n_truncated_tokens,
+                     "of": len(examples)}
+    return out
+
+
+def truncation_line(counts: dict, max_len: int) -> str | None:
+    """One line naming the cut examples per split, or None when nothing is cut."""
+    cut = [f"{c['examples']}/{c['of']} {name} examples ({c['tokens']} tokens)"
+           for name, c in counts.items() if c["examples"]]
+    return f"truncated to max_len={max_len}: " + ", ".join(cut) if cut else None
 
 
 def example_batch(config: TrainConfig, task: TaskData, n_examples: int, split: str = "train") -> Batch:

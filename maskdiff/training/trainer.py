@@ -22,7 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from maskdiff.training import distributed
-from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from maskdiff.training import rundir
+from maskdiff.training.checkpoint import (
+    CheckpointError, find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
+)
+from maskdiff.training.errors import TrainingError
 from maskdiff.training.config import (
     RESUME_FREE_FIELDS, ComponentConfig, EstimatorConfig, TrainConfig, diff_configs, to_dict,
 )
@@ -32,13 +36,11 @@ from maskdiff.data.setup import load_task
 from maskdiff.training.evaluate import EvalResult, causal_nll, elbo
 from maskdiff.models import TransformerConfig, build_model
 from maskdiff.training.objective import CausalObjective, build_objective  # noqa: F401
-from maskdiff.training.runs import TOKENIZER_FILE, make_collator
+from maskdiff.training.runs import (
+    TOKENIZER_FILE, check_step_memory, make_collator, truncation_counts, truncation_line,
+)
 from maskdiff.training.stats import T_BINS, StepStats, StepWindow, finish_step  # noqa: F401
 from maskdiff.core.seeding import STREAM_DATA_ORDER, BatchRandomness, generator_for
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss); the message names the last good checkpoint."""
 
 
 @dataclass
@@ -58,6 +60,8 @@ class TrainResult:
     out_dir: str
     n_parameters: int
     history: list[dict] = field(default_factory=list)
+    threads: int = 0  # torch's intra-op threads: float results depend on it
+    truncated: dict = field(default_factory=dict)  # per split: examples/tokens cut to max_len
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -131,6 +135,7 @@ class Trainer:
             self.model.load_state_dict(init_weights)
         self.estimator, self.refitter = build_objective(
             self.config.estimator, causal=self.causal, mask_token_id=tok.mask_id)
+        check_step_memory(config, tok.vocab_size, per_rank, self.estimator.forward_passes)
         self.ddp = distributed.wrap(self.model, self.device)
         self.optimizer = _adamw(self.model, optim)
         self.order = DataOrder(len(self.task.train), config.seed)
@@ -156,10 +161,16 @@ class Trainer:
         }
 
     def _resume(self) -> bool:
-        path = latest_checkpoint(self.out_dir / "checkpoints")
-        if path is None:
+        root = self.out_dir / "checkpoints"
+        found = find_checkpoint(root)
+        if found.checkpoint is None and found.skipped:
+            raise CheckpointError(f"no valid checkpoint under {root} ({found.note()}); "
+                                  f"use --overwrite to start the run over")
+        if found.checkpoint is None:
             return False
-        ckpt = load_checkpoint(path)
+        if found.skipped and self.rank == 0:
+            print(f"maskdiff: {found.note()}", file=sys.stderr, flush=True)
+        ckpt, path = found.checkpoint, found.checkpoint.path
         ignore = set(RESUME_FREE_FIELDS)
         differ = [d for d in diff_configs(ckpt.config, to_dict(self.config)) if d not in ignore]
         if differ:
@@ -185,8 +196,14 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         if self.rank == 0:
-            save_checkpoint(self.out_dir / "checkpoints", self.step, self.model.state_dict(),
-                            self._state(), to_dict(self.config))
+            try:
+                save_checkpoint(self.out_dir / "checkpoints", self.step, self.model.state_dict(),
+                                self._state(), to_dict(self.config))
+            except CheckpointError as err:  # non-finite weights: keep the last good one
+                raise TrainingError(f"{err}. Last good checkpoint: {self._last_good()}") from err
+
+    def _last_good(self) -> Path | str:
+        return latest_checkpoint(self.out_dir / "checkpoints") or "none written yet"
 
     # -- evaluation -----------------------------------------------------------------------
     def validate(self, examples=None) -> EvalResult:
@@ -223,11 +240,10 @@ class Trainer:
             with sync, autocast:
                 out = self.estimator(self.ddp, batch, randomness, update_control=False)
             if not torch.isfinite(out.loss):
-                last_good = latest_checkpoint(self.out_dir / "checkpoints")
                 raise TrainingError(
                     f"the loss is {float(out.loss.detach())} at step {step} (examples {idx[:8]}...); "
                     f"training stopped before the update. Last good checkpoint: "
-                    f"{last_good or 'none written yet'}")
+                    f"{self._last_good()}")
             with sync:
                 (out.loss * (len(idx) / local)).backward()
             outputs.append(out)
@@ -243,13 +259,22 @@ class Trainer:
         return {"stats": stats, "loss": float(stats.values.mean()), "lr": lr,
                 "grad_norm": float(grad_norm), "refit": refit}
 
-    def fit(self, resume: bool = True, stop_after: int | None = None) -> TrainResult:
+    def fit(self, resume: bool = True, stop_after: int | None = None,
+            overwrite: bool = False) -> TrainResult:
         """Train until ``optim.max_steps`` or early stopping.
 
-        ``resume`` continues from the newest checkpoint in ``out_dir`` (refusing one written by
-        a different config). ``stop_after`` ends the call after that many steps with a
-        checkpoint, as an interruption would (tests use it to check exact resumption).
+        ``resume`` continues from the newest valid checkpoint in ``out_dir`` (refusing one
+        written by a different config). ``stop_after`` ends the call after that many steps with
+        a checkpoint, as an interruption would (tests use it to check exact resumption).
+        The run directory is locked meanwhile; a fresh start in a directory holding another run
+        is refused unless ``overwrite`` (:mod:`maskdiff.training.rundir`).
         """
+        with rundir.claim(self.out_dir, rank=self.rank, config=to_dict(self.config),
+                          resume=resume and not overwrite, overwrite=overwrite,
+                          free_fields=RESUME_FREE_FIELDS):
+            return self._fit(resume and not overwrite, stop_after)
+
+    def _fit(self, resume: bool, stop_after: int | None) -> TrainResult:
         cfg = self.config
         resumed = resume and self._resume()
         if self.rank == 0:
@@ -260,6 +285,11 @@ class Trainer:
         metrics_path = self.out_dir / "metrics.jsonl"
         if self.rank == 0:
             _truncate_metrics(metrics_path, self.step if resumed else 0)
+        self.truncated = truncation_counts(self.collate, {
+            "train": self.task.train, "val": list(self.task.val)[: cfg.eval.n_examples]})
+        if self.rank == 0 and truncation_line(self.truncated, cfg.data.max_len):
+            print(f"maskdiff: {truncation_line(self.truncated, cfg.data.max_len)}",
+                  file=sys.stderr, flush=True)
         self.session_start, window = time.perf_counter(), _LogWindow()
         bar = tqdm(total=cfg.optim.max_steps, initial=self.step, desc=Path(cfg.out_dir).name,
                    disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
@@ -296,6 +326,9 @@ class Trainer:
 
     def _evaluate(self, record: dict) -> bool:
         result = self.validate()
+        if not math.isfinite(result.mean):
+            raise TrainingError(f"the validation loss is {result.mean} at step {self.step}; "
+                                f"training stopped. Last good checkpoint: {self._last_good()}")
         record.update(val_loss=result.mean, val_se=result.se)
         self.history.append({"step": self.step, "val_loss": result.mean, "val_se": result.se})
         if self.best is None or result.mean < self.best:
@@ -319,7 +352,8 @@ class Trainer:
             stopped_early=stopped_early, variance_proxy=self.proxy.variance(),
             forward_passes=self.forward_passes, tokens=self.tokens, seconds=seconds,
             out_dir=str(self.out_dir), n_parameters=count_parameters(self.model),
-            history=list(self.history))
+            history=list(self.history), threads=torch.get_num_threads(),
+            truncated=getattr(self, "truncated", {}))
         if self.rank == 0:
             (self.out_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         return result
