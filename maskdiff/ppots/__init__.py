@@ -9,8 +9,8 @@ Everything public is re-exported here: ``from maskdiff.ppots import estimate_ppo
 
 from maskdiff.ppots.estimate import (  # noqa: F401
     ESTIMATORS, JSON_FORMAT, JSON_VERSION, ModelPHat, PHat, PPotsResult, cached_density,
-    estimate_p_hat, estimate_ppots, fit_ppots, load_ppots_json, model_p_hat, plot_ppots,
-    save_ppots_json,
+    density_from_ppots, estimate_p_hat, estimate_ppots, fit_ppots, load_ppots_json, model_p_hat,
+    plot_ppots, save_ppots_json,
 )
 from maskdiff.ppots.fit import (  # noqa: F401
     EPR_KEYS, MIN_GRID_POINTS, MIN_TABLE_POINTS, DensityTable, EPRFit, PolyFit, check_table,
