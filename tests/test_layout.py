@@ -35,8 +35,6 @@ LONG_FILES: dict[str, str] = {
 }
 # Function-level imports (importer, imported) that close a known cycle.
 CYCLE_EDGES: dict[tuple[str, str], str] = {
-    # core.methods.density_from_ppots reads ppots.json; ppots.io.cached_density calls it.
-    ("maskdiff.core.methods", "maskdiff.ppots"): "being removed on branch registry",
 }
 
 

@@ -10,9 +10,9 @@ import torch
 
 from maskdiff.cli import main
 from maskdiff.training.config import RefitConfig
-from maskdiff.core.methods import density_from_ppots, method_estimator
+from maskdiff.core.methods import method_config
 from maskdiff.ppots import (
-    epr_density, estimate_ppots, fit_ppots, model_p_hat, save_ppots_json,
+    density_from_ppots, epr_density, estimate_ppots, fit_ppots, model_p_hat, save_ppots_json,
 )
 from maskdiff.training.runs import example_batch
 from maskdiff.core.samplers import Importance
@@ -68,7 +68,7 @@ def test_density_from_ppots_tabulates_the_fitted_epr(tmp_path):
 
 
 def _online(tmp_path, **overrides):
-    est = replace(method_estimator("ppots_online"),
+    est = replace(method_config("ppots_online"),
                   refit=RefitConfig(refit_every=3, n_bins=8, min_count=1, restarts=2))
     return tiny(tmp_path, estimator=est, checkpoint_every=2, **overrides)
 

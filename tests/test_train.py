@@ -9,7 +9,7 @@ import torch
 from maskdiff.training import checkpoint as checkpoint_module
 from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint
 from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
-from maskdiff.core.methods import method_estimator
+from maskdiff.core.methods import method_config
 from maskdiff.training.trainer import Trainer, TrainingError
 
 
@@ -48,7 +48,7 @@ def test_training_reduces_the_validation_loss(tmp_path):
 
 @pytest.mark.parametrize("method", ["standard", "mirror", "ema"])
 def test_resume_is_bit_identical(tmp_path, method):
-    config = tiny(tmp_path, estimator=method_estimator(method), checkpoint_every=2)
+    config = tiny(tmp_path, estimator=method_config(method), checkpoint_every=2)
     straight = Trainer(replace(config, out_dir=str(tmp_path / "a")), quiet=True)
     straight.fit()
     interrupted = replace(config, out_dir=str(tmp_path / "b"))

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
                     "OUT/report.md, OUT/results.json and plots. Finished runs are reused when "
                     "the job is restarted.")
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                   help="demo (default, ~10 min on 2 CPU cores), full (every method), "
+                   help="demo (default, ~10 min on 2 CPU cores), full (every registered method), "
                         "gpu (a larger model, --device cuda), smoke (tests)")
     p.add_argument("--methods", help="comma-separated subset of the preset's methods, or others "
                                      "(e.g. standard,mirror,standard@2x)")

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--task", help="with --preset: train on this built-in task instead "
                                   "(e.g. table, which SyRM needs)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
-                   help=f"configurations to measure (default: {' '.join(DEFAULT_METHODS)})")
+                   help=f"registered methods to measure (default: {' '.join(DEFAULT_METHODS)})")
     sizes = "default {default}, with --preset smoke {smoke}"
     for flag, key, text in (
             ("--a", "a", "examples"),

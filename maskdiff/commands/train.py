@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from maskdiff.training.config import TrainConfig, from_dict, load_json, to_dict
-from maskdiff.core.methods import CAUSAL, METHOD_NAMES, density_from_ppots, method_estimator
+from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
 from maskdiff.training.presets import PRESETS
 from maskdiff.commands import add_threads_argument, apply_threads
 
@@ -15,18 +15,21 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a masked diffusion model (or its causal twin)",
         description="Train one run. Settings apply in order: --preset or --config, then "
-                    "--method, then the flags, then --set. The run directory gets "
+                    "--method, then the flags (an equal-compute --method such as standard@2x "
+                    "then multiplies the batch size), then --set. The run directory gets "
                     "config.json (the resolved config: it reproduces the run), metrics.jsonl, "
                     "checkpoints/, best/, results.json. An existing run directory is resumed.")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="a named preset (default: small, unless --config is given)")
     p.add_argument("--config", type=Path, help="a JSON TrainConfig (e.g. a run's config.json)")
-    p.add_argument("--method", choices=METHOD_NAMES, help="a named estimator (SPEC §11)")
+    p.add_argument("--method", choices=list(METHODS), metavar="METHOD",
+                   help="a named method (docs/method.md §11): "
+                        + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
     p.add_argument("--ppots", type=Path,
                    help="ppots.json (from `maskdiff fit-pots`): the fitted density of the ppots "
                         "methods; ppots_online starts from it (else from uniform) and refits online")
     p.add_argument("--window", type=float, nargs=2, metavar=("T_MIN", "T_MAX"),
-                   default=(0.45, 0.55), help="the window of --method window")
+                   default=DEFAULT_WINDOW, help="the window of --method window")
     p.add_argument("--task", help="built-in task: arithmetic, table or text")
     p.add_argument("--train-file", help="JSONL training data ({prompt, response} or {text} rows)")
     p.add_argument("--val-file", help="JSONL validation data (default: hold out 10%% of train)")
@@ -75,12 +78,14 @@ def build_config(args) -> TrainConfig:
         base = PRESETS[args.preset or "small"]
     data = to_dict(base)
     if args.method:
+        method = get_method(args.method)
         density = None
         if args.ppots is not None:
+            from maskdiff.ppots import density_from_ppots
+
             density = density_from_ppots(args.ppots)
-        data["estimator"] = to_dict(method_estimator(args.method, density=density,
-                                                     window=tuple(args.window)))
-        data["model"]["causal"] = args.method == CAUSAL
+        data["estimator"] = to_dict(method.estimator_config(density=density, window=tuple(args.window)))
+        data["model"]["causal"] = method.causal
     flags = {("data", "task"): args.task, ("data", "train_file"): args.train_file,
              ("data", "val_file"): args.val_file, ("seed",): args.seed,
              ("optim", "max_steps"): args.steps, ("optim", "batch_size"): args.batch_size,
@@ -93,6 +98,8 @@ def build_config(args) -> TrainConfig:
             node[path[-1]] = value
     if args.bf16:
         data["bf16"] = True
+    if args.method:  # an equal-compute variant (standard@2x) scales the batch it is given
+        data["optim"]["batch_size"] *= get_method(args.method).batch_factor
     name = f"{args.preset or 'run'}-{args.method or 'standard'}-s{data['seed']}"
     data["out_dir"] = args.out or (data["out_dir"] if args.config else f"runs/{name}")
     for item in args.set:

@@ -53,6 +53,9 @@ class Masker(ABC):
     """``views(x0, eligible, t, generator, mask_token_id) -> list[View]``."""
 
     name: ClassVar[str]
+    # Constructor arguments the task supplies, by the need they meet (maskdiff.core.methods.NEEDS):
+    # the trainer fills them in from the task when a configuration leaves them out.
+    task_params: ClassVar[dict[str, str]] = {}
 
     @property
     def n_uniform_sets(self) -> int:
@@ -183,6 +186,7 @@ class ISAD(Masker):
     """
 
     name = "isad"
+    task_params = {"token_ids": "delimiters"}
 
     def __init__(self, token_ids: Iterable[int], delta: float = 0.2) -> None:
         ids = sorted({int(i) for i in token_ids})

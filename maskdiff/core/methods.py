@@ -1,77 +1,213 @@
-"""The named training methods of the benchmarks (SPEC §11), as estimator configurations.
+"""The named training methods of the benchmarks (docs/method.md §11): one registered, typed
+:class:`Method` each.
 
-A method is configuration, never a branch in the training loop: each name maps to an
-:class:`~maskdiff.training.config.EstimatorConfig` (and, for the autoregressive twin, a causal model).
+A method is configuration, never a branch in the training loop. It is declared once, here, with
+what it needs (:data:`NEEDS`), what it costs (forward passes per example, and a batch factor for
+the equal-compute variants) and the estimator configuration it trains with. ``train``,
+``compare``, ``decompose``, ``image`` and the Hugging Face helpers ask this registry; no code
+outside it compares method names (docs/architecture.md). ``docs/adding-a-method.md`` walks
+through adding one.
+
 P-POTS methods need a fitted density: pass it as ``density`` (a ``{"t": [...], "p": [...]}``
-table; :func:`density_from_ppots` makes one from a ``ppots.json``). ``ppots_online`` starts from
-that density, or from the uniform one when none is given, and refits it during training from
-the training losses (SPEC §4 [beyond]).
+table; :func:`maskdiff.ppots.density_from_ppots` makes one from a ``ppots.json``).
+``ppots_online`` takes that density when given, else starts from the uniform one, and refits it
+during training from the training losses (docs/method.md §4 [beyond]).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
-from maskdiff.training.config import ComponentConfig, EstimatorConfig, RefitConfig
+from maskdiff.core.config import ComponentConfig, EstimatorConfig, RefitConfig
+from maskdiff.core.masking import MASKERS
 
 C = ComponentConfig
 
-_FIXED: dict[str, EstimatorConfig] = {
-    "standard": EstimatorConfig(),
-    "clipped": EstimatorConfig(sampler=C(name="clipped")),
-    "strats": EstimatorConfig(sampler=C(name="stratified")),
-    "ema": EstimatorConfig(control=C(name="ema")),
-    "isad": EstimatorConfig(masker=C(name="isad")),  # delimiter ids filled in from the task
-    "syrm": EstimatorConfig(syntax_eligible=True),
-    "mirror": EstimatorConfig(masker=C(name="mirror")),
-    "multisample2": EstimatorConfig(masker=C(name="multisample", params={"k": 2})),
+# What a method can need. Inputs of :meth:`Method.estimator_config` ("density", "window"), what
+# the task must provide (the trainer fills the ids in: maskdiff.training.needs), or the model.
+NEEDS: dict[str, str] = {
+    "density": "a fitted P-POTS density (e.g. --ppots ppots.json)",
+    "window": "a masking-rate window (t_min, t_max) (e.g. --window 0.45 0.55)",
+    "delimiters": "the task's answer-delimiter token ids",
+    "syntax": "the task's syntax tokens (markup, e.g. --task table)",
+    "causal": "a causal (autoregressive) model instead of a bidirectional one",
 }
-
-DENSITY_METHODS = ("ppots", "ppots_mirror")
-ONLINE = "ppots_online"
-CAUSAL = "ar"
-METHOD_NAMES = (*_FIXED, *DENSITY_METHODS, ONLINE, "window", CAUSAL)
+INPUTS = ("density", "window")  # the needs that are arguments of Method.estimator_config
+BASELINE = "standard"  # the method every report compares against
+DEFAULT_WINDOW = (0.45, 0.55)  # the window of `maskdiff train --method window` and decompose
 
 
-def density_from_ppots(path: str | Path, model: str = "epr", n_points: int = 256) -> dict[str, list[float]]:
-    """The fitted density of a ``ppots.json`` as a compact ``{"t", "p"}`` table for a config.
+def uniform_density() -> dict[str, list[float]]:
+    """The uniform density as a ``{"t", "p"}`` table: where ``ppots_online`` starts by default."""
+    return {"t": [0.0, 1.0], "p": [1.0, 1.0]}
 
-    The fit (EPR by default, or ``poly7``) is tabulated on ``n_points`` rates, denser near
-    both ends where EPR bends most; the importance sampler interpolates it linearly.
+
+def config_needs(config: EstimatorConfig) -> frozenset[str]:
+    """What an estimator configuration needs from the task: its masker class's declared
+    :attr:`~maskdiff.core.masking.Masker.task_params` and SyRM's syntax tokens."""
+    needs = set(MASKERS[config.masker.name].task_params.values())
+    if config.syntax_eligible:
+        needs.add("syntax")
+    return frozenset(needs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Method:
+    """One named training method.
+
+    Attributes:
+        name: the name of ``--method`` / ``--methods``.
+        summary: one line for ``--help`` and reports.
+        estimator: the estimator configuration; for the ``density`` and ``window`` needs its
+            rate sampler is filled in by :meth:`estimator_config`.
+        forward_passes: model forward passes per example per step (its views).
+        needs: a subset of :data:`NEEDS`; what the estimator's masker declares it needs from the
+            task (:func:`config_needs`) is added on construction.
+        optional: inputs taken when given, else defaulted (``ppots_online``: a start density).
+        task: the built-in task ``compare`` runs it on when not the main one (SyRM: ``table``),
+            next to :data:`BASELINE` on that task.
+        base, batch_factor: an equal-compute variant: method ``base`` with ``batch_factor``
+            times the batch, so that it spends what a method with that many forward passes does.
     """
-    from maskdiff.ppots import load_ppots_json
 
-    result = load_ppots_json(path)
-    table = result.density(model)
-    eps = result.eps
-    half = n_points // 2
-    ends = np.concatenate([eps + np.geomspace(1e-6, 0.5, half), 1.0 - np.geomspace(1e-6, 0.5 - eps, half)])
-    t = np.unique(np.clip(np.concatenate([ends, np.linspace(eps, 1.0, n_points)]), eps, 1.0))
-    p = np.interp(t, table.t_grid, table.p_grid)
-    return {"t": [float(x) for x in t], "p": [float(x) for x in p]}
+    name: str
+    summary: str
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    forward_passes: int = 1
+    needs: frozenset[str] = frozenset()
+    optional: frozenset[str] = frozenset()
+    task: str | None = None
+    base: str | None = None
+    batch_factor: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "needs", frozenset(self.needs) | config_needs(self.estimator))
+        object.__setattr__(self, "optional", frozenset(self.optional))
+        if not self.name or any(c.isspace() or c == "," for c in self.name):
+            raise ValueError(f"a method name must be non-empty, without spaces or commas, "
+                             f"got {self.name!r}")
+        unknown = sorted((self.needs | self.optional) - set(NEEDS))
+        if unknown:
+            raise ValueError(f"method {self.name!r}: unknown needs {unknown}; known: {sorted(NEEDS)}")
+        if not self.optional <= set(INPUTS):
+            raise ValueError(f"method {self.name!r}: optional must be among {list(INPUTS)}, "
+                             f"got {sorted(self.optional)}")
+        for key in ("forward_passes", "batch_factor"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"method {self.name!r}: {key} must be an int >= 1, got {value!r}")
+        if (self.base is None) != (self.batch_factor == 1):
+            raise ValueError(f"method {self.name!r}: an equal-compute variant names its base and "
+                             f"a batch_factor > 1 (got base={self.base!r}, "
+                             f"batch_factor={self.batch_factor})")
+
+    @property
+    def causal(self) -> bool:
+        """Trains the causal twin (next-token loss) instead of a masked diffusion model."""
+        return "causal" in self.needs
+
+    @property
+    def cost(self) -> int:
+        """Forward passes per step relative to standard's (views × batch factor)."""
+        return self.forward_passes * self.batch_factor
+
+    def estimator_config(self, *, density: dict[str, Any] | None = None,
+                         window: tuple[float, float] | None = None,
+                         mix: float = 0.05) -> EstimatorConfig:
+        """The estimator configuration, with the ``density`` / ``window`` it needs filled in
+        (inputs it does not take are ignored). ValueError names a missing one."""
+        given = {"density": density, "window": window}
+        for need in INPUTS:
+            if need in self.needs and given[need] is None:
+                raise ValueError(f"method {self.name!r} needs {NEEDS[need]}")
+        config = self.estimator
+        if "density" in self.needs | self.optional:
+            start = density if density is not None else uniform_density()
+            config = replace(config, sampler=C(name="importance", params={"density": start, "mix": mix}))
+        if "window" in self.needs | self.optional and window is not None:
+            config = replace(config, sampler=C(name="window", params={"t_min": window[0],
+                                                                       "t_max": window[1]}))
+        return config
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to :data:`METHODS` (its name must be new); returns it."""
+    if not isinstance(method, Method):
+        raise TypeError(f"register_method expects a Method, got {type(method).__name__}")
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    if method.base is not None and method.base not in METHODS:
+        raise ValueError(f"method {method.name!r}: its base {method.base!r} is not registered")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``; ValueError listing the known names otherwise."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {list(METHODS)}")
+    return METHODS[name]
+
+
+def equal_compute(base: str, factor: int) -> Method:
+    """``base`` trained with ``factor`` times the batch: ``"{base}@{factor}x"``, the control
+    that spends what a ``factor``-view method spends at the same steps and batch."""
+    method = get_method(base)
+    return replace(method, name=f"{base}@{factor}x", base=base, batch_factor=factor,
+                   summary=f"{base} with {factor}x the batch: the compute of {factor}-view methods")
+
+
+def method_config(name: str, *, density: dict[str, Any] | None = None,
+                  window: tuple[float, float] | None = None, mix: float = 0.05) -> EstimatorConfig:
+    """``get_method(name).estimator_config(...)``: the estimator configuration of ``name``."""
+    return get_method(name).estimator_config(density=density, window=window, mix=mix)
 
 
 def method_estimator(name: str, *, density: dict[str, Any] | None = None,
-                     window: tuple[float, float] = (0.45, 0.55),
+                     window: tuple[float, float] = DEFAULT_WINDOW,
                      mix: float = 0.05) -> EstimatorConfig:
-    """The estimator configuration of method ``name`` (see :data:`METHOD_NAMES`)."""
-    if name in _FIXED:
-        return _FIXED[name]
-    if name in DENSITY_METHODS:
-        if density is None:
-            raise ValueError(f"method {name!r} needs a fitted P-POTS density (e.g. --ppots ppots.json)")
-        sampler = C(name="importance", params={"density": density, "mix": mix})
-        masker = C(name="mirror" if name == "ppots_mirror" else "bernoulli")
-        return EstimatorConfig(sampler=sampler, masker=masker)
-    if name == ONLINE:
-        start = density if density is not None else {"t": [0.0, 1.0], "p": [1.0, 1.0]}
-        sampler = C(name="importance", params={"density": start, "mix": mix})
-        return EstimatorConfig(sampler=sampler, refit=RefitConfig())
-    if name == "window":
-        return EstimatorConfig(sampler=C(name="window", params={"t_min": window[0], "t_max": window[1]}))
-    if name == CAUSAL:
-        return EstimatorConfig()  # unused: the causal twin trains with the next-token loss
-    raise ValueError(f"unknown method {name!r}; known methods: {list(METHOD_NAMES)}")
+    """Deprecated alias of :func:`method_config` (it returns a configuration, not an
+    :class:`~maskdiff.core.objective.Estimator`), with the old default window."""
+    return method_config(name, density=density, window=window, mix=mix)
+
+
+for _method in (
+    Method(name="standard", summary="uniform rates, Bernoulli masks: the unbiased ELBO baseline"),
+    Method(name="clipped", summary="rates clipped to [0.45, 0.95]: a different (biased) objective",
+           estimator=EstimatorConfig(sampler=C(name="clipped"))),
+    Method(name="strats", summary="StraTS: stratified rates across the batch",
+           estimator=EstimatorConfig(sampler=C(name="stratified"))),
+    Method(name="ema", summary="EMA control variate per rate bin (detached baseline)",
+           estimator=EstimatorConfig(control=C(name="ema"))),
+    Method(name="isad", summary="ISAD: answer delimiters masked more often (importance-weighted)",
+           estimator=EstimatorConfig(masker=C(name="isad"))),
+    Method(name="syrm", summary="SyRM: the task's syntax tokens are eligible too", task="table",
+           estimator=EstimatorConfig(syntax_eligible=True)),
+    Method(name="mirror", summary="MIRROR: two complementary views of one uniform draw",
+           estimator=EstimatorConfig(masker=C(name="mirror")), forward_passes=2),
+    Method(name="multisample2", summary="two independent Bernoulli views of the same rate",
+           estimator=EstimatorConfig(masker=C(name="multisample", params={"k": 2})),
+           forward_passes=2),
+    Method(name="ppots", summary="P-POTS: rates from the fitted variance-optimal density",
+           needs=frozenset({"density"})),
+    Method(name="ppots_online", summary="P-POTS refitted online from the training losses",
+           optional=frozenset({"density"}),
+           estimator=EstimatorConfig(sampler=C(name="importance", params={"density": uniform_density()}),
+                                     refit=RefitConfig())),
+    Method(name="ppots_mirror", summary="P-POTS rates with MIRROR's two views",
+           needs=frozenset({"density"}), estimator=EstimatorConfig(masker=C(name="mirror")),
+           forward_passes=2),
+    Method(name="window", summary="rates uniform in a signal-rich window (a biased objective)",
+           needs=frozenset({"window"})),
+    Method(name="ar", summary="the autoregressive twin: a causal model, next-token loss",
+           needs=frozenset({"causal"})),
+):
+    register_method(_method)
+register_method(equal_compute("standard", 2))
+del _method
+
+METHOD_NAMES = tuple(METHODS)  # the built-in methods; METHODS also holds later registrations

@@ -35,21 +35,21 @@ from tqdm.auto import tqdm
 from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.data.setup import load_task
 from maskdiff.training.evaluate import pass_at_1
-from maskdiff.core.methods import CAUSAL, DENSITY_METHODS, METHOD_NAMES, ONLINE, method_estimator
+from maskdiff.core.methods import BASELINE, METHODS, get_method
 
 DEFAULT_SEEDS = (42, 731, 20231)
 EQUAL_COMPUTE = "standard@2x"  # standard with twice the batch: the two-forward methods' compute
-TWO_FORWARD = ("mirror", "multisample2", "ppots_mirror")
-TABLE_METHODS = ("syrm",)  # run on the table task, against standard on the same task
 START_DATA_OFFSET = 1000
 
 
 @dataclass(frozen=True, kw_only=True)
 class ComparePreset:
-    """What a compare job runs. ``base`` is the fine-tuning config of every run."""
+    """What a compare job runs. ``base`` is the fine-tuning config of every run; ``methods``
+    None means every registered method (:data:`maskdiff.core.methods.METHODS`, read when the
+    job plans, so a method registered later is in it)."""
 
     name: str
-    methods: tuple[str, ...]
+    methods: tuple[str, ...] | None
     base: TrainConfig
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     pretrain_steps: int = 600
@@ -59,11 +59,9 @@ class ComparePreset:
     window_width: float = 0.4
 
     def __post_init__(self) -> None:
-        labels = [m for m in self.methods if m != EQUAL_COMPUTE]
-        unknown = sorted(set(labels) - set(METHOD_NAMES))
+        unknown = sorted(set(self.methods or ()) - set(METHODS))
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; known: {list(METHOD_NAMES)} and "
-                             f"{EQUAL_COMPUTE!r}")
+            raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
         if self.pretrain_steps < 1 or self.n_test < 1:
@@ -83,13 +81,11 @@ def _finetune(max_steps: int, batch_size: int, every: int, *, d_model: int = 64,
         log_every=10, device=device)
 
 
-DEMO_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", CAUSAL)
-FULL_METHODS = ("standard", "clipped", "strats", "ema", "isad", "syrm", "mirror", "multisample2",
-                "ppots", ONLINE, "ppots_mirror", "window", CAUSAL, EQUAL_COMPUTE)
+DEMO_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", "ar")
 
 PRESETS: dict[str, ComparePreset] = {
     "smoke": ComparePreset(
-        name="smoke", methods=("standard", "mirror", "ppots_mirror", CAUSAL, EQUAL_COMPUTE),
+        name="smoke", methods=("standard", "mirror", "ppots_mirror", "ar", EQUAL_COMPUTE),
         seeds=(42, 731), pretrain_steps=8, n_test=8, ppots_design=(4, 10, 2),
         base=replace(_finetune(6, 8, 3, d_model=32, n_layers=1, n_train=64, n_val=8, n_test=8),
                      model=ModelConfig(d_model=32, n_layers=1, n_heads=2))),
@@ -97,10 +93,10 @@ PRESETS: dict[str, ComparePreset] = {
     # 15 × 70 × 15, would cost about as much as the fine-tuning itself at this scale).
     "demo": ComparePreset(name="demo", methods=DEMO_METHODS, pretrain_steps=1000,
                           base=_finetune(150, 32, 25), n_test=128, ppots_design=(8, 32, 4)),
-    "full": ComparePreset(name="full", methods=FULL_METHODS, pretrain_steps=1000,
+    "full": ComparePreset(name="full", methods=None, pretrain_steps=1000,
                           base=_finetune(150, 32, 25), n_test=128, equal_compute=True,
                           ppots_design=(8, 32, 4)),
-    "gpu": ComparePreset(name="gpu", methods=FULL_METHODS, pretrain_steps=6000, equal_compute=True,
+    "gpu": ComparePreset(name="gpu", methods=None, pretrain_steps=6000, equal_compute=True,
                          seeds=(42, 731, 20231, 1, 2),
                          base=_finetune(600, 64, 50, d_model=256, n_layers=6, n_train=20000,
                                         n_val=256, n_test=512, device="cuda",
@@ -113,7 +109,7 @@ PRESETS: dict[str, ComparePreset] = {
 class RunSpec:
     """One training run of the job."""
 
-    method: str  # a METHOD_NAMES entry or EQUAL_COMPUTE
+    method: str  # a registered method's name
     seed: int
     task: str
 
@@ -127,18 +123,20 @@ class RunSpec:
 
 
 def plan(preset: ComparePreset, seeds: Sequence[int] | None = None) -> list[RunSpec]:
-    """The runs of a job, standard first (every seed), in a stable order."""
+    """The runs of a job, standard first (every seed), in a stable order. A method with its own
+    task (SyRM: the table task) runs there, and the baseline with it; ``equal_compute`` adds
+    every registered equal-compute variant."""
     seeds = tuple(seeds) if seeds else preset.seeds
     main_task = preset.base.data.task
-    methods = list(preset.methods)
-    if preset.equal_compute and EQUAL_COMPUTE not in methods:
-        methods.append(EQUAL_COMPUTE)
+    names = list(preset.methods or METHODS)
+    if preset.equal_compute:
+        names += [m.name for m in METHODS.values() if m.base is not None and m.name not in names]
+    methods = [get_method(name) for name in names]
     runs: list[RunSpec] = []
     for method in methods:
-        task = "table" if method in TABLE_METHODS else main_task
-        runs += [RunSpec(method, s, task) for s in seeds]
-    if any(m in TABLE_METHODS for m in methods):
-        runs += [RunSpec("standard", s, "table") for s in seeds]  # SyRM's own baseline
+        runs += [RunSpec(method.name, s, method.task or main_task) for s in seeds]
+    for task in dict.fromkeys(m.task for m in methods if m.task is not None):
+        runs += [RunSpec(BASELINE, s, task) for s in seeds]  # the own-task methods' baseline
     return runs
 
 
@@ -232,15 +230,16 @@ class CompareJob:
 
     def run_config(self, spec: RunSpec) -> TrainConfig:
         base = self.preset.base
-        method = "standard" if spec.method == EQUAL_COMPUTE else spec.method
-        density = self.density() if method in DENSITY_METHODS else None
-        window = self.window() if method == "window" else (0.45, 0.55)
+        method = get_method(spec.method)
+        density = self.density() if "density" in method.needs else None
+        window = self.window() if "window" in method.needs else None
         config = replace(base, seed=spec.seed, data=self.data_config(spec.task),
-                         estimator=method_estimator(method, density=density, window=window),
-                         model=replace(base.model, causal=method == CAUSAL),
+                         estimator=method.estimator_config(density=density, window=window),
+                         model=replace(base.model, causal=method.causal),
                          out_dir=str(self.out_dir / "runs" / spec.dirname))
-        if spec.method == EQUAL_COMPUTE:
-            config = replace(config, optim=replace(base.optim, batch_size=2 * base.optim.batch_size))
+        if method.batch_factor != 1:
+            batch_size = method.batch_factor * base.optim.batch_size
+            config = replace(config, optim=replace(base.optim, batch_size=batch_size))
         return config
 
     def run_one(self, spec: RunSpec) -> dict:
@@ -291,7 +290,7 @@ class CompareJob:
         specs = plan(self.preset, self.seeds)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        starts = sorted({(s.task, s.method == CAUSAL) for s in specs})
+        starts = sorted({(s.task, get_method(s.method).causal) for s in specs})
         args = (self.preset, str(self.out_dir), self.device)
         with _pool(self.workers) as pool, tqdm(
                 total=len(specs) + len(starts), desc=f"compare {self.preset.name}", unit="run",
@@ -299,7 +298,7 @@ class CompareJob:
             bar.set_postfix_str("starting checkpoints")
             for _ in pool.map(_prepare_start, [(*args, task, causal) for task, causal in starts]):
                 bar.update(1)
-            if any(s.method in DENSITY_METHODS for s in specs):
+            if any("density" in get_method(s.method).needs for s in specs):
                 bar.set_postfix_str("P-POTS estimation")
                 self.density()
             records = []
@@ -321,7 +320,8 @@ class CompareJob:
         return {k: doc.get(k) for k in ("epr", "poly7", "forward_passes", "seconds", "mix", "estimator")}
 
     def _window_info(self, specs: list[RunSpec]) -> list[float] | None:
-        return list(self.window()) if any(s.method == "window" for s in specs) else None
+        return list(self.window()) if any("window" in get_method(s.method).needs
+                                          for s in specs) else None
 
 
 class _Serial:

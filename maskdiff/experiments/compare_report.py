@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from maskdiff.core.methods import BASELINE, get_method
 from maskdiff.plotting import pyplot
-
-BASELINE = "standard"
 
 
 def _stats(values: list[float]) -> dict:
@@ -51,7 +50,7 @@ def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None
                                          if base["pass_at_1_stats"]["sd"] > 0 else None)
             m["fwd_ratio_to_standard"] = float(np.mean(m["forward_passes"]) / np.mean(base["forward_passes"]))
     if ppots is not None and ppots.get("seconds"):
-        served = [r["train_seconds"] for r in records if r["method"] in ("ppots", "ppots_mirror")]
+        served = [r["train_seconds"] for r in records if "density" in get_method(r["method"]).needs]
         if served:
             ppots = {**ppots, "cost_fraction": ppots["seconds"] / float(np.mean(served))}
     return {"preset": preset.name, "seeds": sorted({r["seed"] for r in records}),

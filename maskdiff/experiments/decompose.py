@@ -3,8 +3,8 @@ training method on one model, written as ``decompose.json`` + ``report.md`` + PN
 
 The model comes from :func:`maskdiff.training.sources.load_model_source` (a run directory, a preset
 trained once into the output directory, or a Hugging Face model); the methods are the named estimator configurations of
-:mod:`maskdiff.core.methods`; the P-POTS density of the ``ppots`` methods is estimated once from the
-model itself (:func:`maskdiff.ppots.estimate_ppots`, cached as ``ppots.json``). Every
+:mod:`maskdiff.core.methods`; the P-POTS density of the methods that need one is estimated once
+from the model itself (:func:`maskdiff.ppots.estimate_ppots`, cached as ``ppots.json``). Every
 configuration is measured on the same examples with the same seed (common random numbers).
 """
 
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from maskdiff.core.batch import Batch
 from maskdiff.diagnostics.estimators import DiagnosticsDesign, EstimatorDiagnostics, run_diagnostics, with_extra
-from maskdiff.core.methods import DENSITY_METHODS, method_estimator
+from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
 from maskdiff.core.objective import Estimator
 from maskdiff.training.sources import ModelSource, load_model_source  # noqa: F401  (re-exported)
 
@@ -47,8 +47,7 @@ def ppots_density(source: ModelSource, batch: Batch, *, out: Path, n_rates: int,
     """The P-POTS density for the ``ppots`` methods: from ``path`` (a ``ppots.json``), else
     estimated once from the model on ``batch`` (SPEC §4; ``n_rates`` grid rates × ``n_masks``
     masks) and cached as ``out/ppots.json`` (reused when its settings match)."""
-    from maskdiff.core.methods import density_from_ppots
-    from maskdiff.ppots import estimate_ppots, save_ppots_json
+    from maskdiff.ppots import density_from_ppots, estimate_ppots, save_ppots_json
 
     if path is not None:
         return density_from_ppots(path), {"source": str(path)}
@@ -69,16 +68,21 @@ def ppots_density(source: ModelSource, batch: Batch, *, out: Path, n_rates: int,
 def build_method(name: str, source: ModelSource,
                  density: dict[str, list[float]] | None) -> tuple[Estimator | None, str | None]:
     """The estimator of method ``name`` for ``source``'s model and data, or ``(None, reason)``
-    when the method does not apply (SyRM on a task without syntax tokens)."""
-    from maskdiff.training.trainer import resolve_estimator
+    when the method does not apply: a causal method (no masked-diffusion estimator), or a task
+    that lacks what the method needs (SyRM's syntax tokens, ISAD's delimiters). An
+    equal-compute variant measures its base's per-example estimator; ``window`` uses
+    :data:`~maskdiff.core.methods.DEFAULT_WINDOW`."""
+    from maskdiff.training.needs import resolve_estimator, unmet_need
 
-    if name == "syrm" and not source.task.syntax_tokens:
-        return None, (f"task {source.task.name!r} has no syntax tokens (SyRM needs markup, e.g. "
-                      f"--task table)")
-    config = method_estimator(name, density=density if name in DENSITY_METHODS else None)
+    method = get_method(name)
+    if method.causal:
+        return None, f"method {name!r} trains a causal model: no masked-diffusion estimator"
+    reason = unmet_need(method.needs, source.task)
+    if reason is not None:
+        return None, reason
+    config = method.estimator_config(density=density if "density" in method.needs else None,
+                                     window=DEFAULT_WINDOW)
     config = replace(config, normalizer=source.config.estimator.normalizer)
-    if config.masker.name == "isad" and not source.task.delimiter_ids():
-        return None, f"task {source.task.name!r} declares no answer delimiters (ISAD needs them)"
     config = resolve_estimator(config, source.task)
     return config.build(mask_token_id=source.mask_token_id), None
 
@@ -115,10 +119,9 @@ class DecomposeSettings:
     def __post_init__(self) -> None:
         if not self.methods:
             raise ValueError("methods must name at least one configuration")
-        unknown = [m for m in self.methods if m not in DEFAULT_METHODS + ("window",)]
+        unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from "
-                             f"{list(DEFAULT_METHODS) + ['window']}")
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods has duplicates: {list(self.methods)}")
         if isinstance(self.n_examples, bool) or not isinstance(self.n_examples, int) \
@@ -142,7 +145,7 @@ def run_decompose(source: ModelSource, settings: DecomposeSettings, out: str | P
     batch = source.examples(settings.n_examples)
     design = settings.design
     density, ppots_info = None, None
-    if any(m in DENSITY_METHODS for m in settings.methods):
+    if any("density" in get_method(m).needs for m in settings.methods):
         t0 = time.perf_counter()
         density, ppots_info = ppots_density(
             source, batch, out=out, n_rates=settings.ppots_rates, n_masks=settings.ppots_masks,

@@ -49,7 +49,7 @@ from maskdiff.data.digits import (
 )
 from maskdiff.experiments.image_eval import ClassifierConfig, DigitEvaluator
 from maskdiff.training.generate import generate_diffusion
-from maskdiff.core.methods import DENSITY_METHODS, METHOD_NAMES, method_estimator
+from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
 from maskdiff.core.seeding import STREAM_IMAGE_SAMPLING, generator_for
 
 DEFAULT_SEEDS = (42, 731, 20231)
@@ -83,10 +83,11 @@ class ImagePreset:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.methods) - (set(METHOD_NAMES) - {"ar"}) - {EQUAL_COMPUTE})
+        diffusion = [name for name, method in METHODS.items() if not method.causal]
+        unknown = sorted(set(self.methods) - set(diffusion))
         if unknown:
-            raise ValueError(f"methods must be diffusion methods of {list(METHOD_NAMES)} "
-                             f"(not 'ar') or {EQUAL_COMPUTE!r}, got {list(self.methods)}")
+            raise ValueError(f"methods must be registered diffusion methods of {diffusion} "
+                             f"(not causal ones), got {list(self.methods)}")
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods must be distinct and non-empty, got {self.methods}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -245,10 +246,11 @@ class ImageJob:
             p.base.data, n_train=p.n_train, n_val=p.n_val, n_test=p.n_test, data_seed=p.data_seed,
             difficulty={"levels": p.levels}))
         run_dir = self.out_dir / "runs" / method.replace("@", "_at_") / f"s{seed}"
+        spec = get_method(method)
         config = replace(base, seed=seed, out_dir=str(run_dir),
-                         estimator=method_estimator(_estimator_name(method), density=density))
-        if method == EQUAL_COMPUTE:
-            batch_size = 2 * base.optim.batch_size
+                         estimator=spec.estimator_config(density=density, window=DEFAULT_WINDOW))
+        if spec.batch_factor != 1:
+            batch_size = spec.batch_factor * base.optim.batch_size
             config = replace(config, optim=replace(base.optim, batch_size=batch_size))
         return config
 
@@ -277,7 +279,7 @@ class ImageJob:
         return self._start
 
     def run_config(self, method: str, seed: int) -> TrainConfig:
-        density = self.density() if method in DENSITY_METHODS else None
+        density = self.density() if "density" in get_method(method).needs else None
         return self._config(method, seed, density)
 
     def density(self) -> dict:
@@ -359,10 +361,6 @@ class ImageJob:
             return None
         doc = json.loads(path.read_text())
         return {k: doc.get(k) for k in ("steps", "final_val", "forward_passes", "seconds")}
-
-
-def _estimator_name(method: str) -> str:
-    return "standard" if method == EQUAL_COMPUTE else method
 
 
 # ----------------------------------------------------------------------------- summary

@@ -8,7 +8,10 @@ import math
 
 import numpy as np
 
+from maskdiff.core.methods import BASELINE
 from maskdiff.data.digits import CLASS_WORDS, examples_to_arrays, image_to_text, text_to_image
+
+BASELINES = (BASELINE, "standard@2x")  # the accuracy differences are taken against each
 
 SCORE_LABELS = {"accuracy": "class accuracy", "mean_prob": "mean p(requested class)",
                 "frechet": "Fréchet distance (lower is better)",
@@ -209,10 +212,10 @@ def _score_tables(results: dict) -> list[str]:
               f"{n_gen} generated images has a sampling SE of about "
               f"{math.sqrt(typical * (1 - typical) / n_gen):.3f} by itself (binomial).", "",
               "| method | baseline | difference | SE | z |", "|---|---|---|---|---|"]
-    for baseline in ("standard", "standard@2x"):
+    for k, baseline in enumerate(BASELINES):
         for d in differences(results, baseline):
-            if d["method"] == "standard":
-                continue  # already shown against standard@2x's row
+            if d["method"] in BASELINES[:k]:
+                continue  # already shown as the earlier baseline's row against this one
             lines.append(f"| {d['method']} | {d['baseline']} | {d['diff']:+.3f} | {d['se']:.3f} | "
                          f"{d['z']:+.1f} |")
     lines += ["", "## Class accuracy per class (mean over seeds)", "",

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.training.evaluate import per_example_elbo
-from maskdiff.core.methods import method_estimator
+from maskdiff.core.methods import method_config
 from maskdiff.experiments.window_sweep_report import write_plots, write_report
 
 __all__ = [
@@ -66,8 +66,8 @@ class Setting:
 
     def estimator(self):
         if self.window is None:
-            return method_estimator("standard")
-        return method_estimator("window", window=self.window)
+            return method_config("standard")
+        return method_config("window", window=self.window)
 
 
 def predicted_window(t_star: float, width: float = 0.1) -> tuple[float, float]:

@@ -42,6 +42,7 @@ from maskdiff.hf.collate import (  # noqa: F401
     hf_batch,
     syntax_token_ids,
 )
+from maskdiff.hf.methods import method_trainer_kwargs  # noqa: F401
 from maskdiff.hf.source import HFSource, load_hf_source  # noqa: F401
 from maskdiff.training.stats import T_BINS  # noqa: F401  (the bins of loss_per_t_bin_j)
 
@@ -49,7 +50,7 @@ __all__ = [
     "AdapterOptions", "HFAdapter", "load_hf_model", "MaskedDiffusionCollator", "IndexedDataset",
     "batch_from_inputs", "syntax_token_ids", "encode_chat", "ChatCollator", "encode_row", "hf_batch",
     "MaskedDiffusionTrainer",  # noqa: F822 -- built on first access by the module __getattr__
-    "HFSource", "load_hf_source",
+    "HFSource", "load_hf_source", "method_trainer_kwargs",
 ]
 
 

@@ -17,7 +17,8 @@ from maskdiff.ppots.fit import (  # noqa: F401
     epr_density, epr_log_p, epr_p, fit_epr, fit_poly7, poly_density,
 )
 from maskdiff.ppots.io import (  # noqa: F401
-    JSON_FORMAT, JSON_VERSION, cached_density, load_ppots_json, plot_ppots, save_ppots_json,
+    JSON_FORMAT, JSON_VERSION, cached_density, density_from_ppots, load_ppots_json, plot_ppots,
+    save_ppots_json,
 )
 from maskdiff.ppots.online import (  # noqa: F401
     OnlineRefitter, SecondMomentTracker, TrackedPHat, TrackerRefit,

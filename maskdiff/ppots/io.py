@@ -23,8 +23,6 @@ def cached_density(out_dir: str | Path, estimate) -> dict[str, list[float]]:
     """The density of ``out_dir/ppots.json`` as a config table; when the file is missing, call
     ``estimate()`` (→ :class:`PPotsResult`) first and write ``ppots.json`` and ``ppots.png``.
     Experiments use it so a restarted job estimates P-POTS once."""
-    from maskdiff.core.methods import density_from_ppots
-
     out = Path(out_dir)
     path = out / "ppots.json"
     if not path.exists():
@@ -136,3 +134,20 @@ def plot_ppots(path_png: str | Path, result: PPotsResult) -> None:
     right.grid(alpha=0.3)
     fig.savefig(path_png, dpi=120)
     plt.close(fig)
+
+
+def density_from_ppots(path: str | Path, model: str = "epr", n_points: int = 256) -> dict[str, list[float]]:
+    """The fitted density of a ``ppots.json`` as a compact ``{"t", "p"}`` table for a config
+    (the ``density`` of :meth:`maskdiff.core.methods.Method.estimator_config`).
+
+    The fit (EPR by default, or ``poly7``) is tabulated on ``n_points`` rates, denser near
+    both ends where EPR bends most; the importance sampler interpolates it linearly.
+    """
+    result = load_ppots_json(path)
+    table = result.density(model)
+    eps = result.eps
+    half = n_points // 2
+    ends = np.concatenate([eps + np.geomspace(1e-6, 0.5, half), 1.0 - np.geomspace(1e-6, 0.5 - eps, half)])
+    t = np.unique(np.clip(np.concatenate([ends, np.linspace(eps, 1.0, n_points)]), eps, 1.0))
+    p = np.interp(t, table.t_grid, table.p_grid)
+    return {"t": [float(x) for x in t], "p": [float(x) for x in p]}

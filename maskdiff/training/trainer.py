@@ -28,12 +28,13 @@ from maskdiff.training.checkpoint import (
 )
 from maskdiff.training.errors import TrainingError
 from maskdiff.training.config import (
-    RESUME_FREE_FIELDS, ComponentConfig, EstimatorConfig, TrainConfig, diff_configs, to_dict,
+    RESUME_FREE_FIELDS, TrainConfig, diff_configs, to_dict,
 )
 from maskdiff.core.control import VarianceProxy
 from maskdiff.data import TaskData
 from maskdiff.data.setup import load_task
 from maskdiff.training.evaluate import EvalResult, causal_nll, elbo
+from maskdiff.training.needs import resolve_estimator  # noqa: F401  (re-exported)
 from maskdiff.models import TransformerConfig, build_model
 from maskdiff.training.objective import CausalObjective, build_objective  # noqa: F401
 from maskdiff.training.runs import (
@@ -84,17 +85,6 @@ class DataOrder:
         for position in range(step * batch_size, (step + 1) * batch_size):
             out.append(self._epoch(position // self.n)[position % self.n])
         return out
-
-
-def resolve_estimator(config: EstimatorConfig, task: TaskData) -> EstimatorConfig:
-    """Fill in what depends on the data: ISAD's delimiter ids from the task's answer marker."""
-    masker = config.masker
-    if masker.name == "isad" and "token_ids" not in masker.params:
-        ids = sorted(task.delimiter_ids())
-        if not ids:
-            raise ValueError(f"task {task.name!r} declares no answer delimiters for ISAD")
-        masker = ComponentConfig(name="isad", params={**masker.params, "token_ids": ids})
-    return replace(config, masker=masker)
 
 
 class Trainer:
