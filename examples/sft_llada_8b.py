@@ -66,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-bf16", dest="bf16", action="store_false", default=True)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--ppots", help="a P-POTS JSON from `maskdiff fit-pots` (else estimated here)")
-    p.add_argument("--ppots-examples", type=int, default=15, help="a of SPEC §4")
-    p.add_argument("--ppots-rates", type=int, default=70, help="b of SPEC §4")
-    p.add_argument("--ppots-masks", type=int, default=15, help="c of SPEC §4")
+    p.add_argument("--ppots-examples", type=int, default=15, help="a of docs/method.md §4")
+    p.add_argument("--ppots-rates", type=int, default=70, help="b of docs/method.md §4")
+    p.add_argument("--ppots-masks", type=int, default=15, help="c of docs/method.md §4")
     p.add_argument("--ppots-batch-size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--ppots-restarts", type=int, default=16)
     p.add_argument("--online-refit-every", type=int, default=0, help="0: static P-POTS")
@@ -100,7 +100,7 @@ def enable_checkpointing(model) -> None:
 
 
 def build_sampler(args, adapter, collate, rows, device) -> Importance:
-    """P-POTS density: loaded, or estimated from the model on the first a rows (SPEC §4)."""
+    """P-POTS density: loaded, or estimated from the model on the first a rows (docs/method.md §4)."""
     out = Path(args.output_dir)
     if args.ppots:
         result = load_ppots_json(args.ppots)

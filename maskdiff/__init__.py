@@ -25,7 +25,7 @@ from maskdiff.core.batch import Batch
 from maskdiff.core.control import BinEMA
 from maskdiff.core.masking import ISAD, Bernoulli, Masker, Mirror, MultiSample, View
 from maskdiff.core.methods import METHODS, Method, get_method, register_method
-from maskdiff.core.objective import Estimator, EstimatorOutput, per_example_loss
+from maskdiff.core.objective import Estimator, EstimatorOutput, Objective, per_example_loss
 from maskdiff.core.samplers import Clipped, Importance, RateSampler, Stratified, Uniform, Window
 from maskdiff.core.seeding import BatchRandomness
 
@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch", "BatchRandomness", "Bernoulli", "BinEMA", "Clipped", "Estimator", "EstimatorOutput",
-    "ISAD", "Importance", "METHODS", "Masker", "Method", "Mirror", "MultiSample", "RateSampler",
+    "ISAD", "Importance", "METHODS", "Masker", "Method", "Mirror", "Objective", "MultiSample", "RateSampler",
     "Stratified", "Uniform", "View", "Window", "get_method", "per_example_loss", "register_method",
 ]
 

@@ -1,4 +1,4 @@
-"""Answer extraction, cleaning and pass@1 (maskdiff/answers.py; SPEC §8, variance paper A.7.1)."""
+"""Answer extraction, cleaning and pass@1 (maskdiff/answers.py; docs/method.md §8, variance paper A.7.1)."""
 
 from __future__ import annotations
 

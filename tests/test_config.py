@@ -1,4 +1,4 @@
-"""Configuration round trips and validation (DESIGN §3)."""
+"""Configuration round trips and validation (docs/architecture.md §3)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""BinEMA (SPEC §6, variance paper A.4.1) and the variance proxy (SPEC §7)."""
+"""BinEMA (docs/method.md §6, variance paper A.4.1) and the variance proxy (docs/method.md §7)."""
 
 import math
 
@@ -36,7 +36,7 @@ def test_bin_edges_are_right_closed():
 
 
 def test_adjusted_loss_has_the_plain_gradient():
-    """SPEC §6 [fix]: with b detached, the gradient of l - c·b equals the gradient of l."""
+    """docs/method.md §6 [fix]: with b detached, the gradient of l - c·b equals the gradient of l."""
     class Tiny(torch.nn.Module):
         def __init__(self):
             super().__init__()

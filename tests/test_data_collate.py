@@ -1,4 +1,4 @@
-"""Collation: eligibility, pad and overflow policies, SyRM syntax masks (SPEC §1)."""
+"""Collation: eligibility, pad and overflow policies, SyRM syntax masks (docs/method.md §1)."""
 
 from __future__ import annotations
 

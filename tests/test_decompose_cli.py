@@ -1,4 +1,4 @@
-"""Smoke test of ``maskdiff decompose`` (SPEC §2): the whole path from a preset to
+"""Smoke test of ``maskdiff decompose`` (docs/method.md §2): the whole path from a preset to
 decompose.json, report.md and the plots, on the smoke model with a tiny design."""
 
 from __future__ import annotations

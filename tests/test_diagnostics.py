@@ -1,4 +1,4 @@
-"""Tests of maskdiff.diagnostics.measure and .estimators (SPEC §2): the layer that turns
+"""Tests of maskdiff.diagnostics.measure and .estimators (docs/method.md §2): the layer that turns
 (model, examples, estimator) into the nested design, the batch and gradient variances. The variance math itself is tested in
 test_variance.py and the engine in test_nested.py; here the truths are closed forms of small
 models whose losses are known exactly, run through the estimators' own code."""
@@ -68,7 +68,7 @@ def expect_t(f) -> float:
 
 
 def mirror_factor(t):
-    """Var((1[U<t] + 1[U>1-t]) / (2t)) per token (SPEC §5): (1-2t)/(2t) below 1/2,
+    """Var((1[U<t] + 1[U>1-t]) / (2t)) per token (docs/method.md §5): (1-2t)/(2t) below 1/2,
     (2t-1)(1-t)/(2t²) above."""
     return np.where(t <= 0.5, (1 - 2 * t) / (2 * t), (2 * t - 1) * (1 - t) / (2 * t * t))
 

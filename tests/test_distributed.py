@@ -1,4 +1,4 @@
-"""DDP on CPU with gloo: two ranks compute what one process computes (DESIGN §5)."""
+"""DDP on CPU with gloo: two ranks compute what one process computes (docs/architecture.md §5)."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Greedy block diffusion decoding and greedy causal decoding (maskdiff/generate.py, SPEC §8)."""
+"""Greedy block diffusion decoding and greedy causal decoding (maskdiff/generate.py, docs/method.md §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Masker contracts (SPEC §5), parametrised over the registry."""
+"""Masker contracts (docs/method.md §5), parametrised over the registry."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tests of maskdiff.diagnostics.nested (SPEC §2, §4): the seed assignment and layout of the nested loss
+"""Tests of maskdiff.diagnostics.nested (docs/method.md §2, §4): the seed assignment and layout of the nested loss
 engine, and the decomposition of a synthetic model whose A, B, C are known, run through it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC §10: corpus n-gram dependency shares and the predicted signal-rich window."""
+"""docs/method.md §10: corpus n-gram dependency shares and the predicted signal-rich window."""
 
 from __future__ import annotations
 

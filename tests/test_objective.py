@@ -1,4 +1,4 @@
-"""The objective (SPEC §1) and the estimator, with mock models: no real network needed."""
+"""The objective (docs/method.md §1) and the estimator, with mock models: no real network needed."""
 
 import math
 

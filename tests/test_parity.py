@@ -1,4 +1,4 @@
-"""SPEC §9: the k-parity laboratory (data, objectives, training, the sweep and its CLI)."""
+"""docs/method.md §9: the k-parity laboratory (data, objectives, training, the sweep and its CLI)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""P-POTS estimation, fits, tracker, result file and CLI (SPEC §4).
+"""P-POTS estimation, fits, tracker, result file and CLI (docs/method.md §4).
 
 Tolerances are stated at each assertion; statistical tests use fixed seeds and bounds in
 standard errors (SE) computed from the same draws.

@@ -1,4 +1,4 @@
-"""Sampler contracts (SPEC §3): every registered sampler is unbiased for its declared target."""
+"""Sampler contracts (docs/method.md §3): every registered sampler is unbiased for its declared target."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Per-example seeding (DESIGN §3): draws do not depend on batch size or rank layout."""
+"""Per-example seeding (docs/architecture.md §3): draws do not depend on batch size or rank layout."""
 
 import torch
 

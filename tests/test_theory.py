@@ -1,4 +1,4 @@
-"""SPEC §9, §10: k-parity closed forms, the Cor. 4.7 / 4.8 optima and the window signal."""
+"""docs/method.md §9, §10: k-parity closed forms, the Cor. 4.7 / 4.8 optima and the window signal."""
 
 from __future__ import annotations
 

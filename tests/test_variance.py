@@ -1,4 +1,4 @@
-"""Tests of maskdiff.diagnostics.variance, .gradient and .curves (SPEC §2, §4): closed-form
+"""Tests of maskdiff.diagnostics.variance, .gradient and .curves (docs/method.md §2, §4): closed-form
 truths on synthetic nested data, with tolerances stated in standard errors and fixed seeds."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC §10: the language-model window sweep (settings, summary statistics, smoke run, CLI)."""
+"""docs/method.md §10: the language-model window sweep (settings, summary statistics, smoke run, CLI)."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def parse_names(text: str) -> tuple[str, ...]:
 
 
 def add_decoding_arguments(parser) -> None:
-    """The low-confidence decoder's flags (SPEC §8) and the run's checkpoint and device."""
+    """The low-confidence decoder's flags (docs/method.md §8) and the run's checkpoint and device."""
     parser.add_argument("--gen-length", type=positive,
                         help="default: max_len minus the prompt's length")
     parser.add_argument("--steps", type=positive, help="default: one token per step")

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "compare", help="train every method from one starting checkpoint over several seeds "
                         "and compare pass@1 and its spread",
-        description="Multi-seed stability benchmark (SPEC §11): each method fine-tunes the same "
+        description="Multi-seed stability benchmark (docs/method.md §11): each method fine-tunes the same "
                     "starting checkpoint with seeds driving data order, rates and masks; pass@1 "
                     "and the test ELBO per seed; mean, sd, min, max per method. Writes "
                     "OUT/report.md, OUT/results.json and plots. Finished runs are reused when "

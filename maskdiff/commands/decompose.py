@@ -1,5 +1,5 @@
 """``maskdiff decompose``: the variance diagnostics of every training method on one model
-(SPEC §2): A/B/C, batch-level and gradient variance, g(t)/v(t), cost-aware variance.
+(docs/method.md §2): A/B/C, batch-level and gradient variance, g(t)/v(t), cost-aware variance.
 
 Writes OUT/decompose.json, OUT/report.md, OUT/components.png and OUT/curves.png. The model is
 ``--run DIR`` (a maskdiff run's best checkpoint) or ``--preset NAME`` (trained once into
@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "decompose", help="A/B/C variance decomposition, batch and gradient variance per method",
         description="Measure the variance of each training method's estimator on one model "
-                    "(SPEC §2): the unbiased A/B/C decomposition of the per-example loss "
+                    "(docs/method.md §2): the unbiased A/B/C decomposition of the per-example loss "
                     "(a examples × b rates × c masks), the variance of the mini-batch estimate, "
                     "tr Cov of the per-example and per-batch gradient, g(t)/v(t), and variance × "
                     "forward passes. Writes OUT/decompose.json, OUT/report.md and PNG plots.")

@@ -1,10 +1,10 @@
-"""``maskdiff fit-pots``: fit the P-POTS rate density (SPEC §4) and write ppots.json + ppots.png.
+"""``maskdiff fit-pots``: fit the P-POTS rate density (docs/method.md §4) and write ppots.json + ppots.png.
 
 The p̂ table comes from one *source*: ``--from-table FILE.json`` (``{"t": [...], "p_hat": [...]}``,
 optionally ``p_hat_paper``, ``p_hat_direct``, ``estimator``, ``eps``, ``forward_passes``,
 ``seconds``), or a model — ``--run DIR`` (a maskdiff run's best checkpoint, on its own data) or
 ``--preset NAME`` (that preset's model, trained once into ``OUT/model`` and reused) — whose
-nested losses (a examples × b grid rates × c masks, SPEC §4) give p̂.
+nested losses (a examples × b grid rates × c masks, docs/method.md §4) give p̂.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def table_from_file(args: argparse.Namespace) -> TableInput | None:
 
 
 def table_from_model(args: argparse.Namespace) -> TableInput | None:
-    """Sources ``--run`` / ``--preset`` / ``--hf``: p̂ from the model's nested losses (SPEC §4).
+    """Sources ``--run`` / ``--preset`` / ``--hf``: p̂ from the model's nested losses (docs/method.md §4).
 
     The model is loaded as ``maskdiff decompose`` loads it (:func:`maskdiff.training.sources.load_model_source`:
     a preset is trained once into ``OUT/model`` and reused)."""
@@ -91,7 +91,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "fit-pots", help="fit the P-POTS rate density (EPR + degree-7 polynomial) to a p̂ table",
         description="Fit EPR, p(t) = sqrt(a t^r + b (1-t)^q + A^2 exp(2 kappa t^m)), and a clamped "
-                    "degree-7 polynomial to p̂ by minimising KL over the grid (SPEC §4); write "
+                    "degree-7 polynomial to p̂ by minimising KL over the grid (docs/method.md §4); write "
                     "OUT/ppots.json and OUT/ppots.png.")
     p.add_argument("--from-table", metavar="FILE.json",
                    help='JSON with {"t": [...], "p_hat": [...]} (optionally p_hat_paper, eps, ...)')
@@ -108,7 +108,7 @@ def register(subparsers) -> None:
     p.add_argument("--b", type=int, default=70, help="rates on the midpoint grid (default 70)")
     p.add_argument("--c", type=int, default=15, help="masks per (example, rate) (default 15)")
     p.add_argument("--estimator", choices=("direct", "paper"), default="direct",
-                   help="p̂ ∝ sqrt(mean l²) (direct, SPEC §4 [fix]) or sqrt(ĝ² + v̂) (paper)")
+                   help="p̂ ∝ sqrt(mean l²) (direct, docs/method.md §4 [fix]) or sqrt(ĝ² + v̂) (paper)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")

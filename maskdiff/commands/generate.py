@@ -1,4 +1,4 @@
-"""``maskdiff generate``: decode from a trained run (low-confidence block decoding, SPEC §8)."""
+"""``maskdiff generate``: decode from a trained run (low-confidence block decoding, docs/method.md §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``maskdiff parity`` and ``maskdiff parity-sweep``: the k-parity laboratory (SPEC §9).
+"""``maskdiff parity`` and ``maskdiff parity-sweep``: the k-parity laboratory (docs/method.md §9).
 
     maskdiff parity --objective md --t0 0 --t1 0.246 [--n 20 --k 6 ...] [--out DIR]
     maskdiff parity --objective md --rate 0.142857          # the fixed rate 1/(k+1)
@@ -45,7 +45,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, defaults_note: str) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "parity", help="train one model on k-parity (MD under a window or fixed rate, or "
-                       "supervised) and log train/validation accuracy (SPEC §9)",
+                       "supervised) and log train/validation accuracy (docs/method.md §9)",
         description="k-parity laboratory: x ~ U{-1,1}^n, y = product of the k secret bits; "
                     "the same transformer trained with the masked-diffusion objective "
                     "(t ~ U[t0,t1] or a fixed --rate) or supervised on the label.")
@@ -69,7 +69,7 @@ def register(subparsers) -> None:
                     "Finished runs in OUT/runs/ are reused on restart.")
     s.add_argument("--preset", choices=("smoke", "cpu", "paper"), default="cpu",
                    help="smoke (tests, seconds), cpu (default, ~20 min on a shared 2-core CPU, "
-                        "(n,k)=(12,4)), paper ((20,6), hours)")
+                        "(n,k)=(10,3)), paper ((20,6), hours)")
     s.add_argument("--seeds", help="comma-separated training seeds (default: the preset's)")
     _add_run_arguments(s, "(default: the preset's)")
     s.add_argument("--out", help="output directory (default runs/parity-<preset>)")

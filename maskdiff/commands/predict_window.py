@@ -1,4 +1,4 @@
-"""``maskdiff predict-window``: the signal-rich masking rate of a corpus (SPEC §10).
+"""``maskdiff predict-window``: the signal-rich masking rate of a corpus (docs/method.md §10).
 
     maskdiff predict-window --corpus wiki.train.tokens [--level word|char] [--min-count 5] [--json]
 
@@ -18,7 +18,7 @@ from maskdiff.labs.ngram import ESTIMATORS, LEVELS, predict_window
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict-window",
-        help="predict the signal-rich masking rate t* from a corpus' n-gram statistics (SPEC §10)",
+        help="predict the signal-rich masking rate t* from a corpus' n-gram statistics (docs/method.md §10)",
         description="Estimate a corpus' n-gram dependency shares w2..w6 and t* = argmax Signal(t).",
     )
     parser.add_argument("--corpus", required=True, help="path of a UTF-8 text file")

@@ -1,4 +1,4 @@
-"""``maskdiff theory``: the k-parity closed forms and the window signal (SPEC §9, §10).
+"""``maskdiff theory``: the k-parity closed forms and the window signal (docs/method.md §9, §10).
 
     maskdiff theory parity --k 6 [--t0 0 --t1 0.246] [--n 20 --delta 0.05] [--json]
     maskdiff theory window --weights 0.7427,0.2063,0.0401,0.0084,0.0024 [--power 2] [--json]
@@ -18,7 +18,7 @@ ORDERS = (2, 3, 4, 5, 6)
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "theory",
-        help="k-parity closed forms and the signal-rich window (SPEC §9, §10)",
+        help="k-parity closed forms and the signal-rich window (docs/method.md §9, §10)",
         description="Closed-form quantities of the parity paper (arXiv 2601.22450).",
     )
     kinds = parser.add_subparsers(dest="theory_command", metavar="KIND")

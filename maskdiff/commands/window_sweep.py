@@ -1,4 +1,4 @@
-"""``maskdiff window-sweep``: test loss against the training window on natural text (SPEC §10).
+"""``maskdiff window-sweep``: test loss against the training window on natural text (docs/method.md §10).
 
     maskdiff window-sweep --preset cpu --out runs/window-sweep      # ~15 min, shared 2-core CPU
     maskdiff window-sweep --preset full --out runs/window-sweep-full  # the documented long run
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
                              "one; full-range test ELBO against the window centre",
         description="Parity paper §5.1 / Fig. 3 on maskdiff's text task: test loss (always the "
                     "full-range ELBO, with standard errors) of models trained on each masking "
-                    "window, the corpus-predicted t* marked (SPEC §10).")
+                    "window, the corpus-predicted t* marked (docs/method.md §10).")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                    help="smoke (tests, seconds), cpu (default, ~15 min on a shared 2-core CPU), "
                         "full (larger model, 2000 steps, 3 seeds: hours on CPU)")

@@ -1,4 +1,4 @@
-"""The batch every estimator consumes (DESIGN §1: ``batch(x0, eligible, syntax, pad)``)."""
+"""The batch every estimator consumes (docs/architecture.md §1: ``batch(x0, eligible, syntax, pad)``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class Batch:
 
     Attributes:
         x0: (B, L) long, the clean token ids.
-        eligible: (B, L) bool, positions that may be masked (SPEC §1: every token when
+        eligible: (B, L) bool, positions that may be masked (docs/method.md §1: every token when
             pretraining, response tokens for SFT, plus the prompt's syntax tokens for SyRM).
         attention_mask: (B, L) bool, True on real tokens, False on padding the model must ignore.
             Under LLaDA's pad policy, EOS padding of responses is real (True) and eligible.

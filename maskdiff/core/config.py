@@ -124,7 +124,7 @@ def positive_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class RefitConfig:
-    """Online P-POTS (SPEC §4 [beyond]): refit the importance density during training.
+    """Online P-POTS (docs/method.md §4 [beyond]): refit the importance density during training.
 
     The trainer tracks ``E[l² | t]`` per bin of t from its own training losses (no extra
     forward passes; :class:`maskdiff.ppots.estimate.SecondMomentTracker`, all-reduced across ranks) and
@@ -151,7 +151,7 @@ class RefitConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EstimatorConfig:
-    """Sampler + masker + optional control variate (DESIGN §3 "Estimator").
+    """Sampler + masker + optional control variate (docs/architecture.md §3 "Estimator").
 
     P-POTS+MIRROR is ``EstimatorConfig(sampler=ComponentConfig(name="importance",
     params={"density": {...}}), masker=ComponentConfig(name="mirror"))``.

@@ -1,4 +1,4 @@
-"""The bin-wise EMA control variate (SPEC §6) and the running variance proxy (SPEC §7).
+"""The bin-wise EMA control variate (docs/method.md §6) and the running variance proxy (docs/method.md §7).
 
 Both keep their state as float64 tensors in a ``state_dict()`` (loadable with
 ``torch.load(weights_only=True)``). Both states are sums or averages that a distributed trainer
@@ -38,7 +38,7 @@ class BinEMA:
     ``mu_L <- (1-η)mu_L + η·l``, ``mu_H <- (1-η)mu_H + η·b_j``, ``M_LH <- (1-η)M_LH + η·l·b_j``,
     ``M_HH <- (1-η)M_HH + η·b_j²``, and finally ``b_j <- (1-η)b_j + η·l``.
 
-    SPEC §6 [fix]: ``b_j`` is detached, so the *gradient* of the adjusted loss equals the
+    docs/method.md §6 [fix]: ``b_j`` is detached, so the *gradient* of the adjusted loss equals the
     gradient of ``l``: the method changes the reported loss value, not the parameter update.
     It is implemented as specified; the gradient-variance diagnostic shows what it does.
     """
@@ -108,7 +108,7 @@ def build_control(name: str, **kwargs: Any) -> BinEMA:
 
 
 class VarianceProxy:
-    """The training-variance proxy of variance paper A.7.2 (SPEC §7).
+    """The training-variance proxy of variance paper A.7.2 (docs/method.md §7).
 
     Running sums over every per-example loss ``l`` of a run with importance weight ``w``:
     ``S1 = Σ w·l``, ``S2 = Σ w·l²``, ``S12 = Σ (w·l)²`` and the count ``n``. Then

@@ -1,4 +1,4 @@
-"""Maskers: how the noised views ``xt`` are built from ``x0`` and a rate ``t`` (SPEC §5).
+"""Maskers: how the noised views ``xt`` are built from ``x0`` and a rate ``t`` (docs/method.md §5).
 
 A masker turns per-token uniforms ``U`` into one or more :class:`View` s. Every view is a valid
 sample of the forward process with known per-token inclusion probabilities, which is all the

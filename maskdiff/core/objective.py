@@ -1,4 +1,4 @@
-"""The masked-diffusion objective (SPEC §1) and the estimator that composes the pieces.
+"""The masked-diffusion objective (docs/method.md §1) and the estimator that composes the pieces.
 
 ``per_example_loss`` is a pure function of tensors. :class:`Estimator` is configuration:
 a rate sampler + a masker + an optional control variate, nothing else; P-POTS+MIRROR is
@@ -56,7 +56,7 @@ def masked_token_losses(logits: torch.Tensor, x0: torch.Tensor, view: View) -> t
 
 
 def normalizer_counts(eligible: torch.Tensor, normalizer: str) -> torch.Tensor:
-    """``N`` of SPEC §1 per example, float32 (B,): P (eligible count), L, or 1.
+    """``N`` of docs/method.md §1 per example, float32 (B,): P (eligible count), L, or 1.
 
     ``"sequence"`` uses the padded row length L: pretraining batches are fixed-length sequences.
     Examples with ``P = 0`` get N = 1; their loss is 0 anyway since nothing can be masked.
@@ -72,7 +72,7 @@ def normalizer_counts(eligible: torch.Tensor, normalizer: str) -> torch.Tensor:
 
 def per_example_loss(logits: torch.Tensor, x0: torch.Tensor, view: View, eligible: torch.Tensor,
                      normalizer: str = "eligible") -> torch.Tensor:
-    """SPEC §1: ``l = -(1/N) Σ_i 1[masked_i] log p(x0_i | xt) / inclusion_prob_i`` for each example.
+    """docs/method.md §1: ``l = -(1/N) Σ_i 1[masked_i] log p(x0_i | xt) / inclusion_prob_i`` for each example.
 
     With Bernoulli masks ``inclusion_prob = t`` and this is eq. 1 of the variance paper.
     Returns (B,) float32 whatever ``logits.dtype``; an example with nothing eligible gives 0.
@@ -91,7 +91,7 @@ class EstimatorOutput:
         loss: the scalar to back-propagate: mean over the batch of ``values`` (with gradient).
         values: (B,) detached, the per-example quantity the estimator averages:
             ``w · mean_over_views(l)``, minus the control variate when one is set. This is what
-            variance diagnostics decompose (SPEC §2).
+            variance diagnostics decompose (docs/method.md §2).
         raw_loss: (B,) detached, the per-example loss averaged over views, before ``w``.
         t, w: (B,) the rates and importance weights.
         n_empty: examples with nothing eligible (they contribute 0).
@@ -148,7 +148,7 @@ class Estimator:
         mask_token_id: the model's mask token.
         control: optional control variate with ``adjust(values, t) -> adjusted`` and
             ``update(values, t)`` (see :mod:`maskdiff.core.control`).
-        normalizer: ``"eligible"``, ``"sequence"`` or ``"none"`` (SPEC §1).
+        normalizer: ``"eligible"``, ``"sequence"`` or ``"none"`` (docs/method.md §1).
         syntax_eligible: SyRM: the batch's syntax tokens are eligible too.
         fuse_views: run all views of a batch through the model in one forward pass (faster
             on parallel hardware; identical values).
@@ -207,7 +207,7 @@ class Estimator:
     def view_losses(self, model: Model, x0: torch.Tensor, views: list[View],
                     attention: torch.Tensor, counts: torch.Tensor
                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The per-example loss averaged over ``views`` (SPEC §1), (B,) float32 with gradient,
+        """The per-example loss averaged over ``views`` (docs/method.md §1), (B,) float32 with gradient,
         and each view's (B, L) token losses; ``counts`` are the normalizer's ``N``."""
         token_losses = [masked_token_losses(logits, x0, view)
                         for view, logits in zip(views, self.forward_views(model, views, attention))]

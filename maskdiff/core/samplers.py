@@ -1,4 +1,4 @@
-"""Masking-rate samplers (SPEC §3).
+"""Masking-rate samplers (docs/method.md §3).
 
 Every sampler returns ``(t, w)`` for a batch, float32 tensors of shape (n,), such that
 ``E[w(t)·f(t)] = E_{t~target}[f(t)]`` for the target distribution it declares through
@@ -7,7 +7,7 @@ Every sampler returns ``(t, w)`` for a batch, float32 tensors of shape (n,), suc
 A sampler turns one uniform draw per example into a rate. :meth:`RateSampler.sample` draws those
 uniforms from one generator (the simple API); :meth:`RateSampler.sample_at` takes them ready-made
 together with the examples' positions in the *global* batch and a batch generator shared by all
-ranks, which is how the trainer gets per-example seeding (DESIGN §3) and rank-independent
+ranks, which is how the trainer gets per-example seeding (docs/architecture.md §3) and rank-independent
 stratification.
 """
 
@@ -172,7 +172,7 @@ class Clipped(Window):
 def stratum_layout(
     global_batch_size: int, batch_generator: torch.Generator
 ) -> tuple[torch.Tensor, int]:
-    """StraTS's stratum of every position of a global batch of size n (SPEC §3).
+    """StraTS's stratum of every position of a global batch of size n (docs/method.md §3).
 
     ``k = ceil(sqrt(n))`` strata; position p < k·floor(n/k) goes to stratum ``p mod k``, so each
     stratum gets ``floor(n/k)`` draws; the ``n mod k`` leftover positions go to distinct strata
@@ -258,16 +258,16 @@ class _PiecewiseLinearDensity:
 
 @register_sampler
 class Importance(RateSampler):
-    """P-POTS's importance sampler (SPEC §3, §4): ``t ~ p``, ``w = 1 / ((1-eps)·p(t))``.
+    """P-POTS's importance sampler (docs/method.md §3, §4): ``t ~ p``, ``w = 1 / ((1-eps)·p(t))``.
 
     ``density`` is a callable on a float64 tensor of t in [eps, 1], or a table ``(t, p)`` (or a
     mapping with keys ``t`` and ``p``) interpolated linearly. It is tabulated on ``n_grid``
     points of [eps, 1], normalised by exact quadrature of the piecewise-linear table, and
     mixed with the uniform density, ``p <- (1 - mix)·p + mix/(1 - eps)``, which bounds the
-    weights by ``1/mix`` (the SPEC's safety guard; ``mix = 0`` disables it). The target is
+    weights by ``1/mix`` (the safety guard of docs/method.md §4 "Safety"; ``mix = 0`` disables it). The target is
     U[eps, 1]: the constant ``1 - eps`` of the uniform density is folded into ``w``.
 
-    ``stratified=True`` stratifies the uniforms in quantile space (SPEC §3 [beyond]):
+    ``stratified=True`` stratifies the uniforms in quantile space (docs/method.md §3 [beyond]):
     ``t = F^-1((stratum + u)/k)`` with the strata of StraTS; still unbiased.
     """
 
@@ -285,7 +285,7 @@ class Importance(RateSampler):
         if not (0.0 <= mix < 1.0):
             raise ValueError(f"mix must lie in [0, 1), got mix={mix}")
         if n_grid < 4096:
-            raise ValueError(f"n_grid must be at least 4096 (SPEC §3), got n_grid={n_grid}")
+            raise ValueError(f"n_grid must be at least 4096 (docs/method.md §3), got n_grid={n_grid}")
         self.mix, self.stratified, self.n_grid = float(mix), bool(stratified), int(n_grid)
         self.grid = np.linspace(self.eps, 1.0, self.n_grid)
         self.set_density(density)

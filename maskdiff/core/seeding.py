@@ -1,4 +1,4 @@
-"""Per-example, per-step randomness (DESIGN §3 "Randomness").
+"""Per-example, per-step randomness (docs/architecture.md §3 "Randomness").
 
 Library code never touches the global RNG. The rate and the masks of example ``i`` at step ``s``
 come from generators seeded by ``(seed, stream, i, s)``, so what an example sees does not depend

@@ -1,4 +1,4 @@
-"""Turning examples into a :class:`~maskdiff.core.batch.Batch` (SPEC §1 "Eligibility").
+"""Turning examples into a :class:`~maskdiff.core.batch.Batch` (docs/method.md §1 "Eligibility").
 
 Layout of one row: ``[bos] prompt response [eos] padding``.
 

@@ -8,7 +8,7 @@ Each of the 1,797 digits (pixel intensities 0..16) becomes one :class:`Example`:
 - the **response** is the image, row-major: 64 characters, one per pixel, each the grey level
   ``0 .. levels-1`` of :func:`quantise` written as a digit character.
 
-Only the 64 image tokens are eligible (SPEC §1 "Eligibility"): collate with
+Only the 64 image tokens are eligible (docs/method.md §1 "Eligibility"): collate with
 :func:`image_collator` (no end-of-response EOS, "exclude" padding; rows are exactly
 ``PROMPT_WIDTH + 64`` tokens, so there is no padding at all).
 

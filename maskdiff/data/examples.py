@@ -1,4 +1,4 @@
-"""The unit of data: a prompt and a response (SPEC §1 eligibility follows this split).
+"""The unit of data: a prompt and a response (docs/method.md §1 eligibility follows this split).
 
 SFT examples have a prompt the model always sees and a response it learns to produce;
 pretraining text is an example with an empty prompt, so every token is eligible.

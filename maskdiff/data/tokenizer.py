@@ -2,7 +2,7 @@
 
 A tokeniser maps text to ids and back and names four control ids: ``pad_id`` (padding the model
 never attends to under the "exclude" pad policy), ``eos_id`` (end of a response; LLaDA pads with
-it), ``mask_id`` (the diffusion MASK token, SPEC §1) and an optional ``bos_id``. Control tokens
+it), ``mask_id`` (the diffusion MASK token, docs/method.md §1) and an optional ``bos_id``. Control tokens
 are never produced by :meth:`Tokenizer.encode` from plain text -- a literal ``"<eos>"`` in the
 data stays text -- so data can never forge a MASK or an EOS. Markup tokens such as ``"<td>"``
 (``extra_tokens``) *are* matched in text, as single ids: they are SyRM's syntax tokens.

@@ -1,5 +1,5 @@
 """The conditional curves ``g(t) = E[l | t]`` and ``v(t) = Var(l | t)`` on shared rates
-(SPEC §4): what a P-POTS density is fitted to.
+(docs/method.md §4): what a P-POTS density is fitted to.
 
 Pure math on the ``(a, b, c)`` losses of a nested design on a fixed rate grid
 (:func:`maskdiff.diagnostics.nested.rates_on_grid`), with bootstrap standard errors over examples.
@@ -51,7 +51,7 @@ def conditional_curves(
     losses: Any, rates: Any, *, n_boot: int = 1000, seed: Seed = 0
 ) -> ConditionalCurves:
     """``g(t_j)``, ``v(t_j)`` and ``E[l² | t_j]`` from ``losses`` (a, b, c) at the b ``rates``
-    shared by all examples (e.g. :func:`maskdiff.diagnostics.nested.rates_on_grid`); SPEC §4.
+    shared by all examples (e.g. :func:`maskdiff.diagnostics.nested.rates_on_grid`); docs/method.md §4.
 
     At each rate the data are a two-level nested design (a examples, c masks). With
     ``s²_ij`` the sample variance over masks and ``ȳ_ij`` the mean:

@@ -1,4 +1,4 @@
-"""The diagnostics suite of one training estimator on a model (SPEC §2; variance paper eq. 2).
+"""The diagnostics suite of one training estimator on a model (docs/method.md §2; variance paper eq. 2).
 
 :func:`run_diagnostics` runs every measurement of :mod:`maskdiff.diagnostics.measure` for one
 (model, examples, estimator) triple with the sizes of a :class:`DiagnosticsDesign` and returns
@@ -34,7 +34,7 @@ __all__ = [
 
 
 def cost_aware(variance: float, forward_passes: int) -> float:
-    """Variance × forward passes per example: the variance at equal compute (SPEC §2).
+    """Variance × forward passes per example: the variance at equal compute (docs/method.md §2).
 
     An estimator that costs k passes per example fits n/k examples in the budget of n single-pass
     ones, so its mini-batch variance at equal compute is k·Var/n; comparing ``k·Var`` across
@@ -151,7 +151,7 @@ def _finite(obj: Any) -> Any:
 def run_diagnostics(model, examples: Batch, estimator: Estimator,
                     design: DiagnosticsDesign | None = None, *,
                     progress: bool = False) -> EstimatorDiagnostics:
-    """All diagnostics of one estimator on ``model`` over ``examples`` (SPEC §2).
+    """All diagnostics of one estimator on ``model`` over ``examples`` (docs/method.md §2).
 
     Order: warm up the control variate (if any; :func:`warm_up_control`), then the nested
     decomposition, the batch variance, the gradient variances and the curves, all with the

@@ -1,4 +1,4 @@
-"""The variance of gradient draws: an unbiased ``tr Cov`` in O(d) memory (SPEC §2).
+"""The variance of gradient draws: an unbiased ``tr Cov`` in O(d) memory (docs/method.md §2).
 
 Pure math on flattened gradients already computed;
 :func:`maskdiff.diagnostics.measure.estimator_gradient_variance` draws them from an estimator on
@@ -107,7 +107,7 @@ class GradientVarianceAccumulator:
 
 
 def gradient_variance(grads: Any) -> GradientVariance:
-    """``tr Cov`` of per-draw flattened gradients (SPEC §2).
+    """``tr Cov`` of per-draw flattened gradients (docs/method.md §2).
 
     ``grads``: an array/tensor ``(n_draws, d)``, or an iterable of draws ``(d,)`` or chunks
     ``(m, d)`` (streamed, O(d) memory). Each draw is one gradient of the per-example estimator

@@ -1,4 +1,4 @@
-"""Measurements of a training estimator on a model (SPEC §2; variance paper eq. 2).
+"""Measurements of a training estimator on a model (docs/method.md §2; variance paper eq. 2).
 
 :mod:`maskdiff.diagnostics.variance`, :mod:`.gradient` and :mod:`.curves` are the math on
 numbers; this module produces the numbers for one (model, examples, estimator) triple, always
@@ -18,7 +18,7 @@ them all as one diagnostics suite.
 - :func:`estimator_gradient_variance`: ``tr Cov`` of the gradient of the per-example (n = 1) or
   per-batch estimate over repeated draws, for all parameters or a named subset.
 - :func:`estimator_curves`: ``g(t)``, ``v(t)`` on the midpoint grid.
-- :func:`warm_up_control`: a control variate (EMA, SPEC §6) starts with zero statistics, so its
+- :func:`warm_up_control`: a control variate (EMA, docs/method.md §6) starts with zero statistics, so its
   adjustment is zero; it must see training-like values first or the diagnostic shows nothing.
 
 Every random draw derives from an explicit integer seed (:mod:`maskdiff.core.seeding`); with the
@@ -113,7 +113,7 @@ def _random_batch(pool: Batch, n: int, seed: int, stream: int, draw: int) -> tup
 
 def warm_up_control(model, pool: Batch, estimator: Estimator, *, n_samples: int = 2048,
                     batch_size: int = 64, seed: int = 0) -> int:
-    """Feed a control variate the values of ``n_samples`` training-like draws (SPEC §6).
+    """Feed a control variate the values of ``n_samples`` training-like draws (docs/method.md §6).
 
     A :class:`~maskdiff.core.control.BinEMA` starts with zero statistics, so its adjustment
     ``c_j·b_j`` is zero until it has seen losses: a diagnostic on a fresh control would measure
@@ -147,7 +147,7 @@ def _device(model, batch: Batch) -> torch.device:
 def decompose_loss_fn(loss_fn, *, n_examples: int, rate_draw: RateDraw, n_rates: int,
                       n_masks: int, seed: int = 0, n_boot: int = 1000, batch_size: int = 256,
                       progress: bool = False) -> tuple[Decomposition, np.ndarray]:
-    """The nested design of SPEC §2 for any ``loss_fn`` (see :func:`maskdiff.diagnostics.nested.nested_losses`)
+    """The nested design of docs/method.md §2 for any ``loss_fn`` (see :func:`maskdiff.diagnostics.nested.nested_losses`)
     with i.i.d. rates from ``rate_draw``: returns the random-design decomposition and the
     ``(a, b, c)`` values ``w·loss_fn``."""
     losses = nested_losses(loss_fn, n_examples=n_examples, rates=rate_draw, n_rates=n_rates,
@@ -160,7 +160,7 @@ def decompose_estimator(model, batch: Batch, estimator: Estimator, *, n_rates: i
                         progress: bool = False) -> tuple[Decomposition, np.ndarray]:
     """A/B/C of the per-example value ``estimator`` averages, over the examples of ``batch``
     (a = ``len(batch)``), ``n_rates`` i.i.d. marginal rates each and ``n_masks`` masks per rate
-    (SPEC §2 [fix]: unbiased ANOVA, plug-in values, bootstrap SEs over examples).
+    (docs/method.md §2 [fix]: unbiased ANOVA, plug-in values, bootstrap SEs over examples).
 
     The value is the estimator's: the mean over its views (MIRROR, MultiSample), times the
     sampler's weight ``w`` (importance sampling), minus the control's *current* adjustment
@@ -179,7 +179,7 @@ def estimator_curves(model, batch: Batch, estimator: Estimator, *, n_rates: int,
                      eps: float = 1e-3, seed: int = 0, n_boot: int = 200,
                      batch_size: int = 256) -> ConditionalCurves:
     """``g(t)``, ``v(t)``, ``E[l²|t]`` of the estimator's per-example value (without ``w``: the
-    curves are conditional on t) on the midpoint grid of ``n_rates`` points (SPEC §4)."""
+    curves are conditional on t) on the midpoint grid of ``n_rates`` points (docs/method.md §4)."""
     grid = rates_on_grid(n_rates, eps)
     loss_fn = estimator_loss_fn(model, batch, estimator, device=_device(model, batch))
     with _eval_mode(model):
@@ -231,7 +231,7 @@ def select_parameters(model: torch.nn.Module,
 def estimator_gradient_variance(model, pool: Batch, estimator: Estimator, *, n_draws: int,
                                 batch_size: int = 1, seed: int = 0,
                                 parameters: Sequence[str] | None = None) -> GradientVariance:
-    """``tr Cov`` of the gradient of the estimator's loss over ``n_draws`` fresh draws (SPEC §2).
+    """``tr Cov`` of the gradient of the estimator's loss over ``n_draws`` fresh draws (docs/method.md §2).
 
     ``batch_size = 1``: the per-example gradient estimator (one example drawn from ``pool``,
     its rate from the sampler's marginal, its masks); ``batch_size = n``: the mini-batch

@@ -1,5 +1,5 @@
-"""The nested loss engine shared by the variance decomposition (SPEC §2) and the P-POTS
-estimation (SPEC §4).
+"""The nested loss engine shared by the variance decomposition (docs/method.md §2) and the P-POTS
+estimation (docs/method.md §4).
 
 For a examples, b rates per example and c mask draws per (example, rate) it evaluates a
 caller-supplied ``loss_fn`` on every triple, without gradient, in batches, and returns the
@@ -41,7 +41,7 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
 
 
 def rates_on_grid(b: int, eps: float = 1e-3, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The midpoint grid ``t_j = eps + (1 − eps)(j − 1/2)/b``, j = 1..b (SPEC §4), shape (b,).
+    """The midpoint grid ``t_j = eps + (1 − eps)(j − 1/2)/b``, j = 1..b (docs/method.md §4), shape (b,).
 
     Uniform on these points is the midpoint-rule quadrature of U[eps, 1]; decompose losses
     taken on it with ``rate_design="fixed"``.
@@ -138,7 +138,7 @@ def nested_losses(
         n_rates: b; required for a callable ``rates``, else inferred (must match if given).
         weights: optional importance weights shaped like ``rates`` (tensor rates only); for a
             callable the drawn w is used. Returned values are ``w · loss_fn(...)``, the quantity
-            the trainer averages (SPEC §2).
+            the trainer averages (docs/method.md §2).
         batch_size: rows per ``loss_fn`` call; results do not depend on it.
         seed: root seed; triple (i, j, k) gets mask seed ``derive_seed(seed, i, j, k)``.
         progress: show a tqdm bar (only when stderr is a terminal).

@@ -3,7 +3,7 @@ averages, at given rates and mask seeds, without gradient.
 
 :func:`maskdiff.diagnostics.nested.nested_losses` knows nothing about models; :func:`estimator_loss_fn`
 turns (model, collated examples, estimator) into the ``loss_fn`` it calls. Both the P-POTS
-estimation (SPEC §4) and the variance decomposition (SPEC §2) use it, so they measure exactly
+estimation (docs/method.md §4) and the variance decomposition (docs/method.md §2) use it, so they measure exactly
 what :class:`maskdiff.core.objective.Estimator` trains on.
 """
 
@@ -35,10 +35,10 @@ def estimator_loss_fn(model, batch: Batch, estimator: Estimator, *,
 
     Row r evaluates example ``example_ids[r]`` of ``batch`` at rate ``t[r]`` with the
     estimator's masker driven by uniforms seeded by ``mask_seeds[r]``: the mean over the
-    masker's views of the per-example loss (SPEC §1), i.e. the estimator's ``raw_loss``,
+    masker's views of the per-example loss (docs/method.md §1), i.e. the estimator's ``raw_loss``,
     computed by the estimator itself (:meth:`Estimator.view_losses`); only the draws differ.
     The rate weight ``w`` is applied by the engine. With a control variate and
-    ``apply_control`` the control's *current* adjustment ``−c_j b_j`` is added (SPEC §6), so
+    ``apply_control`` the control's *current* adjustment ``−c_j b_j`` is added (docs/method.md §6), so
     the value is what the trainer averages at that state; the control is never updated.
 
     The model is put in eval mode for the probe and restored afterwards by the caller's

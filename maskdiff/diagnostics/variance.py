@@ -1,4 +1,4 @@
-"""The A/B/C variance decomposition and the direct measures it is checked against (SPEC §2;
+"""The A/B/C variance decomposition and the direct measures it is checked against (docs/method.md §2;
 variance paper eq. 2 and A.5.1).
 
 Pure math on numbers already computed (numpy; torch tensors are accepted and converted to
@@ -41,7 +41,7 @@ class Decomposition:
     are by bootstrap over examples (NaN when ``n_boot = 0``); the grand mean's is analytic.
 
     ``naive_*`` are the plug-in estimates (ddof = 1 at every level), with their expectations
-    under the random design, which show the bias the SPEC fixes (mean squares as in
+    under the random design, which show the bias docs/method.md §2 [fix] removes (mean squares as in
     :func:`decompose`):
 
     - ``naive_A`` = mean within-cell variance = ``MS_W``: ``E = A`` (unbiased);
@@ -135,7 +135,7 @@ def _components(
 def decompose(
     losses: Any, *, rate_design: RateDesign = "random", n_boot: int = 1000, seed: Seed = 0
 ) -> Decomposition:
-    r"""Unbiased A/B/C decomposition of a balanced nested design (SPEC §2 [fix]; paper eq. 2).
+    r"""Unbiased A/B/C decomposition of a balanced nested design (docs/method.md §2 [fix]; paper eq. 2).
 
     ``losses[i, j, k]`` (shape ``(a, b, c)``, a, b, c >= 2) is the per-example value the
     trainer averages (``w·l``, the MIRROR mean, ...) for example ``i``, its ``j``-th rate

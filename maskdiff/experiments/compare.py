@@ -1,4 +1,4 @@
-"""``maskdiff compare``: the multi-seed stability benchmark of the training methods (SPEC §11).
+"""``maskdiff compare``: the multi-seed stability benchmark of the training methods (docs/method.md §11).
 
 Protocol (as in fine-tuning a pretrained model):
 
@@ -12,7 +12,7 @@ Protocol (as in fine-tuning a pretrained model):
    equal-compute variant ``standard@2x`` doubles standard's batch, so it spends what the
    two-forward methods (MIRROR, MultiSample(2), P-POTS+MIRROR) spend. Early stopping on the
    validation ELBO (patience from the config).
-4. Each run is scored on the test split: pass@1 by low-confidence decoding (SPEC §8) and the
+4. Each run is scored on the test split: pass@1 by low-confidence decoding (docs/method.md §8) and the
    full-range ELBO with its standard error.
 
 A finished run leaves ``compare.json`` in its directory and is reused when the job restarts; an

@@ -1,4 +1,4 @@
-"""The variance-diagnostics experiment (SPEC §2): A/B/C, batch and gradient variance of every
+"""The variance-diagnostics experiment (docs/method.md §2): A/B/C, batch and gradient variance of every
 training method on one model, written as ``decompose.json`` + ``report.md`` + PNG plots.
 
 The model comes from :func:`maskdiff.training.sources.load_model_source` (a run directory, a preset
@@ -45,7 +45,7 @@ def ppots_density(source: ModelSource, batch: Batch, *, out: Path, n_rates: int,
                   seed: int, path: str | Path | None = None,
                   progress: bool = False) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """The P-POTS density for the ``ppots`` methods: from ``path`` (a ``ppots.json``), else
-    estimated once from the model on ``batch`` (SPEC §4; ``n_rates`` grid rates × ``n_masks``
+    estimated once from the model on ``batch`` (docs/method.md §4; ``n_rates`` grid rates × ``n_masks``
     masks) and cached as ``out/ppots.json`` (reused when its settings match)."""
     from maskdiff.ppots import density_from_ppots, estimate_ppots, save_ppots_json
 
@@ -88,7 +88,7 @@ def build_method(name: str, source: ModelSource,
 
 
 # The design sizes of the command line, by preset: ``smoke`` is a seconds-long check of the whole
-# path (SPEC §2 sizes are for real models); everything else gets the full default design.
+# path (docs/method.md §2 sizes are for real models); everything else gets the full default design.
 DESIGN_DEFAULTS: dict[str, dict[str, int]] = {
     "default": {"a": 32, "b": 8, "c": 8, "batch_size": 16, "n_batches": 100, "grad_draws": 64,
                 "grad_batch_draws": 32, "curve_rates": 16, "ema_warmup": 2048, "n_boot": 1000,
@@ -308,7 +308,7 @@ def write_report(path: str | Path, doc: dict[str, Any]) -> None:
     configs = doc["configurations"]
     design = doc["design"]
     lines = [
-        "# Variance decomposition (SPEC §2)",
+        "# Variance decomposition (docs/method.md §2)",
         "",
         f"Model: `{json.dumps(doc['model'])}`",
         "",
@@ -346,14 +346,14 @@ def write_report(path: str | Path, doc: dict[str, Any]) -> None:
               "and may be slightly negative when a component is ~0; the bars clip at 0.",
               "- Plug-in B and C are the biased nested-design spreads (E = B + A/c and "
               "C + (B + A/c)/b): compare them with the unbiased columns to see the bias the "
-              "SPEC fixes.",
+              "estimators of docs/method.md §2 remove.",
               "- StraTS acts on a batch, not on one example: its per-example A/B/C equal the "
               "standard ones (same seed); its effect is in `batch var × n` (n × the variance of "
               "the mini-batch mean over repeated batches, each drawn by the estimator itself).",
               "- EMA's control variate was warmed up on "
               f"{design['control_warmup']} training-like draws before measuring (a fresh one "
               "adjusts nothing). Its baseline is detached, so its gradient equals the standard "
-              "one (SPEC §6 [fix]): compare the gradient columns. Its `mean` is the adjusted "
+              "one (docs/method.md §6 [fix]): compare the gradient columns. Its `mean` is the adjusted "
               "value, shifted by the subtracted c_j·b_j (the reported loss is not the ELBO).",
               "- `× passes` is the cost-aware variance: variance × forward passes per example "
               "(MIRROR and multisample2 pay 2), i.e. the variance at equal compute.",

@@ -175,7 +175,7 @@ class GumbelSampling(nn.Module):
 def sample_images(model: nn.Module, tokenizer, labels: Sequence[int], *, levels: int,
                   temperature: float, gen_steps: int, block_length: int, seed: int,
                   batch_size: int = 140, device="cpu") -> np.ndarray:
-    """(N, 8, 8) images, one per requested label, by low-confidence decoding (SPEC §8)."""
+    """(N, 8, 8) images, one per requested label, by low-confidence decoding (docs/method.md §8)."""
     sampler = GumbelSampling(model, temperature=temperature,
                              allowed_ids=level_token_ids(tokenizer, levels),
                              generator=generator_for(seed, STREAM_IMAGE_SAMPLING)).to(device)

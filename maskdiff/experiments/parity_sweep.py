@@ -1,4 +1,4 @@
-"""The k-parity comparison of the parity paper (§4.5, Fig. 2, F.2; SPEC §9).
+"""The k-parity comparison of the parity paper (§4.5, Fig. 2, F.2; docs/method.md §9).
 
 The same network is trained on the same finite training set with the supervised objective and
 with the MD objective under U[0, 0.1], U[0, t1*] (``t1* = ps_optimal_t1(k)``, the window
@@ -321,7 +321,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
     lines = [
         f"# k-parity laboratory ({results['preset']} preset)",
         "",
-        "Parity paper §4.5 / Fig. 2 / F.2 (SPEC §9): the same transformer trained with the "
+        "Parity paper §4.5 / Fig. 2 / F.2 (docs/method.md §9): the same transformer trained with the "
         "supervised objective or the masked-diffusion objective on one finite training set.",
         "",
         f"- task: (n,k)=({results['n']},{results['k']}), secret {results['secret']}, "

@@ -1,4 +1,4 @@
-"""The language-model window sweep (SPEC §10; parity paper §5.1, Fig. 3, F.3-F.4).
+"""The language-model window sweep (docs/method.md §10; parity paper §5.1, Fig. 3, F.3-F.4).
 
 The tiny maskdiff transformer is trained on the natural-text corpus task (``"text"``) with the
 full range U[0,1] (the ``standard`` method) and with the ``window`` method on each of the ten

@@ -1,5 +1,5 @@
 """The window sweep's report and plots, from its ``results.json`` dict
-(:func:`maskdiff.experiments.window_sweep.run_window_sweep`; SPEC §10, parity paper Fig. 3).
+(:func:`maskdiff.experiments.window_sweep.run_window_sweep`; docs/method.md §10, parity paper Fig. 3).
 
 The settings are told apart by their ``kind`` ("baseline", "interval", "predicted"), so nothing
 here depends on the sweep's code, only on its results.
@@ -131,7 +131,7 @@ def write_report(results: dict, out_dir: Path, preset: Any) -> Path:
     lines = [
         f"# Window sweep ({results['preset']} preset)",
         "",
-        "Parity paper §5.1 / Fig. 3 (SPEC §10): the tiny maskdiff transformer on the natural-text "
+        "Parity paper §5.1 / Fig. 3 (docs/method.md §10): the tiny maskdiff transformer on the natural-text "
         "task (World English Bible, char-level) trained with U[0,1] and with t ~ U[lo, hi] on each "
         "width-0.1 interval plus the interval centred on the corpus' predicted t*. Test loss is "
         "always the full-range ELBO over U[1e-3, 1] (maskdiff.training.evaluate.elbo), same test examples "

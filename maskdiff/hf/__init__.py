@@ -1,4 +1,4 @@
-"""Hugging Face integration: adapter, collators and a ``transformers.Trainer`` (SPEC §1).
+"""Hugging Face integration: adapter, collators and a ``transformers.Trainer`` (docs/method.md §1).
 
 Three pieces, each usable alone:
 
@@ -16,7 +16,7 @@ Three pieces, each usable alone:
   :class:`~maskdiff.core.seeding.BatchRandomness` keyed on (seed, global step, example index): the
   same numbers maskdiff's trainer computes, on any number of ranks, with gradient accumulation,
   and after a resume. It logs the per-t-bin statistics of :mod:`maskdiff.training.trainer` and can refit
-  a P-POTS importance density online (SPEC §4 [beyond]).
+  a P-POTS importance density online (docs/method.md §4 [beyond]).
 
 ``transformers`` is imported lazily by the functions that need it and by the first use of
 ``MaskedDiffusionTrainer`` (:mod:`maskdiff.hf.trainer` imports it), so ``import maskdiff.hf``

@@ -1,4 +1,4 @@
-"""The adapter: a Hugging Face model behind maskdiff's model contract (SPEC §1)."""
+"""The adapter: a Hugging Face model behind maskdiff's model contract (docs/method.md §1)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ class MaskedDiffusionCollator:
     """Rows ``{"input_ids": [...], "eligible": [0/1...], "syntax": [0/1...] (optional),
     "example_index": i}`` → padded tensors (the trainer's inputs).
 
-    ``eligible`` defaults to every token (pretraining, SPEC §1). Padding to the longest row (a
+    ``eligible`` defaults to every token (pretraining, docs/method.md §1). Padding to the longest row (a
     multiple of ``pad_to_multiple_of``) follows ``pad_policy``, in the native collator's
     vocabulary (:mod:`maskdiff.data.collate`): ``"exclude"`` pads with ``pad_token_id``,
     unattended and not eligible; ``"eos"`` pads with the EOS id given as ``pad_token_id``,
@@ -174,7 +174,7 @@ def _render_ids(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *,
 def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, method: str = "auto",
                 syntax_ids: Iterable[int] | None = None,
                 chat_template_kwargs: Mapping[str, Any] | None = None) -> dict[str, list[int]]:
-    """One conversation → ``{"input_ids", "eligible", ["syntax"]}`` (SPEC §1: SFT eligibility).
+    """One conversation → ``{"input_ids", "eligible", ["syntax"]}`` (docs/method.md §1: SFT eligibility).
 
     ``eligible`` marks exactly the tokens of the assistant turns (with the turn's closing tokens
     the template emits, so the model learns to end a turn). ``method="template"`` uses
@@ -184,7 +184,7 @@ def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, method
     marks the tokens in between (it checks the renders are prefixes of each other); ``"auto"``
     picks ``"template"`` when the template has generation markers, else ``"diff"``.
     ``syntax`` (when ``syntax_ids`` is given) marks the non-eligible tokens whose id is a
-    syntax token: SyRM makes the prompt's syntax tokens eligible too (SPEC §1).
+    syntax token: SyRM makes the prompt's syntax tokens eligible too (docs/method.md §1).
     """
     if method not in CHAT_METHODS:
         raise ValueError(f"method must be one of {CHAT_METHODS}, got {method!r}")

@@ -52,7 +52,7 @@ class _StepEnd(transformers.TrainerCallback):
 
 
 class MaskedDiffusionTrainer(transformers.Trainer):
-    """A ``transformers.Trainer`` whose loss is maskdiff's :class:`Estimator` (SPEC §1).
+    """A ``transformers.Trainer`` whose loss is maskdiff's :class:`Estimator` (docs/method.md §1).
 
     Args (besides ``transformers.Trainer``'s own):
         model: a HF model or PEFT model (wrapped in :class:`HFAdapter` with the options
@@ -65,7 +65,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         normalizer: ``"eligible"``, ``"sequence"`` or ``"none"``; ``syntax_eligible``: SyRM.
         seed: keys the rates and masks with (global step, example index); default
             ``args.seed``.
-        ppots_tracker, refit_every: online P-POTS (SPEC §4 [beyond]): the tracker is fed
+        ppots_tracker, refit_every: online P-POTS (docs/method.md §4 [beyond]): the tracker is fed
             every step's ``(t, l, w)`` and every ``refit_every`` steps EPR is refitted and
             handed to ``rate_sampler.set_density``; ``refit_min_count`` and
             ``refit_restarts`` as in :class:`maskdiff.training.config.RefitConfig`.
@@ -80,7 +80,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
     :class:`IndexedDataset` so each row's index seeds its draws. Logged every
     ``logging_steps``: ``loss`` (the mean of the estimator's values), ``loss_per_t_bin_j``
     (mean raw loss of the examples with ``t`` in ``(j/10, (j+1)/10]``), ``masked_ce``,
-    ``variance_proxy`` (SPEC §7) and ``tokens_per_s``, as maskdiff.training.trainer logs them; at a
+    ``variance_proxy`` (docs/method.md §7) and ``tokens_per_s``, as maskdiff.training.trainer logs them; at a
     refit step ``ppots_refit`` and ``ppots_kl``. Sampler density, control variate, proxy
     and tracker are saved with every checkpoint (``maskdiff_state.pt``) and restored on
     resume, so a resumed run computes what the uninterrupted one does.

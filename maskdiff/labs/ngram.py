@@ -1,4 +1,4 @@
-"""Corpus n-gram dependency shares and the predicted signal-rich window (SPEC §10).
+"""Corpus n-gram dependency shares and the predicted signal-rich window (docs/method.md §10).
 
 Parity paper (arXiv 2601.22450) App. F.4 treats a corpus as a mixture in which "a fraction
 ``w_i`` of the predictive structure is carried by order-i dependencies" (i = 2..6), estimates
@@ -212,7 +212,7 @@ def dependency_shares(
     max_order: int = 6,
     estimator: str = "information",
 ) -> dict[int, float]:
-    """``{i: w_i}`` for orders 2..max_order, summing to 1 (SPEC §10; parity paper App. F.4)."""
+    """``{i: w_i}`` for orders 2..max_order, summing to 1 (docs/method.md §10; parity paper App. F.4)."""
     return _shares(
         text, level=level, min_count=min_count, max_order=max_order, estimator=estimator
     )[0]
@@ -247,7 +247,7 @@ class SignalCurve:
 
 @dataclass(frozen=True)
 class WindowPrediction:
-    """A corpus' dependency shares, ``t* = argmax Signal`` and the curve (SPEC §10).
+    """A corpus' dependency shares, ``t* = argmax Signal`` and the curve (docs/method.md §10).
 
     ``statistics`` holds the unnormalised per-order values behind ``weights`` (information gain
     in nats, or kept type counts); ``n_tokens`` the length of the token stream.
@@ -283,7 +283,7 @@ def predict_window(
 ) -> WindowPrediction:
     """Estimate ``w_2..w_max_order`` from ``text`` and locate the signal-rich rate ``t*``.
 
-    SPEC §10 / parity paper App. F.4 (``power=2`` is its quadratic variant); see the module
+    docs/method.md §10 / parity paper App. F.4 (``power=2`` is its quadratic variant); see the module
     docstring for the estimator. Raises ``ValueError`` on an empty or too small corpus.
     """
     weights, statistics, n_tokens = _shares(

@@ -1,4 +1,4 @@
-"""The k-parity laboratory (SPEC §9; parity paper §3-§4.5).
+"""The k-parity laboratory (docs/method.md §9; parity paper §3-§4.5).
 
 Task: ``x ~ U{-1,+1}^n``, a secret ``S ⊂ [n]`` with ``|S| = k``, label ``y = Π_{j∈S} x_j``; the
 sequence is ``x' = (x_1..x_n, y)``, ``n + 1`` tokens over the vocabulary {-1, +1, MASK}
@@ -106,7 +106,7 @@ def _draw_unique(n: int, count: int, taken: set[int], generator: torch.Generator
 def make_parity_data(*, n: int, k: int, n_train: int, n_val: int,
                      generator: torch.Generator) -> ParityData:
     """A random secret of size ``k`` among ``n`` bits, ``n_train`` distinct training inputs and
-    ``n_val`` distinct validation inputs none of which is a training input (SPEC §9)."""
+    ``n_val`` distinct validation inputs none of which is a training input (docs/method.md §9)."""
     for name, value in (("n", n), ("k", k), ("n_train", n_train), ("n_val", n_val)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -193,7 +193,7 @@ def _label_masked(tokens: torch.Tensor) -> torch.Tensor:
 
 def md_loss(model: torch.nn.Module, tokens: torch.Tensor, sampler: RateSampler,
             generator: torch.Generator) -> torch.Tensor:
-    """The MD objective (SPEC §9; eq. 1 with N = 1): batch mean of
+    """The MD objective (docs/method.md §9; eq. 1 with N = 1): batch mean of
     ``-(1/t) Σ_i 1[masked_i] log p(x0_i | xt)`` over all ``n + 1`` positions: maskdiff's
     :class:`Estimator` with Bernoulli masks on every position, drawing from ``generator``."""
     everything = torch.ones_like(tokens, dtype=torch.bool)
@@ -398,7 +398,7 @@ def train_parity(config: ParityRunConfig, data: ParityData | None = None,
 
 
 def md_signal_share(config: ParityRunConfig) -> float:
-    """``P_S`` of the run's window (SPEC §9), or NaN for the supervised objective."""
+    """``P_S`` of the run's window (docs/method.md §9), or NaN for the supervised objective."""
     from maskdiff.labs.theory import signal_probability
 
     if config.objective != "md":

@@ -1,4 +1,4 @@
-"""k-parity closed forms and the signal-rich window (SPEC §9, §10).
+"""k-parity closed forms and the signal-rich window (docs/method.md §9, §10).
 
 Parity paper (arXiv 2601.22450) references:
 
@@ -120,7 +120,7 @@ def _mean_one_minus_t_pow(k: int, t0: float, t1: float) -> float:
 
 
 def signal_probability(k: int, t0: float = 0.0, t1: float = 1.0) -> float:
-    """``P_S = (k+1) E_{t~U[t0,t1]}[t(1-t)^k]`` (SPEC §9; parity paper Thm. 4.3), exactly.
+    """``P_S = (k+1) E_{t~U[t0,t1]}[t(1-t)^k]`` (docs/method.md §9; parity paper Thm. 4.3), exactly.
 
     ``t0 == t1`` is the fixed rate ``t0``. Over ``U[0,1]``: ``(k+1) B(2, k+1) = 1/(k+2)``.
     """
@@ -130,7 +130,7 @@ def signal_probability(k: int, t0: float = 0.0, t1: float = 1.0) -> float:
 
 
 def signal_optimal_rate(k: int) -> float:
-    """The signal-optimal masking rate ``1/(k+1)`` (SPEC §9; parity paper Cor. 4.8, App. E).
+    """The signal-optimal masking rate ``1/(k+1)`` (docs/method.md §9; parity paper Cor. 4.8, App. E).
 
     Cor. 4.8 states the optimum over all ``U[t0, t1]`` as the degenerate window
     ``t0 = t1 = 1/(k+1)``: a fixed rate, where ``P_S = (k/(k+1))^k`` (→ 1/e as k → ∞).
@@ -185,7 +185,7 @@ def ps_optimal_t1_polynomial(k: int) -> list[int]:
 
 
 def ps_optimal_t1(k: int) -> float:
-    """The ``t1`` maximising ``P_S`` over windows ``U[0, t1]`` (SPEC §9; parity paper §4.5).
+    """The ``t1`` maximising ``P_S`` over windows ``U[0, t1]`` (docs/method.md §9; parity paper §4.5).
 
     ``p(y)`` of :func:`ps_optimal_t1_polynomial` has a double root at ``y = 1`` (``t1 = 0``) and,
     by Descartes' rule (three sign changes), exactly one more positive root; the deflated
@@ -214,7 +214,7 @@ def sample_complexity_polynomial(k: int) -> list[int]:
 
 
 def sample_complexity_t1(k: int) -> float:
-    """The sample-complexity-optimal ``t1`` of ``U[0, t1]`` (SPEC §9; parity paper Cor. 4.7).
+    """The sample-complexity-optimal ``t1`` of ``U[0, t1]`` (docs/method.md §9; parity paper Cor. 4.7).
 
     ``y = 1 - t1`` is the root in (0,1) of ``(2k+1) y^{k+1} - (2k+2) y^k + 1``. ``y = 1`` is a
     simple root; dividing it out leaves ``s(y) = (2k+1) y^k - Σ_{j<k} y^j`` with ``s(0) = -1``,
@@ -242,7 +242,7 @@ def sample_complexity_objective(k: int, t0: float = 0.0, t1: float = 1.0) -> flo
 def sample_complexity_bound(
     k: int, n: int, delta: float, t0: float = 0.0, t1: float = 1.0
 ) -> float:
-    """Thm. 4.2 (SPEC §9): ``N >= 4 ln(4n/δ) / (E[t] · E[(1-t)^k]^2)`` for ``t ~ U[t0, t1]``.
+    """Thm. 4.2 (docs/method.md §9): ``N >= 4 ln(4n/δ) / (E[t] · E[(1-t)^k]^2)`` for ``t ~ U[t0, t1]``.
 
     The paper fixes every constant (the 4 from Hoeffding with tolerance Δ/2 plus Chernoff at
     half the mean, ``4n`` from the two union bounds, the natural log); only the task size ``n``
@@ -298,7 +298,7 @@ def _check_power(power: int) -> int:
 
 
 def window_signal(weights: WindowWeights, t, *, power: int = 1):
-    """``Signal(t) = Σ_i w_i (t (1-t)^{i-1})^power`` with weights normalised to sum 1 (SPEC §10).
+    """``Signal(t) = Σ_i w_i (t (1-t)^{i-1})^power`` with weights normalised to sum 1 (docs/method.md §10).
 
     ``power = 1`` is App. F.4's linear model (the signal ∝ ``P_S`` of an order-``i`` parity up to
     the per-order constant ``i``, which F.4 leaves out; its quoted ``t* ≈ 0.46`` for the WikiText
@@ -326,7 +326,7 @@ def _window_signal_derivative(
 
 
 def window_t_star(weights: WindowWeights, *, power: int = 1) -> float:
-    """``t* = argmax_{t∈[0,1]} Signal(t)`` (SPEC §10; parity paper App. F.4).
+    """``t* = argmax_{t∈[0,1]} Signal(t)`` (docs/method.md §10; parity paper App. F.4).
 
     One order ``i`` with positive weight: ``1/i`` exactly (``t(1-t)^{i-1}`` peaks there). Several:
     the best point of a 4001-point grid, refined by bracketing the root of the analytic

@@ -1,4 +1,4 @@
-"""Models satisfying the contract ``model(input_ids, attention_mask) -> logits`` (DESIGN §3)."""
+"""Models satisfying the contract ``model(input_ids, attention_mask) -> logits`` (docs/architecture.md §3)."""
 
 from maskdiff.models.transformer import (
     Transformer,

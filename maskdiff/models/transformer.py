@@ -1,7 +1,7 @@
 """A small pre-norm transformer: the masked-diffusion model and its causal (AR) twin.
 
-DESIGN §3 "Model": ``model(input_ids (B, L) long, attention_mask (B, L) bool) -> logits (B, L, V)``.
-SPEC §11 asks for an autoregressive model *of the same size* as the diffusion model, trained on the
+docs/architecture.md §3 "Model": ``model(input_ids (B, L) long, attention_mask (B, L) bool) -> logits (B, L, V)``.
+docs/method.md §11 asks for an autoregressive model *of the same size* as the diffusion model, trained on the
 same data; so there is one class, and ``causal`` changes only the attention pattern, never a
 parameter (the parameter counts are equal by construction and by test).
 
@@ -272,7 +272,7 @@ class Transformer(nn.Module):
 def causal_lm_loss(
     logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Per-example next-token cross-entropy of the causal twin (SPEC §11), in float32.
+    """Per-example next-token cross-entropy of the causal twin (docs/method.md §11), in float32.
 
     ``logits[:, i]`` predicts ``input_ids[:, i + 1]``. ``loss_mask`` (B, L) bool marks the *target*
     tokens that count (for SFT: the response tokens, the same ``eligible`` set the diffusion model
@@ -302,7 +302,7 @@ def causal_lm_loss(
 
 
 def build_model(config: TransformerConfig) -> Transformer:
-    """The model a config describes (DESIGN §3: configs ``build()`` their objects)."""
+    """The model a config describes (docs/architecture.md §3: configs ``build()`` their objects)."""
     if not isinstance(config, TransformerConfig):
         raise ValueError(f"config must be a TransformerConfig, got {type(config).__name__}")
     return Transformer(config)

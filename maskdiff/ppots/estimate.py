@@ -1,4 +1,4 @@
-"""P-POTS estimation (SPEC §4; variance paper §3.1.1, A.5.2): p̂ from nested losses, on a model
+"""P-POTS estimation (docs/method.md §4; variance paper §3.1.1, A.5.2): p̂ from nested losses, on a model
 or on given losses, and the fitted result.
 
 The fits themselves (EPR, degree-7 polynomial, density tables) live in :mod:`maskdiff.ppots.fit`,
@@ -37,7 +37,7 @@ class PHat:
 
     ``g_hat`` mean of l; ``second_moment`` mean over (i, k) of l² (unbiased for E[l² | t]);
     ``v_hat`` the paper's mean over i of the per-example sample variance over k (None if c < 2);
-    ``p_hat_direct ∝ sqrt(second_moment)`` (SPEC §4 [fix]); ``p_hat_paper ∝ sqrt(g_hat² + v_hat)``;
+    ``p_hat_direct ∝ sqrt(second_moment)`` (docs/method.md §4 [fix]); ``p_hat_paper ∝ sqrt(g_hat² + v_hat)``;
     ``p_hat`` the one chosen by ``estimator``. Every p̂ sums to 1 over the grid.
     """
 
@@ -71,7 +71,7 @@ def _normalise(unnormalised: np.ndarray, name: str) -> np.ndarray:
 
 def estimate_p_hat(losses: np.ndarray | torch.Tensor, t: np.ndarray | torch.Tensor,
                    estimator: str = "direct") -> PHat:
-    """Estimate p̂ on the rates ``t`` (b,) from losses (a, b, c) (SPEC §4 "Estimation").
+    """Estimate p̂ on the rates ``t`` (b,) from losses (a, b, c) (docs/method.md §4 "Estimation").
 
     ``direct`` (default): ``p̂_j ∝ sqrt((1/(a c)) Σ_ik l_ijk²)``, unbiased for E[l² | t_j].
     ``paper``: ``p̂_j ∝ sqrt(ĝ_j² + v̂_j)``; its expectation is
@@ -154,7 +154,7 @@ def fit_ppots(t: np.ndarray, p_hat: np.ndarray, *, eps: float = 1e-3, mix: float
               restarts: int = 16, seed: int = 0, estimator: str = "direct",
               p_hat_paper: np.ndarray | None = None, p_hat_direct: np.ndarray | None = None,
               forward_passes: int | None = None, seconds: float | None = None) -> PPotsResult:
-    """Fit EPR and the degree-7 polynomial to a p̂ table and bundle the result (SPEC §4)."""
+    """Fit EPR and the degree-7 polynomial to a p̂ table and bundle the result (docs/method.md §4)."""
     t, p = check_table(t, p_hat)
     return PPotsResult(t=t, p_hat=p, epr=fit_epr(t, p, restarts=restarts, seed=seed),
                        poly7=fit_poly7(t, p), mix=mix, estimator=estimator, eps=eps,
@@ -174,7 +174,7 @@ class ModelPHat:
 def model_p_hat(model, batch, *, mask_token_id: int, n_rates: int = 70, n_masks: int = 15,
                 eps: float = 1e-3, estimator: str = "direct", normalizer: str = "eligible",
                 seed: int = 0, batch_size: int = 128, device=None, progress: bool = True) -> ModelPHat:
-    """p̂ for ``model`` on the a examples of ``batch`` (SPEC §4 "Estimation").
+    """p̂ for ``model`` on the a examples of ``batch`` (docs/method.md §4 "Estimation").
 
     The nested design: every example × ``n_rates`` rates on the midpoint grid × ``n_masks``
     Bernoulli masks, losses as the standard estimator defines them (no gradient, eval mode).

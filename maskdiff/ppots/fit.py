@@ -1,4 +1,4 @@
-"""P-POTS fits: the EPR model, the degree-7 polynomial comparison, density tables (SPEC §4).
+"""P-POTS fits: the EPR model, the degree-7 polynomial comparison, density tables (docs/method.md §4).
 
 The optimal rate density is ``p*(t) ∝ sqrt(E[l² | t])`` (variance paper §3.1.1, A.5.2). A table
 ``p̂_j`` on a grid ``t_j`` is turned into a sampling density in two steps:
@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 
 EPR_KEYS: tuple[str, ...] = ("a", "b", "A", "kappa", "r", "q", "m")
 MIN_TABLE_POINTS = 8  # more points than the 7 EPR parameters, so the fit is not interpolation
-MIN_GRID_POINTS = 4096  # SPEC §3 "Importance": the density is tabulated on >= 4096 points
+MIN_GRID_POINTS = 4096  # docs/method.md §3 "Importance": the density is tabulated on >= 4096 points
 POLY_DEGREE = 7
 
 # Safety box on the *reparametrised* θ = (log a, log b, log κ, u_r, u_q, u_m). The constraints
@@ -86,7 +86,7 @@ def _kl(p_hat: np.ndarray, log_q: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------- EPR model
 def epr_log_p(t: np.ndarray, params: dict[str, float]) -> np.ndarray:
-    """``log p_EPR(t)`` (unnormalised), stable for any admissible parameters (SPEC §4, eq. 5)."""
+    """``log p_EPR(t)`` (unnormalised), stable for any admissible parameters (docs/method.md §4, eq. 5)."""
     t = np.asarray(t, dtype=np.float64)
     a, b, A, kappa, r, q, m = (float(params[k]) for k in EPR_KEYS)
     if min(a, b, A, kappa) <= 0 or min(r, q) < 0 or m <= 1:
@@ -204,7 +204,7 @@ def _starts(restarts: int, seed: int, init: dict[str, float] | None) -> list[np.
 
 def fit_epr(t: np.ndarray, p_hat: np.ndarray, *, restarts: int = 16, seed: int = 0,
             init: dict[str, float] | None = None, max_iter: int = 2000) -> EPRFit:
-    """Fit EPR to ``(t, p̂)`` by minimising ``KL(p̂ ‖ p̃)`` over the grid (SPEC §4).
+    """Fit EPR to ``(t, p̂)`` by minimising ``KL(p̂ ‖ p̃)`` over the grid (docs/method.md §4).
 
     Constraints by reparametrisation (log for a, b, κ; softplus for r, q; 1 + softplus for m);
     ``A`` is not a free variable during the fit because ``(a, b, A²) → c·(a, b, A²)`` leaves the
@@ -356,7 +356,7 @@ class DensityTable:
 
     def mixed(self, mix: float) -> "DensityTable":
         """``(1-λ)·p + λ·u`` with ``u`` uniform on the grid's range, so ``1/p ≤ (1-eps)/λ``
-        (SPEC §4 "Safety"; u = 1/(1-eps) rather than 1 keeps the mixture normalised)."""
+        (docs/method.md §4 "Safety"; u = 1/(1-eps) rather than 1 keeps the mixture normalised)."""
         if not 0.0 <= mix <= 1.0:
             raise ValueError(f"mix must be in [0, 1], got {mix}")
         uniform = 1.0 / (self.t_grid[-1] - self.t_grid[0])
@@ -367,12 +367,12 @@ def _grid(eps: float, n_grid: int) -> np.ndarray:
     if not 0.0 < eps < 1.0:
         raise ValueError(f"eps must be in (0, 1), got {eps}")
     if n_grid < MIN_GRID_POINTS:
-        raise ValueError(f"n_grid must be >= {MIN_GRID_POINTS} (SPEC §3), got {n_grid}")
+        raise ValueError(f"n_grid must be >= {MIN_GRID_POINTS} (docs/method.md §3), got {n_grid}")
     return np.linspace(eps, 1.0, n_grid)
 
 
 def epr_density(params: dict[str, float], eps: float = 1e-3, n_grid: int = MIN_GRID_POINTS) -> DensityTable:
-    """EPR tabulated on ``n_grid`` points of ``[eps, 1]``, normalised there (SPEC §4)."""
+    """EPR tabulated on ``n_grid`` points of ``[eps, 1]``, normalised there (docs/method.md §4)."""
     t = _grid(eps, n_grid)
     log_p = epr_log_p(t, params)
     return DensityTable(t, np.exp(log_p - log_p.max()))  # shift: no overflow for large κ

@@ -1,4 +1,4 @@
-"""The P-POTS result file: ``ppots.json`` (SPEC §4), its plot ``ppots.png``, and the cache that
+"""The P-POTS result file: ``ppots.json`` (docs/method.md §4), its plot ``ppots.png``, and the cache that
 estimates P-POTS once per experiment directory.
 
 The result itself is :class:`maskdiff.ppots.estimate.PPotsResult`; this module only writes,
@@ -99,7 +99,7 @@ def plot_ppots(path_png: str | Path, result: PPotsResult) -> None:
     direct = result.p_hat if result.estimator == "direct" else result.p_hat_direct
     paper = result.p_hat if result.estimator == "paper" else result.p_hat_paper
     if direct is not None:
-        left.plot(result.t, direct, "o", ms=4, color="C0", label="p̂ direct: √mean l² (SPEC §4 [fix])")
+        left.plot(result.t, direct, "o", ms=4, color="C0", label="p̂ direct: √mean l² (docs/method.md §4 [fix])")
     if paper is not None:
         left.plot(result.t, paper, "s", ms=4, mfc="none", color="C3", label="p̂ paper: √(ĝ² + v̂)")
     fine = np.linspace(result.t[0], result.t[-1], 600)

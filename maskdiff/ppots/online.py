@@ -1,4 +1,4 @@
-"""Online P-POTS (SPEC §4 [beyond]): track E[l² | t] per bin of t from the training losses
+"""Online P-POTS (docs/method.md §4 [beyond]): track E[l² | t] per bin of t from the training losses
 themselves and refit the EPR density during training, all-reduced across ranks."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class TrackerRefit:
 
 
 class SecondMomentTracker:
-    """Per-bin running estimate of ``E[l² | t]`` from training losses (SPEC §4 [beyond]).
+    """Per-bin running estimate of ``E[l² | t]`` from training losses (docs/method.md §4 [beyond]).
 
     ``update(t, losses, weights)`` takes the per-example losses ``l`` (not ``w·l``) at their rates
     and the sampler's importance weights ``w ∝ 1/p(t)``. Why the weights: a draw at ``t`` estimates
@@ -169,7 +169,7 @@ class SecondMomentTracker:
 
 class OnlineRefitter:
     """Keeps an :class:`~maskdiff.core.samplers.Importance` sampler's density fresh during training
-    (SPEC §4 [beyond]): tracks ``E[l² | t]`` from the training losses and refits EPR every
+    (docs/method.md §4 [beyond]): tracks ``E[l² | t]`` from the training losses and refits EPR every
     ``refit_every`` steps. Both trainers use it: the native one builds it with
     :meth:`from_config`, the Hugging Face one around the tracker its user hands it.
 

@@ -1,4 +1,4 @@
-"""Answer extraction and exact-match scoring for pass@1 (SPEC §8; variance paper A.7.1).
+"""Answer extraction and exact-match scoring for pass@1 (docs/method.md §8; variance paper A.7.1).
 
 Extraction: the answer follows the last ``#### `` marker (GSM8K style; the rest of that line) or
 sits inside the last complete ``\\boxed{...}`` (braces balanced, so ``\\boxed{\\frac{1}{2}}``
@@ -120,7 +120,7 @@ def _last_marker(text: str) -> tuple[int, str] | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """The cleaned final answer of a solution text, or None when it states none (SPEC §8)."""
+    """The cleaned final answer of a solution text, or None when it states none (docs/method.md §8)."""
     if not isinstance(text, str):
         raise ValueError(f"text must be a str, got {type(text).__name__}")
     candidates = [c for c in (_last_boxed(text), _last_marker(text)) if c is not None]
@@ -149,7 +149,7 @@ def gold_answer(gold: str) -> str | None:
 
 
 def pass_at_1(predictions: Sequence[str], golds: Sequence[str]) -> float:
-    """Fraction of generations whose extracted answer matches the gold answer (SPEC §8).
+    """Fraction of generations whose extracted answer matches the gold answer (docs/method.md §8).
 
     ``predictions`` are full generated texts (an answer must be marked with ``####`` or
     ``\\boxed{}``; an unmarked text scores 0). ``golds`` are gold answers, either bare (``"72"``)

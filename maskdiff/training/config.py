@@ -36,7 +36,7 @@ class ModelConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     positions: str = "rotary"
-    causal: bool = False  # True: the autoregressive twin (SPEC §11), next-token loss
+    causal: bool = False  # True: the autoregressive twin (docs/method.md §11), next-token loss
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
@@ -126,7 +126,7 @@ class EvalConfig:
 
     ``rates_per_example`` stratified rates per validation example, drawn with fixed seeds
     (common random numbers), so two evaluations differ only through the model.
-    ``patience`` evaluations without improvement stop training (SPEC §8; 0 disables).
+    ``patience`` evaluations without improvement stop training (docs/method.md §8; 0 disables).
     """
 
     every: int = 50

@@ -1,4 +1,4 @@
-"""Evaluation: the full-range ELBO with a standard error (SPEC §8) and pass@1 by generation.
+"""Evaluation: the full-range ELBO with a standard error (docs/method.md §8) and pass@1 by generation.
 
 The ELBO evaluator scores every example at ``r`` stratified rates, one in each of ``r`` equal
 strata of [eps, 1], with masks and within-stratum offsets seeded by ``(seed, example, stratum)``:
@@ -60,7 +60,7 @@ def stratified_estimators(*, mask_token_id: int, rates_per_example: int = 4,
                           normalizer: str = "eligible", eps: float = DEFAULT_EPS,
                           syntax_eligible: bool = False) -> list[Estimator]:
     """One estimator per stratum: ``U`` over the j-th of ``rates_per_example`` equal strata of
-    [eps, 1], Bernoulli masks, no weights, no control variate (SPEC §8)."""
+    [eps, 1], Bernoulli masks, no weights, no control variate (docs/method.md §8)."""
     if rates_per_example < 1:
         raise ValueError(f"rates_per_example must be >= 1, got {rates_per_example}")
     edges = [eps + (1 - eps) * j / rates_per_example for j in range(rates_per_example + 1)]
@@ -89,7 +89,7 @@ def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_
                      rates_per_example: int = 4, seed: int = 1234, batch_size: int = 64,
                      normalizer: str = "eligible", eps: float = DEFAULT_EPS,
                      device="cpu") -> torch.Tensor:
-    """Each example's full-range ELBO term over U[eps, 1] (SPEC §1, §8), float64 (n,):
+    """Each example's full-range ELBO term over U[eps, 1] (docs/method.md §1, §8), float64 (n,):
     stratified rates and common random numbers. Two models scored on the same examples share
     every draw, so their per-example difference gives a *paired* standard error."""
     if not examples:
@@ -110,7 +110,7 @@ def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_
 def elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
          rates_per_example: int = 4, seed: int = 1234, batch_size: int = 64,
          normalizer: str = "eligible", eps: float = DEFAULT_EPS, device="cpu") -> EvalResult:
-    """The full-range objective over U[eps, 1] (SPEC §1, §8) with stratified rates and CRN:
+    """The full-range objective over U[eps, 1] (docs/method.md §1, §8) with stratified rates and CRN:
     the mean of :func:`per_example_elbo` and its standard error over examples."""
     return _summarise(per_example_elbo(
         model, examples, collate, mask_token_id=mask_token_id,
@@ -150,7 +150,7 @@ def pass_at_1(model, examples: Sequence, tokenizer, *, max_len: int,
               gen_length: int | None = None, steps: int | None = None,
               block_length: int | None = None, causal: bool = False, batch_size: int = 64,
               device="cpu") -> GenerationResult:
-    """Greedy generation for each prompt and exact match of the extracted answer (SPEC §8).
+    """Greedy generation for each prompt and exact match of the extracted answer (docs/method.md §8).
 
     By default the generated region is what training saw after the prompt: ``max_len - P``
     positions (under the EOS pad policy the model learned to fill them with the answer and then

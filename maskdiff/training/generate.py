@@ -1,4 +1,4 @@
-"""Greedy decoding for the diffusion model and its causal twin (SPEC §8).
+"""Greedy decoding for the diffusion model and its causal twin (docs/method.md §8).
 
 Diffusion: LLaDA's low-confidence remasking under semi-autoregressive block decoding (Nie et al.,
 "Large Language Diffusion Models", and the variance paper's A.7.1 inference settings,
@@ -103,7 +103,7 @@ def generate_diffusion(
     mask_token_id: int,
     prompt_attention: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Greedy low-confidence remasking with semi-autoregressive blocks (SPEC §8).
+    """Greedy low-confidence remasking with semi-autoregressive blocks (docs/method.md §8).
 
     Args:
         model: ``model(input_ids, attention_mask) -> logits (B, L, V)``, bidirectional.
@@ -181,7 +181,7 @@ def generate_causal(
     eos_id: int | None = None,
     prompt_attention: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Greedy next-token decoding for the causal twin (SPEC §8, §11).
+    """Greedy next-token decoding for the causal twin (docs/method.md §8, §11).
 
     Each step appends the argmax of the last position's logits. A row stops at its first
     ``eos_id`` (which is kept) and is padded with ``eos_id`` from then on; decoding ends early when

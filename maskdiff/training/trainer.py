@@ -2,7 +2,7 @@
 
 One :class:`Trainer` trains the masked-diffusion model with any estimator, and its causal twin
 with the next-token loss, on a built-in task or a user's JSONL file. Determinism contract
-(DESIGN §3): the examples of step ``s`` follow a seeded per-epoch permutation, and each example's
+(docs/architecture.md §3): the examples of step ``s`` follow a seeded per-epoch permutation, and each example's
 rates and masks come from ``(seed, example index, step)``; a run resumed from a checkpoint
 computes exactly what the uninterrupted run computes, and ``torchrun`` with any number of ranks
 computes the same global batch and gradient as one process.
