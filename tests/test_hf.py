@@ -150,12 +150,12 @@ def test_hf_and_native_trainers_log_the_same_step_statistics(tmp_path):
     """Both trainers log one window implementation: the same steps give the same per-bin
     losses and masked CE, under the native list and under Trainer's flat keys."""
     from maskdiff.training.stats import StepStats
-    from maskdiff.training.trainer import _LogWindow
+    from maskdiff.training.metrics_log import LogWindow
 
     trainer = MaskedDiffusionTrainer(
         model=tiny_bert(), args=args(tmp_path), train_dataset=sft_rows(4), rate_sampler=Uniform(),
         masker=Bernoulli(), mask_token_id=MASK, pad_token_id=PAD)
-    native = _LogWindow()
+    native = LogWindow()
     for seed in range(2):
         g = torch.Generator().manual_seed(seed)
         t, raw = torch.rand(16, generator=g) * 0.7, torch.rand(16, generator=g) * 5  # bins 7-9 empty

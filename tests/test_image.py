@@ -117,7 +117,7 @@ def test_frechet_real_halves_far_below_noise(task, evaluator):
 
 
 def test_gumbel_sampling_draws_from_softmax():
-    from maskdiff.experiments.image import GumbelSampling
+    from maskdiff.experiments.image_sampling import GumbelSampling
 
     logits = torch.tensor([0.0, 1.0, -0.5, 2.0, 5.0])
 

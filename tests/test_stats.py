@@ -15,7 +15,7 @@ from maskdiff.core.samplers import Importance, Uniform
 from maskdiff.training import distributed
 from maskdiff.training.objective import CausalObjective
 from maskdiff.training.stats import T_BINS, StepStats, StepWindow, finish_step
-from maskdiff.training.trainer import _LogWindow
+from maskdiff.training.metrics_log import LogWindow
 
 
 def _stats(t, raw, *, w=None, ce=(0.0, 0), tokens=0) -> StepStats:
@@ -52,7 +52,7 @@ def test_step_window_against_hand_computed_values():
 
 
 def test_native_log_record_holds_the_window_and_its_own_scalars():
-    window = _LogWindow()
+    window = LogWindow()
     for loss, norm, lr, stats in ((1.0, 2.0, 0.1, _stats([0.25], [1.0], ce=(2.0, 1))),
                                   (3.0, 4.0, 0.2, _stats([0.95], [7.0], ce=(4.0, 3)))):
         window.add({"stats": stats, "loss": loss, "grad_norm": norm, "lr": lr})

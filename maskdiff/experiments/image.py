@@ -39,18 +39,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.data.digits import (
-    N_PIXELS, PROMPT_WIDTH, class_prompt, digits_task, ids_to_images, image_collator,
-    image_to_text, level_token_ids, text_to_image,
+    N_PIXELS, PROMPT_WIDTH, digits_task, image_collator, image_to_text, text_to_image,
 )
 from maskdiff.experiments.image_eval import ClassifierConfig, DigitEvaluator
-from maskdiff.training.generate import generate_diffusion
+from maskdiff.experiments.image_sampling import sample_images
 from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
-from maskdiff.core.seeding import STREAM_IMAGE_SAMPLING, generator_for
 
 DEFAULT_SEEDS = (42, 731, 20231)
 EQUAL_COMPUTE = "standard@2x"  # standard with twice the batch: the two-forward methods' compute
@@ -138,56 +135,6 @@ PRESETS: dict[str, ImagePreset] = {
         base=_base(300, 32, 50, d_model=64, n_layers=2, n_heads=4, lr=3e-3, n_train=997,
                    n_val=100)),
 }
-
-
-# ----------------------------------------------------------------------------- sampling
-class GumbelSampling(nn.Module):
-    """Wraps a model so the greedy decoder draws samples (see the module docstring, step 4).
-
-    ``forward`` returns the logits restricted to ``allowed_ids`` (others ``-inf``), divided by
-    ``temperature`` plus standard Gumbel noise from ``generator`` -- fresh noise at every call,
-    i.e. at every decoding step. ``temperature = 0`` returns the restricted logits unchanged.
-    """
-
-    def __init__(self, model: nn.Module, *, temperature: float, allowed_ids: Sequence[int],
-                 generator: torch.Generator) -> None:
-        super().__init__()
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-        if not allowed_ids:
-            raise ValueError("allowed_ids must name at least one token")
-        self.model, self.temperature, self.generator = model, float(temperature), generator
-        self.register_buffer("allowed", torch.tensor(sorted(set(allowed_ids)), dtype=torch.long),
-                             persistent=False)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        logits = self.model(input_ids, attention_mask).float()
-        out = torch.full_like(logits, float("-inf"))
-        kept = logits[..., self.allowed]
-        if self.temperature > 0:
-            uniform = torch.rand(kept.shape, generator=self.generator, device="cpu")
-            gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1.0 - 1e-7)))
-            kept = kept / self.temperature + gumbel.to(kept.device)
-        out[..., self.allowed] = kept
-        return out
-
-
-def sample_images(model: nn.Module, tokenizer, labels: Sequence[int], *, levels: int,
-                  temperature: float, gen_steps: int, block_length: int, seed: int,
-                  batch_size: int = 140, device="cpu") -> np.ndarray:
-    """(N, 8, 8) images, one per requested label, by low-confidence decoding (docs/method.md §8)."""
-    sampler = GumbelSampling(model, temperature=temperature,
-                             allowed_ids=level_token_ids(tokenizer, levels),
-                             generator=generator_for(seed, STREAM_IMAGE_SAMPLING)).to(device)
-    out = []
-    for start in range(0, len(labels), batch_size):
-        chunk = labels[start:start + batch_size]
-        prompts = torch.tensor([tokenizer.encode(class_prompt(int(c))) for c in chunk],
-                               dtype=torch.long, device=device)
-        ids = generate_diffusion(sampler, prompts, gen_length=N_PIXELS, steps=gen_steps,
-                                 block_length=block_length, mask_token_id=tokenizer.mask_id)
-        out.append(ids_to_images(ids[:, PROMPT_WIDTH:].cpu(), tokenizer, levels))
-    return np.concatenate(out)
 
 
 # ----------------------------------------------------------------------------- the job

@@ -40,7 +40,8 @@ from maskdiff.training.objective import CausalObjective, build_objective  # noqa
 from maskdiff.training.runs import (
     TOKENIZER_FILE, check_step_memory, make_collator, truncation_counts, truncation_line,
 )
-from maskdiff.training.stats import T_BINS, StepStats, StepWindow, finish_step  # noqa: F401
+from maskdiff.training.metrics_log import LogWindow, open_metrics, plain_line, truncate_metrics
+from maskdiff.training.stats import T_BINS, StepStats, finish_step  # noqa: F401
 from maskdiff.core.seeding import STREAM_DATA_ORDER, BatchRandomness, generator_for
 
 
@@ -274,17 +275,17 @@ class Trainer:
             self.task.tokenizer.save(self.out_dir / TOKENIZER_FILE)
         metrics_path = self.out_dir / "metrics.jsonl"
         if self.rank == 0:
-            _truncate_metrics(metrics_path, self.step if resumed else 0)
+            truncate_metrics(metrics_path, self.step if resumed else 0)
         self.truncated = truncation_counts(self.collate, {
             "train": self.task.train, "val": list(self.task.val)[: cfg.eval.n_examples]})
         if self.rank == 0 and truncation_line(self.truncated, cfg.data.max_len):
             print(f"maskdiff: {truncation_line(self.truncated, cfg.data.max_len)}",
                   file=sys.stderr, flush=True)
-        self.session_start, window = time.perf_counter(), _LogWindow()
+        self.session_start, window = time.perf_counter(), LogWindow()
         bar = tqdm(total=cfg.optim.max_steps, initial=self.step, desc=Path(cfg.out_dir).name,
                    disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
         stopped_early = False
-        with bar, _open_metrics(metrics_path, self.rank) as log:
+        with bar, open_metrics(metrics_path, self.rank) as log:
             while self.step < cfg.optim.max_steps:
                 stats = self.train_step()
                 self.step += 1
@@ -302,7 +303,7 @@ class Trainer:
                     log(record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                     if not self.quiet and not sys.stderr.isatty():
-                        print(_plain_line(record, cfg.optim.max_steps), flush=True)
+                        print(plain_line(record, cfg.optim.max_steps), flush=True)
                 every = cfg.checkpoint_every or cfg.eval.every
                 if (self.step % every == 0 or stopped_early or self.step == cfg.optim.max_steps
                         or (stop_after is not None and self.step >= stop_after)):
@@ -356,31 +357,6 @@ class Trainer:
         self.model.load_state_dict(load_checkpoint(path).weights)
 
 
-class _LogWindow(StepWindow):
-    """The shared step window plus what only this trainer logs: loss, grad norm, lr."""
-
-    def reset(self) -> None:
-        super().reset()
-        self.losses, self.grad_norms, self.lr = [], [], 0.0
-
-    def add(self, step: dict) -> None:
-        super().add(step["stats"])
-        self.losses.append(step["loss"])
-        self.grad_norms.append(step["grad_norm"])
-        self.lr = step["lr"]
-
-    def flush(self, step: int, variance_proxy: float) -> dict:
-        record = {
-            "step": step, "loss": sum(self.losses) / len(self.losses),
-            "masked_ce": self.masked_ce(), "loss_per_t_bin": self.loss_per_t_bin(),
-            "grad_norm": sum(self.grad_norms) / len(self.grad_norms),
-            "lr": self.lr, "tokens_per_s": self.tokens_per_s(),
-            "variance_proxy": None if math.isnan(variance_proxy) else variance_proxy,
-        }
-        self.reset()
-        return record
-
-
 def _adamw(model: torch.nn.Module, optim) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -389,41 +365,6 @@ def _adamw(model: torch.nn.Module, optim) -> torch.optim.AdamW:
         [{"params": decay, "weight_decay": optim.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
         lr=optim.lr, betas=(optim.beta1, optim.beta2))
-
-
-def _plain_line(record: dict, max_steps: int) -> str:
-    line = f"step {record['step']}/{max_steps} loss {record['loss']:.4f}"
-    if "val_loss" in record:
-        line += f" val {record['val_loss']:.4f}±{record['val_se']:.4f}"
-    return line + f" lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f}"
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the log lines up to ``step`` (a resumed run rewrites what followed)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
-class _open_metrics:
-    def __init__(self, path: Path, rank: int) -> None:
-        self.path, self.rank, self.handle = path, rank, None
-
-    def __enter__(self):
-        if self.rank == 0:
-            self.handle = self.path.open("a")
-
-        def log(record: dict) -> None:
-            if self.handle is not None:
-                self.handle.write(json.dumps(record) + "\n")
-                self.handle.flush()
-        return log
-
-    def __exit__(self, *exc) -> None:
-        if self.handle is not None:
-            self.handle.close()
 
 
 def train(config: TrainConfig, *, resume: bool = True, **trainer_kwargs) -> TrainResult:

@@ -1,0 +1,74 @@
+"""The native trainer's ``metrics.jsonl``: the logging window, the plain progress line, and the
+file itself (rewound to the checkpoint's step on resume, appended on rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from maskdiff.training.stats import StepWindow
+
+
+class LogWindow(StepWindow):
+    """The shared step window plus what only this trainer logs: loss, grad norm, lr."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.losses, self.grad_norms, self.lr = [], [], 0.0
+
+    def add(self, step: dict) -> None:
+        super().add(step["stats"])
+        self.losses.append(step["loss"])
+        self.grad_norms.append(step["grad_norm"])
+        self.lr = step["lr"]
+
+    def flush(self, step: int, variance_proxy: float) -> dict:
+        record = {
+            "step": step, "loss": sum(self.losses) / len(self.losses),
+            "masked_ce": self.masked_ce(), "loss_per_t_bin": self.loss_per_t_bin(),
+            "grad_norm": sum(self.grad_norms) / len(self.grad_norms),
+            "lr": self.lr, "tokens_per_s": self.tokens_per_s(),
+            "variance_proxy": None if math.isnan(variance_proxy) else variance_proxy,
+        }
+        self.reset()
+        return record
+
+
+
+def plain_line(record: dict, max_steps: int) -> str:
+    """The progress line printed where no progress bar is shown (CI, logs)."""
+    line = f"step {record['step']}/{max_steps} loss {record['loss']:.4f}"
+    if "val_loss" in record:
+        line += f" val {record['val_loss']:.4f}±{record['val_se']:.4f}"
+    return line + f" lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f}"
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the log lines up to ``step`` (a resumed run rewrites what followed)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+class open_metrics:
+    """Append records to ``metrics.jsonl`` on rank 0 (a no-op logger on other ranks)."""
+
+    def __init__(self, path: Path, rank: int) -> None:
+        self.path, self.rank, self.handle = path, rank, None
+
+    def __enter__(self):
+        if self.rank == 0:
+            self.handle = self.path.open("a")
+
+        def log(record: dict) -> None:
+            if self.handle is not None:
+                self.handle.write(json.dumps(record) + "\n")
+                self.handle.flush()
+        return log
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.close()
