@@ -11,6 +11,18 @@ from the model at start-up on the first ``--ppots-examples`` rows and saved to
 ``OUTPUT/ppots.json``), optionally refitted online; masks from MIRROR (two complementary views
 per example, fused into one forward pass).
 
+Several GPUs: launch it with one of the accelerate configurations of ``examples/accelerate/``
+(DDP, FSDP2, DeepSpeed ZeRO-2/3; docs/huggingface.md "Scaling out"), e.g.
+
+    accelerate launch --config_file examples/accelerate/fsdp2.yaml --num_processes 8 \
+        examples/sft_llada_8b.py --data train.jsonl --output-dir llada-sft --full --ppots ppots.json
+
+With several processes ``--ppots`` is required (one density for every rank) and the model is
+loaded on the CPU, then placed or sharded by the launch's strategy. ``--pad-to-max-length``
+makes the run identical across numbers of processes (EOS padding to the longest row of a
+micro-batch changes the examples). A tokenizer without a chat template takes
+``{"prompt", "response"}`` rows (prompt, then response + EOS); ``messages`` rows need one.
+
 Needs a GPU (bf16 weights alone are 16 GB; see docs/huggingface.md for LoRA vs full fine-tuning
 memory). Any local model directory works too: ``--model DIR --device cpu --no-bf16`` runs the
 same code on a tiny model (tests/test_hf.py does so).
@@ -20,12 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 from maskdiff.hf import ChatCollator, MaskedDiffusionTrainer, load_hf_model
+from maskdiff.hf.lora import apply_lora
 from maskdiff.core.masking import Mirror
 from maskdiff.ppots import SecondMomentTracker, estimate_ppots, load_ppots_json, save_ppots_json
 from maskdiff.core.samplers import Importance
@@ -40,7 +54,8 @@ LLADA_LORA_TARGETS = r".*\.blocks\.\d+\.(q_proj|k_proj|v_proj|attn_out|ff_proj|u
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=LLADA, help="HF model name or local directory")
-    p.add_argument("--mask-token-id", type=int, default=LLADA_MASK_ID)
+    p.add_argument("--mask-token-id", type=int, default=None,
+                   help=f"default: {LLADA_MASK_ID} for {LLADA}, else the tokenizer's or the config's")
     p.add_argument("--data", required=True, help="JSONL of prompt/response or messages rows")
     p.add_argument("--output-dir", required=True)
     mode = p.add_mutually_exclusive_group()
@@ -52,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-targets", nargs="+", default=None,
                    help=f"module names (default for LLaDA: the regex {LLADA_LORA_TARGETS!r})")
     p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--pad-to-max-length", action="store_true",
+                   help="pad every row to --max-length (else to the longest row of the micro-batch; "
+                        "under EOS padding the padded length changes the example, so this is what "
+                        "makes a run identical across numbers of GPUs)")
     p.add_argument("--batch-size", type=int, default=4, help="per device")
     p.add_argument("--grad-accum", type=int, default=8)
     p.add_argument("--lr", type=float, default=None, help="default 1e-4 (LoRA) / 2.5e-5 (full)")
@@ -73,7 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ppots-restarts", type=int, default=16)
     p.add_argument("--online-refit-every", type=int, default=0, help="0: static P-POTS")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--report-to", nargs="+", default=["none"],
+                   help="TrainingArguments.report_to, e.g. tensorboard (logs every maskdiff key)")
     args = p.parse_args(argv)
+    if args.mask_token_id is None and args.model == LLADA:
+        args.mask_token_id = LLADA_MASK_ID
     if args.lr is None:
         args.lr = 1e-4 if args.lora else 2.5e-5
     return args
@@ -121,38 +144,48 @@ def build_sampler(args, adapter, collate, rows, device) -> Importance:
     return Importance(result.as_tuple(), mix=result.mix, eps=result.eps)
 
 
+def training_arguments(args):
+    import transformers
+
+    return transformers.TrainingArguments(
+        output_dir=args.output_dir, per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
+        weight_decay=args.weight_decay, max_steps=args.steps, warmup_steps=args.warmup_steps,
+        lr_scheduler_type="cosine", logging_steps=args.logging_steps, save_steps=args.save_steps,
+        save_total_limit=2, bf16=args.bf16, optim=args.optim, seed=args.seed,
+        report_to=args.report_to, use_cpu=args.device == "cpu", dataloader_num_workers=0,
+        max_grad_norm=1.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     import transformers
 
     args = parse_args(argv)
     rows = read_jsonl(args.data)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not args.ppots and not (Path(args.output_dir) / "ppots.json").is_file():
+        raise SystemExit("several processes: pass --ppots (a `maskdiff fit-pots` JSON, or the "
+                         "ppots.json of a one-process run) so every rank samples one density")
+    # Built before the model: under a DeepSpeed ZeRO-3 launch this lets from_pretrained
+    # partition the weights as it loads them (zero.Init).
+    training = training_arguments(args)
+    # Several processes: load on the CPU and let Trainer / accelerate place (or shard) the model.
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     adapter, tokenizer, mask_id = load_hf_model(
-        args.model, mask_token_id=args.mask_token_id, trust_remote_code=True, device=args.device,
-        dtype=dtype, pad_policy="eos")
-    collate = ChatCollator(tokenizer, pad_policy="eos", max_length=args.max_length)
+        args.model, mask_token_id=args.mask_token_id, trust_remote_code=True,
+        device="cpu" if world > 1 else args.device, dtype=dtype, pad_policy="eos")
+    collate = ChatCollator(tokenizer, pad_policy="eos", max_length=args.max_length,
+                           pad_to_multiple_of=args.max_length if args.pad_to_max_length else None)
     sampler = build_sampler(args, adapter, collate, rows, args.device)
 
     model = adapter.model
     if args.lora:
-        import peft
-
-        targets = args.lora_targets or LLADA_LORA_TARGETS
-        model = peft.get_peft_model(model, peft.LoraConfig(
-            r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets))
-        model.print_trainable_parameters()
+        model = apply_lora(model, args.lora_targets or LLADA_LORA_TARGETS, r=args.lora_r,
+                           alpha=args.lora_alpha)
     if args.gradient_checkpointing:
         enable_checkpointing(model.get_base_model() if args.lora else model)
         if args.lora and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()  # frozen embeddings: let checkpointed blocks see grads
-
-    training = transformers.TrainingArguments(
-        output_dir=args.output_dir, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
-        weight_decay=args.weight_decay, max_steps=args.steps, warmup_steps=args.warmup_steps,
-        lr_scheduler_type="cosine", logging_steps=args.logging_steps, save_steps=args.save_steps,
-        save_total_limit=2, bf16=args.bf16, optim=args.optim, seed=args.seed, report_to=[],
-        use_cpu=args.device == "cpu", dataloader_num_workers=0, max_grad_norm=1.0)
     tracker = (SecondMomentTracker(n_bins=20, eps=sampler.eps) if args.online_refit_every > 0
                else None)
     trainer = MaskedDiffusionTrainer(
@@ -160,15 +193,19 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=tokenizer, rate_sampler=sampler, masker=Mirror(), mask_token_id=mask_id,
         normalizer="eligible", seed=args.seed, pad_policy="eos",
         ppots_tracker=tracker, refit_every=args.online_refit_every or None)
+    trainable, total = trainer.parameter_counts
+    if trainer.is_world_process_zero():
+        print(f"training {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%)",
+              flush=True)
     resume = (args.resume and Path(args.output_dir).is_dir()
               and transformers.trainer_utils.get_last_checkpoint(args.output_dir))
     trainer.train(resume_from_checkpoint=resume or None)
     final = Path(args.output_dir) / "final"
     trainer.save_model(str(final))
-    (final / "refits.json").write_text(json.dumps(trainer.refit_history, indent=1) + "\n")
-    print(f"saved {'LoRA adapters' if args.lora else 'the model'} to {final}", flush=True)
+    if trainer.is_world_process_zero():  # one writer under accelerate / torchrun
+        (final / "refits.json").write_text(json.dumps(trainer.refit_history, indent=1) + "\n")
+        print(f"saved {'LoRA adapters' if args.lora else 'the model'} to {final}", flush=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

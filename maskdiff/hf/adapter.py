@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from maskdiff.data.collate import canonical_pad_policy
+from maskdiff.hf.checks import check_model
 
 ATTENTION_FORMATS = ("2d", "4d", "none")
 CHAT_METHODS = ("auto", "template", "diff")
@@ -150,6 +151,9 @@ def load_hf_model(name_or_path: str | os.PathLike, *, mask_token_id: int | None 
     the tokenizer's, else ``config.mask_token_id``; none of them → ValueError. The pad id: the
     tokenizer's pad token (``eos`` under ``pad_policy="eos"``), else the config's.
 
+    Both ids must index the model's vocabulary (ValueError otherwise) and a model whose attention
+    is causal warns (:func:`maskdiff.hf.checks.check_model`).
+
     Returns ``(adapter, tokenizer, mask_token_id)``. Loading needs the files locally or a
     reachable hub; ``trust_remote_code=True`` runs the repository's Python code.
     """
@@ -194,6 +198,7 @@ def load_hf_model(name_or_path: str | os.PathLike, *, mask_token_id: int | None 
         pad = pad if pad is not None else _config_value(config, "pad_token_id")
     if isinstance(pad, (list, tuple)):
         pad = pad[0] if pad else None
+    check_model(model, mask_token_id=int(mask_token_id), pad_token_id=None if pad is None else int(pad))
     options = AdapterOptions(mask_token_id=int(mask_token_id), logit_shift=logit_shift,
                              attention=attention, pad_policy=pad_policy,
                              pad_token_id=None if pad is None else int(pad))

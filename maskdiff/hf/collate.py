@@ -231,6 +231,8 @@ class ChatCollator:
     (optionally ``"system"``), plus the ``"example_index"`` that :class:`IndexedDataset` adds.
     ``syntax_tokens`` (strings or ids, see :func:`syntax_token_ids`) adds SyRM's syntax mask.
     ``pad_token_id`` defaults to the tokenizer's pad token (its EOS under ``pad_policy="eos"``).
+    A tokenizer without a chat template encodes ``{"prompt", "response"}`` rows as
+    :func:`encode_row` does (prompt, then response + EOS eligible); ``messages`` rows need one.
     """
 
     def __init__(self, tokenizer: Any, *, pad_policy: str = "exclude", pad_token_id: int | None = None,
@@ -261,6 +263,14 @@ class ChatCollator:
         raise ValueError(f"a chat row needs 'messages' or 'prompt' and 'response', got keys {sorted(row)}")
 
     def encode(self, row: Mapping[str, Any]) -> dict[str, list[int]]:
+        if not (self.chat_template_kwargs.get("chat_template")
+                or getattr(self.tokenizer, "chat_template", None)):
+            if "messages" in row:
+                raise ValueError("a 'messages' row needs a chat template, and the tokenizer has "
+                                 "none: set tokenizer.chat_template, or give {prompt, response} "
+                                 "rows (encoded as prompt + response + EOS)")
+            # No template (a base or masked LM): prompt, then response and EOS, as encode_row.
+            return encode_row(self.tokenizer, row, syntax_ids=self.syntax_ids)
         return encode_chat(self.tokenizer, self.messages(row), method=self.method,
                            syntax_ids=self.syntax_ids, chat_template_kwargs=self.chat_template_kwargs)
 

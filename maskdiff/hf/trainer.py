@@ -27,6 +27,8 @@ from maskdiff.core.objective import NORMALIZERS, Estimator
 from maskdiff.core.samplers import DEFAULT_EPS, RateSampler
 from maskdiff.core.seeding import BatchRandomness
 from maskdiff.hf.adapter import STATE_FILE, AdapterOptions, HFAdapter, _config_value
+from maskdiff.hf.checks import check_model
+from maskdiff.hf.lora import logger, parameter_counts
 from maskdiff.hf.collate import IndexedDataset, MaskedDiffusionCollator, batch_from_inputs
 from maskdiff.ppots.online import OnlineRefitter
 from maskdiff.training.evaluate import stratified_elbo, stratified_estimators
@@ -103,6 +105,8 @@ class MaskedDiffusionTrainer(transformers.Trainer):
             model, mask_token_id, kwargs.get("processing_class"), logit_shift=logit_shift,
             attention=attention, pad_token_id=pad_token_id, pad_policy=pad_policy,
             forward_kwargs=forward_kwargs)
+        check_model(model, mask_token_id=options.mask_token_id, pad_token_id=options.pad_token_id)
+        counts = _trainable(model)
         data_collator = data_collator if data_collator is not None else _default_collator(options)
         _check_refit(rate_sampler, ppots_tracker, refit_every)
         if eval_rates_per_example < 1:
@@ -114,6 +118,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         # accumulation steps, which makes the step's gradient that of the global batch mean.
         self.loss_is_scaled_for_ga = False
         self.options = options
+        self.parameter_counts = counts  # (trainable, total), logged at INFO on "maskdiff.hf"
         self.estimator = Estimator(rate_sampler=rate_sampler, masker=masker,
                                    mask_token_id=options.mask_token_id, control=control,
                                    normalizer=normalizer, syntax_eligible=syntax_eligible)
@@ -307,6 +312,17 @@ def _model_and_options(model, mask_token_id: int | None, processing, *, logit_sh
         mask_token_id=int(mask_token_id), logit_shift=logit_shift, attention=attention,
         pad_token_id=None if pad_token_id is None else int(pad_token_id),
         pad_policy=pad_policy, forward_kwargs=forward_kwargs or {})
+
+
+def _trainable(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameters, logged (INFO, ``maskdiff.hf``); none trainable → error."""
+    trainable, total = parameter_counts(model)
+    if trainable == 0:
+        raise ValueError(f"{type(model).__name__} has no trainable parameter (all "
+                         f"{total} have requires_grad=False): nothing would train")
+    logger.info("MaskedDiffusionTrainer: %d trainable of %d parameters (%.3f%%)", trainable,
+                total, 100.0 * trainable / max(total, 1))
+    return trainable, total
 
 
 def _default_collator(options: AdapterOptions) -> MaskedDiffusionCollator:
