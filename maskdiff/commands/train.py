@@ -18,7 +18,8 @@ def register(subparsers) -> None:
                     "--method, then the flags (an equal-compute --method such as standard@2x "
                     "then multiplies the batch size), then --set. The run directory gets "
                     "config.json (the resolved config: it reproduces the run), metrics.jsonl, "
-                    "checkpoints/, best/, results.json. An existing run directory is resumed.")
+                    "checkpoints/, best/, results.json (and tensorboard/ with --tensorboard). "
+                    "An existing run directory is resumed.")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="a named preset (default: small, unless --config is given)")
     p.add_argument("--config", type=Path, help="a JSON TrainConfig (e.g. a run's config.json)")
@@ -39,6 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write metrics.jsonl's scalars as TensorBoard events under "
+                        "OUT/tensorboard/ (needs pip install 'maskdiff[tensorboard]')")
     p.add_argument("--out", help="run directory (default: runs/<preset>-<method>-s<seed>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field by its dotted name, e.g. data.max_len=64 "
@@ -98,6 +102,8 @@ def build_config(args) -> TrainConfig:
             node[path[-1]] = value
     if args.bf16:
         data["bf16"] = True
+    if args.tensorboard:
+        data["tensorboard"] = True
     if args.method:  # an equal-compute variant (standard@2x) scales the batch it is given
         data["optim"]["batch_size"] *= get_method(args.method).batch_factor
     name = f"{args.preset or 'run'}-{args.method or 'standard'}-s{data['seed']}"

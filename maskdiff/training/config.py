@@ -158,12 +158,15 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: at every evaluation
     out_dir: str = "runs/train"
     device: str = "cpu"
+    tensorboard: bool = False  # also write metrics.jsonl's scalars under out_dir/tensorboard/
 
     def __post_init__(self) -> None:
         check_fields(self, "train")
         positive_int("train", "seed", self.seed, minimum=0)
         positive_int("train", "log_every", self.log_every)
         positive_int("train", "checkpoint_every", self.checkpoint_every, minimum=0)
+        if not isinstance(self.tensorboard, bool):
+            raise ValueError(f"train.tensorboard must be true or false, got {self.tensorboard!r}")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError):
@@ -171,5 +174,6 @@ class TrainConfig:
                              f"{self.device!r}") from None
 
 
-# Fields that may change between a run and its resumption: where it runs, not what it computes.
-RESUME_FREE_FIELDS = ("out_dir", "device")
+# Fields that may change between a run and its resumption: where it runs and logs, not what it
+# computes (a config.json written before a field existed loads with the field's default).
+RESUME_FREE_FIELDS = ("out_dir", "device", "tensorboard")

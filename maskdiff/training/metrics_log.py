@@ -1,10 +1,12 @@
 """The native trainer's ``metrics.jsonl``: the logging window, the plain progress line, and the
-file itself (rewound to the checkpoint's step on resume, appended on rank 0 only)."""
+file itself (rewound to the checkpoint's step on resume, appended on rank 0 only), optionally
+mirrored as TensorBoard scalars under ``OUT/tensorboard/`` (``train.tensorboard``)."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 from maskdiff.training.stats import StepWindow
@@ -53,22 +55,70 @@ def truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-class open_metrics:
-    """Append records to ``metrics.jsonl`` on rank 0 (a no-op logger on other ranks)."""
+def scalars(record: dict, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """A ``metrics.jsonl`` record's numbers as TensorBoard ``(tag, value)`` pairs: ``step`` left
+    out, nested keys and list indices joined by ``/`` (``loss_per_t_bin/3``,
+    ``ppots_refit/kl``), None and strings skipped."""
+    for key, value in record.items():
+        if not prefix and key == "step":
+            continue
+        tag = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from scalars(value, tag + "/")
+        elif isinstance(value, (list, tuple)):
+            yield from scalars({str(j): v for j, v in enumerate(value)}, tag + "/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield tag, float(value)
 
-    def __init__(self, path: Path, rank: int) -> None:
+
+class TensorBoardLog:
+    """TensorBoard scalars of every record, at the record's step (torch's SummaryWriter; needs
+    the ``tensorboard`` package: ``pip install 'maskdiff[tensorboard]'``). ``purge_step``
+    hides the events a resumed run rewrites, as :func:`truncate_metrics` drops their lines."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise ValueError("train.tensorboard needs the tensorboard package: "
+                             "pip install 'maskdiff[tensorboard]' (tensorboard==2.21.0)") from err
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def write(self, record: dict) -> None:
+        for tag, value in scalars(record):
+            self.writer.add_scalar(tag, value, global_step=int(record["step"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class open_metrics:
+    """Append records to ``metrics.jsonl`` on rank 0 (a no-op logger on other ranks), and to
+    TensorBoard under ``tensorboard`` (a directory) when given; the events of steps after
+    ``resume_step`` that an earlier session wrote are purged."""
+
+    def __init__(self, path: Path, rank: int, tensorboard: Path | None = None,
+                 resume_step: int = 0) -> None:
         self.path, self.rank, self.handle = path, rank, None
+        self.tensorboard, self.resume_step, self.board = tensorboard, resume_step, None
 
     def __enter__(self):
         if self.rank == 0:
             self.handle = self.path.open("a")
+            if self.tensorboard is not None:
+                self.board = TensorBoardLog(self.tensorboard, purge_step=self.resume_step + 1)
 
         def log(record: dict) -> None:
             if self.handle is not None:
                 self.handle.write(json.dumps(record) + "\n")
                 self.handle.flush()
+            if self.board is not None:
+                self.board.write(record)
         return log
 
     def __exit__(self, *exc) -> None:
         if self.handle is not None:
             self.handle.close()
+        if self.board is not None:
+            self.board.close()

@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover  (Windows: no lock)
     fcntl = None
 
 LOCK_FILE = ".lock"
-RUN_OUTPUTS = ("checkpoints", "best", "metrics.jsonl", "results.json")
+RUN_OUTPUTS = ("checkpoints", "best", "metrics.jsonl", "results.json", "tensorboard")
 
 
 @contextmanager

@@ -285,7 +285,8 @@ class Trainer:
         bar = tqdm(total=cfg.optim.max_steps, initial=self.step, desc=Path(cfg.out_dir).name,
                    disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
         stopped_early = False
-        with bar, open_metrics(metrics_path, self.rank) as log:
+        board = self.out_dir / "tensorboard" if cfg.tensorboard else None
+        with bar, open_metrics(metrics_path, self.rank, board, self.step if resumed else 0) as log:
             while self.step < cfg.optim.max_steps:
                 stats = self.train_step()
                 self.step += 1
