@@ -95,7 +95,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
                  ppots_tracker=None, refit_every: int | None = None,
                  refit_min_count: float = 8.0, refit_restarts: int = 4,
                  logit_shift: int = 0, attention: str = "2d", pad_token_id: int | None = None,
-                 pad_policy: str = "ignore", forward_kwargs: Mapping[str, Any] | None = None,
+                 pad_policy: str = "exclude", forward_kwargs: Mapping[str, Any] | None = None,
                  eval_rates_per_example: int = 4, eval_seed: int = 1234, **kwargs) -> None:
         if model is None:
             raise ValueError("model is required (model_init is not supported)")
