@@ -185,6 +185,8 @@ def plot(result: dict, path: Path) -> None:
         ax.loglog(result["budgets"], s["se"], marker="o", label=name)
     ax.axhline(result["target_se"], color="grey", ls="--", lw=1,
                label=f"plain MC at {result['target']} passes")
+    ax.set_xticks(result["budgets"], [str(b) for b in result["budgets"]])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel("forward passes per example")
     ax.set_ylabel("SE of the per-example ELBO (nats/token)")
     ax.set_title("ELBO standard error per forward pass")

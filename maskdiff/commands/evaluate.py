@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--scheme", choices=sorted(ELBO_SCHEMES), default=EVAL_SCHEME,
                    help="how the ELBO spends its forward passes (docs/evaluation.md)")
     p.add_argument("--rates", type=positive, default=4,
-                   help="rates of t per example (stratified-mirror: 2 forward passes each)")
+                   help="rates of t per example (a *-mirror scheme: 2 forward passes each)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the ELBO's common random numbers")
     p.add_argument("--pass-at-1", action="store_true", help="also generate and score answers")
     add_decoding_arguments(p)

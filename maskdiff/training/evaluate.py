@@ -148,7 +148,7 @@ ELBO_SCHEMES: dict[str, ElboScheme] = {s.name: s for s in (
 )}
 # The evaluation entry points' default (maskdiff evaluate, the lm-evaluation-harness model):
 # the lowest standard error per forward pass in benchmarks/elbo_se.py (README, docs/evaluation.md).
-EVAL_SCHEME = "stratified-mirror"
+EVAL_SCHEME = "sqrt-stratified-mirror"
 
 
 def elbo_scheme(name: str) -> ElboScheme:
