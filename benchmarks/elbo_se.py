@@ -33,7 +33,7 @@ import torch
 
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
-from maskdiff.training.evaluate import ELBO_SCHEMES, EVAL_SCHEME, draws_se, elbo_draws
+from maskdiff.training.evaluate import ELBO_SCHEMES, draws_se, elbo_draws
 from maskdiff.training.runs import load_run
 
 
@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", default="2,4,8,16,32", help="forward passes per example")
     p.add_argument("--target", type=int, default=128, help="plain MC's budget to match")
     p.add_argument("--schemes", default="mc,stratified,stratified-mirror,sqrt-stratified,sqrt-stratified-mirror")
+    p.add_argument("--crn-schemes", default="mc,stratified-mirror",
+                   help="schemes of the common-random-numbers check (with --other)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/elbo_se")
@@ -132,16 +134,17 @@ def main(argv=None) -> int:
     result["target_se"] = math.sqrt(target_var.mean())
     if args.other:
         result["crn"] = crn_check(loaded.model, load_run(args.other, "best").model, batches,
-                                  args.reps, args.seed, **common)
+                                  args.reps, args.seed, schemes=args.crn_schemes.split(","),
+                                  **common)
     result["seconds"] = time.time() - started
     write(result, Path(args.out))
     return 0
 
 
-def crn_check(model_a, model_b, batches, reps, seed, *, mask_id, normalizer, passes=8):
+def crn_check(model_a, model_b, batches, reps, seed, *, schemes, mask_id, normalizer, passes=8):
     """SE of the per-example difference of two models' ELBOs: shared draws vs independent."""
     out = {"passes": passes}
-    for scheme in ("mc", EVAL_SCHEME):
+    for scheme in schemes:
         a, _ = estimates(model_a, batches, scheme, passes, reps, seed, mask_id, normalizer)
         b_same, _ = estimates(model_b, batches, scheme, passes, reps, seed, mask_id, normalizer)
         b_indep, _ = estimates(model_b, batches, scheme, passes, reps, seed + 7, mask_id, normalizer)
