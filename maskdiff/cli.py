@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "maskdiff.commands.train",
     "maskdiff.commands.generate",
     "maskdiff.commands.evaluate",
+    "maskdiff.commands.lm_eval",
     "maskdiff.commands.theory",
     "maskdiff.commands.predict_window",
     "maskdiff.commands.fit_pots",

@@ -59,10 +59,37 @@ def parse_names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+def add_model_source_arguments(parser) -> None:
+    """``--run DIR`` or ``--hf NAME_OR_PATH`` (a HF model or a PEFT adapter directory) and the
+    HF loading flags: the model an evaluation or decoding command works on (docs/evaluation.md)."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--run", help="a run directory written by maskdiff train")
+    group.add_argument("--hf", metavar="NAME_OR_PATH",
+                       help="a Hugging Face masked LM / diffusion LLM, or a PEFT (LoRA) adapter "
+                            "directory (pip install -e '.[hf]')")
+    parser.add_argument("--mask-token-id", type=int,
+                        help="with --hf: the mask token id if the tokenizer has none")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="with --hf: allow the model's own code (LLaDA, Dream)")
+    parser.add_argument("--logit-shift", type=int, default=0,
+                        help="with --hf: 1 for Dream (token i predicted at position i-1)")
+
+
+def load_model_argument(args):
+    """The :class:`maskdiff.evaluation.EvalModel` of ``--run`` / ``--hf``."""
+    from maskdiff.evaluation import load_eval_model
+
+    if args.run is not None:
+        return load_eval_model(run=args.run, checkpoint=args.checkpoint, device=args.device)
+    return load_eval_model(hf=args.hf, mask_token_id=args.mask_token_id,
+                           trust_remote_code=args.trust_remote_code,
+                           logit_shift=args.logit_shift, device=args.device)
+
+
 def add_decoding_arguments(parser) -> None:
     """The low-confidence decoder's flags (docs/method.md §8) and the run's checkpoint and device."""
     parser.add_argument("--gen-length", type=positive,
-                        help="default: max_len minus the prompt's length")
+                        help="default: max_len minus the prompt's length (--hf: 64)")
     parser.add_argument("--steps", type=positive, help="default: one token per step")
     parser.add_argument("--block-length", type=positive, help="default: one block")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")

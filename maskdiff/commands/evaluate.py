@@ -1,4 +1,5 @@
-"""``maskdiff evaluate``: full-range ELBO with a standard error, and pass@1 by generation."""
+"""``maskdiff evaluate``: full-range ELBO with a standard error, and pass@1 by generation, of a
+run or of a Hugging Face model on a JSONL file (docs/method.md §8, docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,31 @@ import json
 import sys
 from pathlib import Path
 
-from maskdiff.commands import add_decoding_arguments, positive
+from maskdiff.commands import add_decoding_arguments, add_model_source_arguments, positive
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
-from maskdiff.training.evaluate import causal_nll, elbo, pass_at_1
+from maskdiff.training.evaluate import (
+    ELBO_SCHEMES, EVAL_SCHEME, causal_nll, elbo, elbo_scheme, pass_at_1,
+)
 from maskdiff.training.checkpoint import atomic_write_text
 from maskdiff.training.runs import load_run
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="ELBO and pass@1 of a trained run",
-                              description="Evaluate a run's best checkpoint on a data split; "
-                                          "writes eval.json into the run directory.")
-    p.add_argument("--run", required=True)
+    p = subparsers.add_parser("evaluate", help="ELBO and pass@1 of a run or a HF model",
+                              description="Evaluate a run's best checkpoint on a data split "
+                                          "(writes eval.json into the run directory), or a "
+                                          "Hugging Face model on --data FILE.jsonl.")
+    add_model_source_arguments(p)
+    p.add_argument("--data", help='with --hf: rows {"prompt", "response"}, {"messages"} or '
+                                  '{"text"} (JSONL)')
+    p.add_argument("--out", help="with --hf: write the report (JSON) here")
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--n", type=positive, default=128, help="examples to evaluate")
-    p.add_argument("--rates", type=positive, default=8, help="stratified rates per example (ELBO)")
+    p.add_argument("--scheme", choices=sorted(ELBO_SCHEMES), default=EVAL_SCHEME,
+                   help="how the ELBO spends its forward passes (docs/evaluation.md)")
+    p.add_argument("--rates", type=positive, default=4,
+                   help="rates of t per example (a *-mirror scheme: 2 forward passes each)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the ELBO's common random numbers")
     p.add_argument("--pass-at-1", action="store_true", help="also generate and score answers")
     add_decoding_arguments(p)
@@ -29,6 +39,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.hf is not None:
+        return _run_hf(args)
+    if args.data is not None:
+        raise ValueError("--data goes with --hf; a run evaluates on its own task's --split")
     loaded = load_run(args.run, args.checkpoint, args.device)
     config, tok = loaded.config, loaded.tokenizer
     examples = list(load_task(config.data).split(args.split))[: args.n]
@@ -43,11 +57,11 @@ def run(args) -> int:
         loss = causal_nll(loaded.model, examples, collate, device=args.device)
     else:
         loss = elbo(loaded.model, examples, collate, mask_token_id=tok.mask_id,
-                    rates_per_example=args.rates, seed=args.seed,
+                    rates_per_example=args.rates, seed=args.seed, scheme=args.scheme,
                     normalizer=config.estimator.normalizer, device=args.device)
-    report = {"checkpoint": str(loaded.checkpoint), "split": args.split, "loss": loss.to_dict()}
-    print(f"{args.split} loss {loss.mean:.4f} ± {loss.se:.4f} nats/token "
-          f"({loss.bits:.4f} bits) over {loss.n} examples")
+    report = {"checkpoint": str(loaded.checkpoint), "split": args.split, "loss": loss.to_dict(),
+              **_scheme_keys(args, config.model.causal)}
+    _print_loss(args.split, loss)
     if args.pass_at_1:
         gen = pass_at_1(loaded.model, examples, tok, max_len=config.data.max_len,
                         gen_length=args.gen_length, steps=args.steps,
@@ -56,4 +70,37 @@ def run(args) -> int:
         report["pass_at_1"] = gen.pass_at_1
         print(f"pass@1 {gen.pass_at_1:.3f} over {gen.n} examples")
     atomic_write_text(Path(args.run) / "eval.json", json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _scheme_keys(args, causal: bool) -> dict:
+    if causal:
+        return {"scheme": "exact"}
+    return {"scheme": args.scheme, "rates": args.rates, "seed": args.seed,
+            "forward_passes_per_example": elbo_scheme(args.scheme).passes(args.rates)}
+
+
+def _print_loss(name: str, loss) -> None:
+    print(f"{name} loss {loss.mean:.4f} ± {loss.se:.4f} nats/token "
+          f"({loss.bits:.4f} bits) over {loss.n} examples")
+
+
+def _run_hf(args) -> int:
+    """A HF model (plain or PEFT) on the rows of ``--data``: the same ELBO evaluator and decoder."""
+    from maskdiff.commands import load_model_argument
+    from maskdiff.evaluation.rows import evaluate_rows
+
+    if args.data is None:
+        raise ValueError("--hf needs --data FILE.jsonl (the rows to evaluate on)")
+    model = load_model_argument(args)
+    report = evaluate_rows(model, args.data, n=args.n, scheme=args.scheme, rates=args.rates,
+                           seed=args.seed, pass_at_1=args.pass_at_1, gen_length=args.gen_length,
+                           steps=args.steps, block_length=args.block_length, device=args.device)
+    _print_loss("data", report["loss_result"])
+    report["loss"] = report.pop("loss_result").to_dict()
+    if args.pass_at_1:
+        print(f"pass@1 {report['pass_at_1']:.3f} over {report['loss']['n']} examples")
+    report.update(_scheme_keys(args, False), model=args.hf, data=str(args.data))
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
     return 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import types
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,10 +68,15 @@ class AdapterOptions:
         object.__setattr__(self, "forward_kwargs", types.MappingProxyType(dict(self.forward_kwargs)))
 
     def logits(self, model: nn.Module, input_ids: torch.Tensor,
-               attention_mask: torch.Tensor) -> torch.Tensor:
-        """Call ``model`` (a HF model, a PEFT model or a DDP wrapper of one): (B, L, V) logits."""
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Call ``model`` (a HF model, a PEFT model or a DDP wrapper of one): (B, L, V) logits.
+
+        ``attention_mask=None`` means every position is a real token (the model contract of
+        docs/architecture.md §3: the decoders pass None for unpadded prompts)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
         if tuple(attention_mask.shape) != tuple(input_ids.shape):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
                              f"input_ids has {tuple(input_ids.shape)}")
@@ -124,7 +131,8 @@ class HFAdapter(nn.Module):
     def mask_token_id(self) -> int:
         return self.options.mask_token_id
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.options.logits(self.model, input_ids, attention_mask)
 
 
@@ -154,11 +162,21 @@ def load_hf_model(name_or_path: str | os.PathLike, *, mask_token_id: int | None 
     Both ids must index the model's vocabulary (ValueError otherwise) and a model whose attention
     is causal warns (:func:`maskdiff.hf.checks.check_model`).
 
+    A PEFT adapter directory (one with ``adapter_config.json``, as ``save_pretrained`` of a
+    LoRA model writes it) is loaded on top of its ``base_model_name_or_path``; its tokenizer is
+    the adapter directory's when it holds one, else the base model's.
+
     Returns ``(adapter, tokenizer, mask_token_id)``. Loading needs the files locally or a
     reachable hub; ``trust_remote_code=True`` runs the repository's Python code.
     """
     import transformers
 
+    peft_base = _peft_base(name_or_path)
+    if peft_base is not None:
+        return _load_peft(name_or_path, peft_base, mask_token_id=mask_token_id,
+                          trust_remote_code=trust_remote_code, logit_shift=logit_shift,
+                          device=device, dtype=dtype, attention=attention, pad_policy=pad_policy,
+                          auto_class=auto_class, tokenizer_name_or_path=tokenizer_name_or_path)
     if auto_class is not None and not hasattr(transformers, auto_class):
         raise ValueError(f"auto_class={auto_class!r} is not a transformers class")
     config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -203,3 +221,32 @@ def load_hf_model(name_or_path: str | os.PathLike, *, mask_token_id: int | None 
                              attention=attention, pad_policy=pad_policy,
                              pad_token_id=None if pad is None else int(pad))
     return HFAdapter(model, options), tokenizer, int(mask_token_id)
+
+
+def _peft_base(name_or_path: str | os.PathLike) -> str | None:
+    """The base model of a local PEFT adapter directory, or None when it is not one."""
+    config = Path(name_or_path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{config} names no base_model_name_or_path: cannot load the adapter")
+    return str(base)
+
+
+def _load_peft(path: str | os.PathLike, base: str, *, tokenizer_name_or_path, **kwargs: Any,
+               ) -> tuple[HFAdapter, Any, int]:
+    """A PEFT (e.g. LoRA) adapter on its base model, behind the same contract (eval mode)."""
+    try:
+        import peft
+    except ImportError as err:
+        raise ValueError(f"{path} is a PEFT adapter: pip install -e '.[hf]' (peft)") from err
+    if tokenizer_name_or_path is None:
+        has_tokenizer = any((Path(path) / name).is_file()
+                            for name in ("tokenizer.json", "tokenizer_config.json"))
+        tokenizer_name_or_path = path if has_tokenizer else base
+    adapter, tokenizer, mask_id = load_hf_model(base, tokenizer_name_or_path=tokenizer_name_or_path,
+                                                **kwargs)
+    model = peft.PeftModel.from_pretrained(adapter.model, str(path))
+    model.to(kwargs.get("device", "cpu")).eval()
+    return HFAdapter(model, adapter.options), tokenizer, mask_id

@@ -35,6 +35,16 @@ def load_hf_source(name_or_path: str, data: str | os.PathLike, *, mask_token_id:
                    device: str = "cpu") -> HFSource:
     """A HF model plus the rows of a JSONL file (``{"text"}``, ``{"prompt", "response"}`` or
     ``{"messages"}`` per line; see :func:`encode_row`). A malformed line names file and line."""
+    rows = read_rows(data)
+    model, tokenizer, mask_id = load_hf_model(name_or_path, mask_token_id=mask_token_id,
+                                              trust_remote_code=trust_remote_code,
+                                              logit_shift=logit_shift, device=device)
+    return HFSource(model=model, tokenizer=tokenizer, mask_token_id=mask_id, rows=rows,
+                    name=str(name_or_path))
+
+
+def read_rows(data: str | os.PathLike) -> list[dict]:
+    """The JSON-object rows of a JSONL file; a malformed line names file and line."""
     path = Path(data)
     if not path.exists():
         raise ValueError(f"--data {path}: no such file")
@@ -51,8 +61,4 @@ def load_hf_source(name_or_path: str, data: str | os.PathLike, *, mask_token_id:
         rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no rows")
-    model, tokenizer, mask_id = load_hf_model(name_or_path, mask_token_id=mask_token_id,
-                                              trust_remote_code=trust_remote_code,
-                                              logit_shift=logit_shift, device=device)
-    return HFSource(model=model, tokenizer=tokenizer, mask_token_id=mask_id, rows=rows,
-                    name=str(name_or_path))
+    return rows

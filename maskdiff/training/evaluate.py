@@ -17,10 +17,10 @@ import torch
 from maskdiff.training.answers import answers_match, extract_answer, gold_answer
 from maskdiff.core.batch import Batch
 from maskdiff.training.generate import generate_causal, generate_diffusion
-from maskdiff.core.masking import Bernoulli
+from maskdiff.core.masking import Bernoulli, Masker, build_masker
 from maskdiff.models.transformer import causal_lm_loss
 from maskdiff.core.objective import Estimator
-from maskdiff.core.samplers import DEFAULT_EPS, Window
+from maskdiff.core.samplers import DEFAULT_EPS, Importance, RateSampler, Uniform, Window
 from maskdiff.core.seeding import BatchRandomness
 
 Collate = Callable[[Sequence[tuple[int, object]]], Batch]
@@ -58,16 +58,134 @@ def _batches(examples: Sequence, collate: Collate, batch_size: int, device):
 
 def stratified_estimators(*, mask_token_id: int, rates_per_example: int = 4,
                           normalizer: str = "eligible", eps: float = DEFAULT_EPS,
-                          syntax_eligible: bool = False) -> list[Estimator]:
+                          syntax_eligible: bool = False, masker: Masker | None = None,
+                          ) -> list[Estimator]:
     """One estimator per stratum: ``U`` over the j-th of ``rates_per_example`` equal strata of
-    [eps, 1], Bernoulli masks, no weights, no control variate (docs/method.md §8)."""
+    [eps, 1], ``masker`` masks (default Bernoulli), no weights, no control variate
+    (docs/method.md §8)."""
     if rates_per_example < 1:
         raise ValueError(f"rates_per_example must be >= 1, got {rates_per_example}")
+    masker = Bernoulli() if masker is None else masker
     edges = [eps + (1 - eps) * j / rates_per_example for j in range(rates_per_example + 1)]
-    return [Estimator(rate_sampler=Window(edges[j], edges[j + 1], eps=eps), masker=Bernoulli(),
+    return [Estimator(rate_sampler=Window(edges[j], edges[j + 1], eps=eps), masker=masker,
                       mask_token_id=mask_token_id, normalizer=normalizer,
                       syntax_eligible=syntax_eligible)
             for j in range(rates_per_example)]
+
+
+class _QuantileStratum(RateSampler):
+    """Stratum ``j`` of ``k`` equal strata in the quantile space of an importance sampler:
+    ``t = F^-1((j + u)/k)``, ``w = 1/((1 - eps)·p(t))``; the mean over the k strata is unbiased
+    for U[eps, 1] (docs/method.md §8)."""
+
+    name = "quantile_stratum"
+
+    def __init__(self, inner: Importance, j: int, k: int) -> None:
+        self.inner, self.j, self.k, self.eps = inner, j, k, inner.eps
+
+    def target_interval(self) -> tuple[float, float]:
+        return self.inner.target_interval()
+
+    def sample_at(self, u, positions, global_batch_size, batch_generator):
+        return self.inner.sample_at((self.j + u) / self.k, positions, global_batch_size,
+                                    batch_generator)
+
+
+def _sqrt_density(t: torch.Tensor) -> torch.Tensor:
+    """p(t) ∝ t^(-1/2): the ELBO's per-rate variance grows like 1/t, so sampling small rates
+    more often (with weights 1/p) bounds the weights the plain estimator spends on them."""
+    return t.rsqrt()
+
+
+@dataclass(frozen=True)
+class ElboScheme:
+    """How the ELBO spends its forward passes (docs/method.md §8): ``rates`` draws of ``t`` per
+    example, iid U[eps, 1] or one per equal stratum (of [eps, 1], or of the quantiles of
+    ``density`` with importance weights), each with ``masker``'s views."""
+
+    name: str
+    stratified: bool
+    masker: str
+    description: str
+    density: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def estimators(self, *, mask_token_id: int, rates: int, normalizer: str = "eligible",
+                   eps: float = DEFAULT_EPS, syntax_eligible: bool = False) -> list[Estimator]:
+        masker = build_masker(self.masker)
+        if self.density is not None:
+            if rates < 1:
+                raise ValueError(f"rates must be >= 1, got {rates}")
+            inner = Importance(self.density, eps=eps)
+            return [Estimator(rate_sampler=_QuantileStratum(inner, j, rates), masker=masker,
+                              mask_token_id=mask_token_id, normalizer=normalizer,
+                              syntax_eligible=syntax_eligible) for j in range(rates)]
+        if self.stratified:
+            return stratified_estimators(mask_token_id=mask_token_id, rates_per_example=rates,
+                                         normalizer=normalizer, eps=eps,
+                                         syntax_eligible=syntax_eligible, masker=masker)
+        if rates < 1:
+            raise ValueError(f"rates must be >= 1, got {rates}")
+        one = Estimator(rate_sampler=Uniform(eps), masker=masker, mask_token_id=mask_token_id,
+                        normalizer=normalizer, syntax_eligible=syntax_eligible)
+        return [one] * rates  # draw j is keyed on (seed, j, example): independent draws
+
+    def passes(self, rates: int) -> int:
+        """Forward passes per example for ``rates`` draws of ``t``."""
+        return rates * build_masker(self.masker).n_views
+
+
+ELBO_SCHEMES: dict[str, ElboScheme] = {s.name: s for s in (
+    ElboScheme("mc", False, "bernoulli",
+               "plain Monte Carlo as LLaDA evaluates: iid U[eps,1] rates, independent masks"),
+    ElboScheme("stratified", True, "bernoulli",
+               "one rate per equal stratum of [eps,1], Bernoulli masks (training validation)"),
+    ElboScheme("stratified-mirror", True, "mirror",
+               "one rate per stratum, MIRROR's two complementary masks per rate"),
+    ElboScheme("sqrt-stratified", True, "bernoulli",
+               "one rate per quantile stratum of p(t) ∝ t^-1/2, importance-weighted", _sqrt_density),
+    ElboScheme("sqrt-stratified-mirror", True, "mirror",
+               "sqrt-stratified rates with MIRROR's two complementary masks", _sqrt_density),
+)}
+# The evaluation entry points' default (maskdiff evaluate, the lm-evaluation-harness model):
+# the lowest standard error per forward pass in benchmarks/elbo_se.py (README, docs/evaluation.md).
+EVAL_SCHEME = "sqrt-stratified-mirror"
+
+
+def elbo_scheme(name: str) -> ElboScheme:
+    if name not in ELBO_SCHEMES:
+        raise ValueError(f"unknown ELBO scheme {name!r}; known: {sorted(ELBO_SCHEMES)}")
+    return ELBO_SCHEMES[name]
+
+
+@torch.no_grad()
+def elbo_draws(model, batch: Batch, estimators: Sequence[Estimator], seed: int) -> torch.Tensor:
+    """Each estimator's per-example value (the mean over its views), draw ``j`` keyed on
+    ``(seed, j, example index)``: float64 (B, len(estimators)) on the batch's device."""
+    indices = batch.example_index.tolist()
+    return torch.stack([estimator(model, batch, BatchRandomness.for_batch(seed, j, indices))
+                        .values.double() for j, estimator in enumerate(estimators)], dim=1)
+
+
+def draws_se(draws: torch.Tensor, stratified: bool) -> torch.Tensor:
+    """Standard error of each row's mean of ``draws`` (B, r), float64 (B,).
+
+    iid draws: ``std / sqrt(r)``. Stratified draws (one per stratum): the collapsed-strata
+    estimator, adjacent strata paired (the last group a triple when r is odd), each group of
+    ``n`` contributing ``n · s²``; it is conservative (it counts the change of the mean between
+    paired strata as noise). NaN for ``r = 1``.
+    """
+    draws = draws.double()
+    r = draws.shape[1]
+    if r < 2:
+        return torch.full(draws.shape[:1], float("nan"), dtype=torch.float64, device=draws.device)
+    if not stratified:
+        return draws.std(dim=1, unbiased=True) / math.sqrt(r)
+    starts = list(range(0, r - 1, 2))  # r = 5: groups [0, 2) and [2, 5)
+    total = torch.zeros(draws.shape[0], dtype=torch.float64, device=draws.device)
+    for lo, hi in zip(starts, starts[1:] + [r]):
+        group = draws[:, lo:hi]
+        total += (hi - lo) * group.var(dim=1, unbiased=True)
+    return total.sqrt() / r
 
 
 @torch.no_grad()
@@ -76,12 +194,46 @@ def stratified_elbo(model, batch: Batch, estimators: Sequence[Estimator],
     """Each example's full-range ELBO term: the mean over the strata of ``estimators``
     (:func:`stratified_estimators`), stratum ``j``'s draws keyed on ``(seed, j, example index)``.
     Float64 (B,) on the batch's device."""
-    indices = batch.example_index.tolist()
+    draws = elbo_draws(model, batch, estimators, seed)
     total = torch.zeros(len(batch), dtype=torch.float64, device=batch.x0.device)
-    for stratum, estimator in enumerate(estimators):
-        randomness = BatchRandomness.for_batch(seed, stratum, indices)
-        total += estimator(model, batch, randomness).values.double()
+    for stratum in range(draws.shape[1]):
+        total += draws[:, stratum]
     return total / len(estimators)
+
+
+@dataclass(frozen=True)
+class ElboEstimate:
+    """Per-example ELBO terms (float64 (n,)), their Monte-Carlo standard errors (the masking
+    noise of each estimate, :func:`draws_se`) and the forward passes per example."""
+
+    mean: torch.Tensor
+    se: torch.Tensor
+    passes: int
+    scheme: str
+
+
+@torch.no_grad()
+def elbo_estimate(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
+                  scheme: str = EVAL_SCHEME, rates: int = 8, seed: int = 1234,
+                  batch_size: int = 64, normalizer: str = "eligible", eps: float = DEFAULT_EPS,
+                  device="cpu") -> ElboEstimate:
+    """Each example's full-range ELBO term under ``scheme`` (:data:`ELBO_SCHEMES`) with its
+    Monte-Carlo standard error; draws are common random numbers keyed on (seed, draw, example)
+    (docs/method.md §8)."""
+    if not examples:
+        raise ValueError("cannot evaluate on an empty list of examples")
+    chosen = elbo_scheme(scheme)
+    estimators = chosen.estimators(mask_token_id=mask_token_id, rates=rates,
+                                   normalizer=normalizer, eps=eps)
+    was_training = model.training
+    model.eval()
+    try:
+        draws = torch.cat([elbo_draws(model, batch, estimators, seed).cpu()
+                           for batch in _batches(examples, collate, batch_size, device)])
+    finally:
+        model.train(was_training)
+    return ElboEstimate(mean=draws.mean(dim=1), se=draws_se(draws, chosen.stratified),
+                        passes=chosen.passes(rates), scheme=scheme)
 
 
 @torch.no_grad()
@@ -109,13 +261,21 @@ def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_
 
 def elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
          rates_per_example: int = 4, seed: int = 1234, batch_size: int = 64,
-         normalizer: str = "eligible", eps: float = DEFAULT_EPS, device="cpu") -> EvalResult:
-    """The full-range objective over U[eps, 1] (docs/method.md §1, §8) with stratified rates and CRN:
-    the mean of :func:`per_example_elbo` and its standard error over examples."""
-    return _summarise(per_example_elbo(
-        model, examples, collate, mask_token_id=mask_token_id,
-        rates_per_example=rates_per_example, seed=seed, batch_size=batch_size,
-        normalizer=normalizer, eps=eps, device=device))
+         normalizer: str = "eligible", eps: float = DEFAULT_EPS, device="cpu",
+         scheme: str = "stratified") -> EvalResult:
+    """The full-range objective over U[eps, 1] (docs/method.md §1, §8) with common random
+    numbers: the mean over examples and its standard error. ``scheme="stratified"`` (training
+    validation's, the default here) is :func:`per_example_elbo`; the other
+    :data:`ELBO_SCHEMES` spend ``rates_per_example`` rates as they say."""
+    if scheme == "stratified":
+        return _summarise(per_example_elbo(
+            model, examples, collate, mask_token_id=mask_token_id,
+            rates_per_example=rates_per_example, seed=seed, batch_size=batch_size,
+            normalizer=normalizer, eps=eps, device=device))
+    return _summarise(elbo_estimate(
+        model, examples, collate, mask_token_id=mask_token_id, scheme=scheme,
+        rates=rates_per_example, seed=seed, batch_size=batch_size, normalizer=normalizer,
+        eps=eps, device=device).mean)
 
 
 @torch.no_grad()

@@ -1,0 +1,137 @@
+"""The lm-evaluation-harness model end to end, offline, on local task files (docs/evaluation.md):
+a native run and a Hugging Face model, through ``lm_eval.simple_evaluate`` and ``maskdiff lm-eval``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("lm_eval")
+
+from maskdiff.cli import main  # noqa: E402
+from maskdiff.evaluation import generate, load_eval_model, loglikelihoods  # noqa: E402
+from test_evaluation import bert_dir  # noqa: E402
+
+MC = [{"question": "what is two plus three", "choices": ["five", "a", "the answer"], "answer": 0},
+      {"question": "hello", "choices": ["world", "b c"], "answer": 1},
+      {"question": "two plus two", "choices": ["a", "b", "c"], "answer": 2}]
+GEN = [{"question": "what is two plus three", "answer": "five"},
+       {"question": "hello world", "answer": "a"}]
+
+
+def task_dir(path):
+    """Two local tasks: multiple choice (loglikelihood) and generation (generate_until)."""
+    path.mkdir()
+    for name, rows in (("mc", MC), ("gen", GEN)):
+        (path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    def common(name):
+        return ("dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: "
+                + str(path / f"{name}.jsonl") + "\ntest_split: test\ndoc_to_text: \"{{question}}\"\n")
+
+    (path / "mc.yaml").write_text(
+        "task: maskdiff_tiny_mc\n" + common("mc")
+        + "output_type: multiple_choice\ndoc_to_choice: \"{{choices}}\"\n"
+          "doc_to_target: \"{{answer}}\"\nmetric_list:\n  - metric: acc\n")
+    (path / "gen.yaml").write_text(
+        "task: maskdiff_tiny_gen\n" + common("gen")
+        + "output_type: generate_until\ndoc_to_target: \"{{answer}}\"\n"
+          "generation_kwargs:\n  until: [\"answer\"]\n  max_gen_toks: 4\n"
+          "metric_list:\n  - metric: exact_match\n")
+    return path
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    for key in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(key, "1")
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    return task_dir(tmp_path / "tasks")
+
+
+@pytest.fixture(scope="module")
+def native_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lm-eval") / "run"
+    assert main(["train", "--preset", "smoke", "--set", "optim.max_steps=2", "--out", str(out),
+                 "--quiet"]) == 0
+    return out
+
+
+def _check(results, model, harness_lm):
+    """The harness's numbers are exactly maskdiff's: its accuracy is the argmax of our ELBOs,
+    its generations our decoder's, and every request's SE is kept."""
+    samples = results["samples"]["maskdiff_tiny_mc"]
+    for k, d in enumerate(harness_lm.details):  # request k draws with index k
+        direct = loglikelihoods(model, [(d["context"], d["continuation"])], first_index=k)[0]
+        assert d["loglikelihood"] == direct.loglikelihood and d["is_greedy"] == direct.is_greedy
+        assert d["se"] == direct.se > 0 and d["passes"] == 32
+    hits = []
+    for sample in sorted(samples, key=lambda s: s["doc_id"]):
+        doc = MC[sample["doc_id"]]
+        logged = [r[0][0] for r in sample["resps"]]
+        ours = {d["continuation"]: d["loglikelihood"] for d in harness_lm.details
+                if d["context"] == doc["question"]}
+        assert logged == [ours[" " + c] for c in doc["choices"]]  # the harness's delimiter
+        hits.append(float(max(range(len(logged)), key=logged.__getitem__) == doc["answer"]))
+    assert results["results"]["maskdiff_tiny_mc"]["acc,none"] == pytest.approx(sum(hits) / len(hits))
+    gen = sorted(results["samples"]["maskdiff_tiny_gen"], key=lambda s: s["doc_id"])
+    expected = generate(model, [d["question"] for d in GEN], gen_length=4, until=[["answer"]] * 2)
+    assert [s["resps"][0][0] for s in gen] == expected
+    assert all("answer" not in text for text in expected)
+
+
+def _evaluate(model_args, tasks_dir):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import maskdiff.evaluation.harness  # noqa: F401  (registers the model)
+    from lm_eval.api.registry import get_model
+
+    lm = get_model("maskdiff").create_from_arg_string(model_args)
+    results = lm_eval.simple_evaluate(
+        model=lm, tasks=["maskdiff_tiny_mc", "maskdiff_tiny_gen"],
+        task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True,
+        bootstrap_iters=0)
+    return results, lm
+
+
+def test_harness_end_to_end_on_a_native_run(offline, native_run):
+    results, lm = _evaluate(f"run={native_run}", offline)
+    _check(results, load_eval_model(run=native_run), lm)
+
+
+def test_harness_end_to_end_on_a_hf_model(offline, tmp_path):
+    path = bert_dir(tmp_path / "bert")
+    results, lm = _evaluate(f"pretrained={path}", offline)
+    _check(results, load_eval_model(hf=path), lm)
+    assert len(lm.details) == sum(len(d["choices"]) for d in MC)
+
+
+def test_simple_evaluate_by_name_and_the_maskdiff_lm_eval_command(offline, native_run, tmp_path):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import maskdiff.evaluation.harness  # noqa: F401
+
+    by_name = lm_eval.simple_evaluate(
+        model="maskdiff", model_args=f"run={native_run},rates=2,greedy_check=False",
+        tasks=["maskdiff_tiny_mc"], task_manager=TaskManager(include_path=str(offline)),
+        bootstrap_iters=0)
+    acc = by_name["results"]["maskdiff_tiny_mc"]["acc,none"]
+    se_file = tmp_path / "se.jsonl"
+    out = tmp_path / "results"
+    assert main(["lm-eval", "--model", "maskdiff", "--model_args",
+                 f"run={native_run},rates=2,greedy_check=False,se_file={se_file}",
+                 "--tasks", "maskdiff_tiny_mc", "--include_path", str(offline),
+                 "--output_path", str(out)]) == 0
+    written = list(out.rglob("results_*.json"))
+    assert len(written) == 1
+    assert json.loads(written[0].read_text())["results"]["maskdiff_tiny_mc"]["acc,none"] == acc
+    rows = [json.loads(line) for line in se_file.read_text().splitlines()]
+    assert len(rows) == sum(len(d["choices"]) for d in MC)
+    assert all(r["passes"] == 4 and r["se"] >= 0 for r in rows)
