@@ -20,7 +20,7 @@ from maskdiff.training.errors import RunDirError, TrainingError
 from maskdiff.training.rundir import claim
 from maskdiff.training.trainer import Trainer
 
-from test_train import _weights, tiny
+from test_train import _metrics, _weights, tiny
 
 
 def _steps(run: Path) -> list[str]:
@@ -93,6 +93,16 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_valid_one(tmp_path
     straight.fit()
     for name, value in _weights(straight).items():  # resumed from the fallback: still exact
         assert torch.equal(value, trainer.model.state_dict()[name]), name
+
+
+def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
+    config = tiny(tmp_path, checkpoint_every=2)
+    Trainer(config, quiet=True).fit(stop_after=4)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as log:
+        log.write('{"step": 5, "loss": 1.2')  # killed during the write of step 5's line
+    Trainer(config, quiet=True).fit()
+    Trainer(replace(config, out_dir=str(tmp_path / "straight")), quiet=True).fit()
+    assert _metrics(tmp_path / "run") == _metrics(tmp_path / "straight")
 
 
 def _truncate(path: Path) -> None:
@@ -353,3 +363,35 @@ def test_cuda_without_cuda_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(_smoke(tmp_path / "run", "--device", "cuda")) == 2
     assert "sees no CUDA device" in capsys.readouterr().err
+
+
+# -- 9. tokenizer files are written atomically ---------------------------------------------------
+class _Unwritable:
+    """An HF tokenizer stand-in whose JSON cannot be encoded: the write fails half-way."""
+
+    def to_str(self) -> str:
+        return '{"model": "\ud800"}'
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_a_failed_tokenizer_write_keeps_the_previous_file(tmp_path, kind):
+    from maskdiff.data import load_tokenizer
+    from maskdiff.data.bpe import BPETokenizer
+    from maskdiff.data.char_tokenizer import CharTokenizer
+
+    if kind == "char":
+        good, bad = CharTokenizer("abc"), CharTokenizer("ab\ud800")  # a lone surrogate: no UTF-8
+    else:
+        good = BPETokenizer.train(["hello world", "abc abd"] * 4, vocab_size=270)
+        bad = BPETokenizer.train(["hello world"], vocab_size=270)
+        bad._hf = _Unwritable()
+    path = tmp_path / "tokenizer.json"
+    good.save(path)
+    before = path.read_bytes()
+    with pytest.raises(UnicodeEncodeError):
+        bad.save(path)
+    assert path.read_bytes() == before and load_tokenizer(path) == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]  # no temporary left
+    with pytest.raises(UnicodeEncodeError):
+        bad.save(tmp_path / "fresh.json")
+    assert not (tmp_path / "fresh.json").exists()  # never a 0-byte file

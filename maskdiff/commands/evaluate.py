@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from maskdiff.commands import add_decoding_arguments, positive
+from maskdiff.fileio import atomic_write_text
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
 from maskdiff.training.evaluate import causal_nll, elbo, pass_at_1
-from maskdiff.training.checkpoint import atomic_write_text
 from maskdiff.training.runs import load_run
 
 
