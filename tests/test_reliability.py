@@ -3,9 +3,11 @@
 import json
 import math
 import os
-import threading
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +17,8 @@ import torch
 from maskdiff.cli import main
 from maskdiff.training import checkpoint as checkpoint_module
 from maskdiff.training.checkpoint import CheckpointError, find_checkpoint, latest_checkpoint
-from maskdiff.training.config import to_dict
+from maskdiff.data.setup import load_task
+from maskdiff.training.config import DataConfig, EvalConfig, OptimConfig, to_dict
 from maskdiff.training.errors import RunDirError, TrainingError
 from maskdiff.training.rundir import claim
 from maskdiff.training.trainer import Trainer
@@ -269,39 +272,84 @@ def test_oversized_configurations_are_refused_with_the_estimate(argv, message, c
 
 
 # -- 7. a stopped rank: the others fail after the collective timeout ---------------------------
-RANK_SCRIPT = """
-import os, signal, torch
-from maskdiff.training import distributed
-distributed.init_from_env("cpu")
-distributed.all_reduce_sum(torch.ones(1))
-if int(os.environ["RANK"]) == 1:
-    os.kill(os.getpid(), signal.SIGSTOP)
-try:
-    distributed.all_reduce_sum(torch.ones(1))
-except Exception as err:
-    print(type(err).__name__, err, flush=True)
-"""
-
-
-def test_a_stopped_rank_makes_the_other_fail_after_the_timeout(tmp_path):
+# The ranks are forked from this process (torch already imported: a second, not ten, under
+# load); a file barrier lines them up before the process group forms, so the 1 s timeout only
+# measures the stall.
+def _two_ranks(tmp_path, body) -> str:
+    """Run ``body(rank)`` on two forked gloo ranks; rank 0's error as ``"Type message"``."""
+    import multiprocessing
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-           "MASKDIFF_COLLECTIVE_TIMEOUT": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).parents[1])}
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT], env={**env, "RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in (0, 1)]
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+
+    def rank_main(rank: int) -> None:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                          RANK=str(rank), LOCAL_RANK=str(rank), MASKDIFF_COLLECTIVE_TIMEOUT="1")
+        (tmp_path / f"ready-{rank}").touch()
+        while not (tmp_path / f"ready-{1 - rank}").exists():
+            time.sleep(0.005)
+        try:
+            body(rank)
+            send.send("no error")
+        except BaseException as err:  # noqa: BLE001  (the parent asserts on it)
+            send.send(f"{type(err).__name__} {err}")
+        finally:
+            os._exit(0)  # no atexit: a process group with a stopped peer aborts on teardown
+
+    procs = [ctx.Process(target=rank_main, args=(rank,)) for rank in (0, 1)]
+    for proc in procs:
+        proc.start()
     try:
-        out, err = procs[0].communicate(timeout=60)
+        assert receive.poll(60), "rank 0 neither failed nor finished within 60 s"
+        return receive.recv()
     finally:
         for proc in procs:
             proc.kill()
-            proc.communicate()
-    assert "TrainingError rank 0/2: all_reduce waited more than 1 s" in out, err[-2000:]
+            proc.join()
+
+
+def _all_reduce_then_stop(rank: int) -> None:
+    from maskdiff.training import distributed
+
+    distributed.init_from_env("cpu")
+    distributed.all_reduce_sum(torch.ones(1))
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    distributed.all_reduce_sum(torch.ones(1))
+
+
+def test_a_stopped_rank_makes_the_other_fail_after_the_timeout(tmp_path):
+    message = _two_ranks(tmp_path, _all_reduce_then_stop)
+    assert message.startswith("TrainingError rank 0/2: all_reduce waited more than 1 s"), message
+
+
+def test_a_rank_stopped_in_backward_makes_the_other_fail_with_one_line(tmp_path):
+    """DDP's own gradient all-reduce (inside backward) times out into the same TrainingError."""
+    config = tiny(tmp_path, optim=OptimConfig(max_steps=3, warmup_steps=1, batch_size=4),
+                  eval=EvalConfig(every=100, n_examples=4, rates_per_example=1, patience=0),
+                  data=DataConfig(n_train=16, n_val=4, n_test=4))
+    task = load_task(config.data)
+    import torch._dynamo  # noqa: F401  (DDP imports it: seconds, paid once here, not per rank)
+
+    def train(rank: int) -> None:
+        trainer = Trainer(config, task=task, quiet=True)
+        if rank == 1:  # stop before step 2's backward: rank 0 waits in its gradient all-reduce
+            real = torch.Tensor.backward
+
+            def backward(self, *args, **kwargs):
+                if trainer.step == 1:
+                    os.kill(os.getpid(), signal.SIGSTOP)
+                return real(self, *args, **kwargs)
+            torch.Tensor.backward = backward
+        trainer.fit()
+
+    message = _two_ranks(tmp_path, train)
+    assert message.startswith("TrainingError rank 0/2: step 2 (DDP's gradient all-reduce) waited "
+                              "more than 1 s for the other ranks"), message
 
 
 # -- 8. one line, not a traceback, for every expected failure ----------------------------------

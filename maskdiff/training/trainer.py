@@ -295,7 +295,8 @@ class Trainer:
             if not resumed:  # the first line: what max_len cut, per split
                 log({"step": 0, "truncated": self.truncated})
             while self.step < cfg.optim.max_steps:
-                stats = self.train_step()
+                with distributed.timed(f"step {self.step + 1} (DDP's gradient all-reduce)"):
+                    stats = self.train_step()
                 self.step += 1
                 window.add(stats)
                 bar.update(1)
