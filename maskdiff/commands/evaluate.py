@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from maskdiff.commands import add_decoding_arguments, positive
+from maskdiff.commands import add_decoding_arguments, add_threads_argument, apply_threads, positive
 from maskdiff.fileio import atomic_write_text
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
@@ -25,10 +25,13 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=1234, help="seed of the ELBO's common random numbers")
     p.add_argument("--pass-at-1", action="store_true", help="also generate and score answers")
     add_decoding_arguments(p)
+    add_threads_argument(p, help="PyTorch's intra-op CPU threads (default: PyTorch's choice); "
+                                 "eval.json records it")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    threads = apply_threads(args)
     loaded = load_run(args.run, args.checkpoint, args.device)
     config, tok = loaded.config, loaded.tokenizer
     examples = list(load_task(config.data).split(args.split))[: args.n]
@@ -45,7 +48,8 @@ def run(args) -> int:
         loss = elbo(loaded.model, examples, collate, mask_token_id=tok.mask_id,
                     rates_per_example=args.rates, seed=args.seed,
                     normalizer=config.estimator.normalizer, device=args.device)
-    report = {"checkpoint": str(loaded.checkpoint), "split": args.split, "loss": loss.to_dict()}
+    report = {"checkpoint": str(loaded.checkpoint), "split": args.split, "loss": loss.to_dict(),
+              "threads": threads}
     print(f"{args.split} loss {loss.mean:.4f} ± {loss.se:.4f} nats/token "
           f"({loss.bits:.4f} bits) over {loss.n} examples")
     if args.pass_at_1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from maskdiff.commands import add_decoding_arguments
+from maskdiff.commands import add_decoding_arguments, add_threads_argument, apply_threads
 from maskdiff.training.generate import generate_causal, generate_diffusion
 from maskdiff.training.runs import load_run
 
@@ -15,10 +15,13 @@ def register(subparsers) -> None:
     p.add_argument("--run", required=True, help="a run directory written by maskdiff train")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     add_decoding_arguments(p)
+    add_threads_argument(p, help="PyTorch's intra-op CPU threads (default: PyTorch's choice): "
+                                 "logits, hence a near-tie between tokens, can depend on it")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    apply_threads(args)
     loaded = load_run(args.run, args.checkpoint, args.device)
     tok = loaded.tokenizer
     for prompt in args.prompt:
