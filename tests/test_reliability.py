@@ -37,17 +37,18 @@ def _smoke(out, *extra):
 # -- 1. a fresh run in an old run's directory ----------------------------------------------------
 def test_fresh_run_in_an_old_runs_directory_is_refused_unless_overwrite(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(_smoke(run, "--steps", "6")) == 0
-    assert _steps(run) == ["step-000006"]
-    assert main(_smoke(run, "--steps", "4", "--no-resume")) == 1
+    assert main(_smoke(run, "--steps", "2")) == 0
+    assert _steps(run) == ["step-000002"]
+    assert main(_smoke(run, "--steps", "1", "--no-resume")) == 1
     err = capsys.readouterr().err
-    assert "already holds a run (checkpoints up to step-000006)" in err and "Traceback" not in err
-    assert _steps(run) == ["step-000006"]  # untouched
-    assert main(_smoke(run, "--steps", "4", "--overwrite", "--threads", "1")) == 0
-    assert _steps(run) == ["step-000004"]
+    assert "already holds a run (checkpoints up to step-000002)" in err and "Traceback" not in err
+    assert _steps(run) == ["step-000002"]  # untouched
+    assert main(_smoke(run, "--steps", "1", "--overwrite", "--threads", "1")) == 0
+    assert _steps(run) == ["step-000001"]
     results = json.loads((run / "results.json").read_text())
-    assert results["steps"] == 4 and results["threads"] == 1
-    assert main(["evaluate", "--run", str(run), "--n", "4", "--checkpoint", "latest"]) == 0
+    assert results["steps"] == 1 and results["threads"] == 1
+    assert main(["evaluate", "--run", str(run), "--n", "4", "--rates", "1",
+                 "--checkpoint", "latest"]) == 0
 
 
 def test_cleanup_goes_by_step_not_by_name(tmp_path):
@@ -149,24 +150,31 @@ def test_a_second_trainer_in_the_same_directory_is_refused(tmp_path):
 
 
 def test_the_lock_is_held_across_processes_and_freed_by_kill(tmp_path, capsys):
+    import multiprocessing
+
     out = tmp_path / "run"
     out.mkdir()
-    code = ("import sys,time; from maskdiff.training.rundir import claim\n"
-            f"with claim({str(out)!r}, rank=0, config={{}}, resume=True):\n"
-            "    print('held', flush=True); time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    ctx = multiprocessing.get_context("fork")  # a process of its own, without a second import
+    receive, send = ctx.Pipe(duplex=False)
+
+    def hold() -> None:
+        with claim(out, rank=0, config={}, resume=True):
+            send.send("held")
+            time.sleep(60)
+
+    proc = ctx.Process(target=hold)
+    proc.start()
     try:
-        assert proc.stdout.readline().strip() == "held"
+        assert receive.poll(30) and receive.recv() == "held"
         with pytest.raises(RunDirError, match=f"pid {proc.pid}"):
             with claim(out, rank=0, config={}, resume=False):
                 pass
         threading.Timer(0.5, proc.kill).start()
         with claim(out, rank=0, config={}, resume=True):  # the same run: waits for the holder
-            assert proc.poll() is not None  # ... which kill -9 ended without a stale lock
+            assert not proc.is_alive()  # ... which kill -9 ended without a stale lock
     finally:
         proc.kill()
-        proc.communicate()
+        proc.join()
     assert "waiting for it to finish" in capsys.readouterr().err
 
 
