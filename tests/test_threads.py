@@ -85,3 +85,5 @@ def test_compare_threads_are_per_worker_and_recorded(tmp_path, restore_threads):
         assert pool.submit(torch.get_num_threads).result() == 3
     assert _processes({"workers": 3, "threads": 2}) == "3 worker processes × 2 thread(s) each"
     assert _processes({"workers": 1, "threads": 4}) == "one process, 4 thread(s)"
+    reused = {"workers": 1, "threads": 4, "runs": [{"threads": 1}, {"threads": 2}]}
+    assert _processes(reused) == "one process, 4 thread(s); the runs trained with 1, 2 thread(s)"

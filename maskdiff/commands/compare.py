@@ -27,8 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
     p.add_argument("--out", help="output directory (default: runs/compare-<preset>)")
     p.add_argument("--workers", type=int, default=None,
-                   help="runs trained in parallel processes, one thread each (default: the number "
-                        "of CPU cores, at most 4, on CPU; 1 on a GPU)")
+                   help="runs trained in parallel processes of --threads threads each (default: "
+                        "the number of CPU cores, at most 4, on CPU; 1 on a GPU)")
     add_threads_argument(p, help="intra-op CPU threads of each training process: per worker "
                                  "with --workers > 1 (default 1), else of this process (default: "
                                  "PyTorch's choice); results.json records it (\"threads\")")

@@ -145,8 +145,12 @@ def _processes(results: dict) -> str:
     """How the runs trained: worker processes × intra-op threads (float results depend on it)."""
     workers, threads = results.get("workers", 1), results.get("threads")
     shown = "?" if threads is None else threads
-    return (f"{workers} worker processes × {shown} thread(s) each" if workers > 1
-            else f"one process, {shown} thread(s)")
+    how = (f"{workers} worker processes × {shown} thread(s) each" if workers > 1
+           else f"one process, {shown} thread(s)")
+    used = sorted({r["threads"] for r in results.get("runs", []) if r.get("threads") is not None})
+    if used and used != [threads]:  # runs reused from an earlier invocation
+        how += f"; the runs trained with {', '.join(map(str, used))} thread(s)"
+    return how
 
 
 def write_report(out_dir: Path, results: dict) -> None:
