@@ -60,6 +60,8 @@ def test_smoke_job_end_to_end_and_restart_reuses_finished_runs(tmp_path, capsys)
     methods = results["methods"]
     assert set(methods) == {"standard", "mirror", "ppots_mirror", "ar", EQUAL_COMPUTE}
     assert results["seeds"] == [42, 731]
+    # one thread per run (the suite's, or one per worker process), recorded per job and per run
+    assert results["threads"] == 1 and {r["threads"] for r in results["runs"]} == {1}
     # Same steps and batch for all: two-forward methods and standard@2x spend exactly twice.
     for label in ("mirror", "ppots_mirror", EQUAL_COMPUTE):
         assert methods[label]["fwd_ratio_to_standard"] == 2.0

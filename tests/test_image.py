@@ -149,7 +149,7 @@ def test_image_smoke_writes_results(tmp_path):
     assert args.func(args) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"preset", "seeds", "methods", "evaluator", "ppots", "start", "seconds", "runs",
-            "setup"} <= set(results)
+            "setup", "threads"} <= set(results)
     assert set(results["methods"]) == {"standard", "mirror", "ppots_mirror"}
     for m in results["methods"].values():
         assert {"accuracy_stats", "mean_prob_stats", "frechet_stats", "per_seed",

@@ -198,7 +198,7 @@ def test_smoke_sweep_writes_results_and_skips_finished_runs(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved) >= {"n", "k", "secret", "seeds", "summary", "curves", "settings",
-                          "ps_optimal_t1", "signal_optimal_rate", "threshold", "deviations"}
+                          "ps_optimal_t1", "signal_optimal_rate", "threshold", "deviations", "threads"}
     assert saved["seeds"] == [0, 1] and (saved["n"], saved["k"]) == (6, 2)
     assert len(saved["summary"]) == 6
     for label, s in saved["summary"].items():

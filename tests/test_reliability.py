@@ -3,9 +3,11 @@
 import json
 import math
 import os
-import threading
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,12 +17,13 @@ import torch
 from maskdiff.cli import main
 from maskdiff.training import checkpoint as checkpoint_module
 from maskdiff.training.checkpoint import CheckpointError, find_checkpoint, latest_checkpoint
-from maskdiff.training.config import to_dict
+from maskdiff.data.setup import load_task
+from maskdiff.training.config import DataConfig, EvalConfig, OptimConfig, to_dict
 from maskdiff.training.errors import RunDirError, TrainingError
 from maskdiff.training.rundir import claim
 from maskdiff.training.trainer import Trainer
 
-from test_train import _weights, tiny
+from test_train import _metrics, _weights, tiny
 
 
 def _steps(run: Path) -> list[str]:
@@ -34,17 +37,18 @@ def _smoke(out, *extra):
 # -- 1. a fresh run in an old run's directory ----------------------------------------------------
 def test_fresh_run_in_an_old_runs_directory_is_refused_unless_overwrite(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(_smoke(run, "--steps", "6")) == 0
-    assert _steps(run) == ["step-000006"]
-    assert main(_smoke(run, "--steps", "4", "--no-resume")) == 1
+    assert main(_smoke(run, "--steps", "2")) == 0
+    assert _steps(run) == ["step-000002"]
+    assert main(_smoke(run, "--steps", "1", "--no-resume")) == 1
     err = capsys.readouterr().err
-    assert "already holds a run (checkpoints up to step-000006)" in err and "Traceback" not in err
-    assert _steps(run) == ["step-000006"]  # untouched
-    assert main(_smoke(run, "--steps", "4", "--overwrite", "--threads", "1")) == 0
-    assert _steps(run) == ["step-000004"]
+    assert "already holds a run (checkpoints up to step-000002)" in err and "Traceback" not in err
+    assert _steps(run) == ["step-000002"]  # untouched
+    assert main(_smoke(run, "--steps", "1", "--overwrite", "--threads", "1")) == 0
+    assert _steps(run) == ["step-000001"]
     results = json.loads((run / "results.json").read_text())
-    assert results["steps"] == 4 and results["threads"] == 1
-    assert main(["evaluate", "--run", str(run), "--n", "4", "--checkpoint", "latest"]) == 0
+    assert results["steps"] == 1 and results["threads"] == 1
+    assert main(["evaluate", "--run", str(run), "--n", "4", "--rates", "1",
+                 "--checkpoint", "latest"]) == 0
 
 
 def test_cleanup_goes_by_step_not_by_name(tmp_path):
@@ -95,6 +99,16 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_valid_one(tmp_path
         assert torch.equal(value, trainer.model.state_dict()[name]), name
 
 
+def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
+    config = tiny(tmp_path, checkpoint_every=2)
+    Trainer(config, quiet=True).fit(stop_after=4)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as log:
+        log.write('{"step": 5, "loss": 1.2')  # killed during the write of step 5's line
+    Trainer(config, quiet=True).fit()
+    Trainer(replace(config, out_dir=str(tmp_path / "straight")), quiet=True).fit()
+    assert _metrics(tmp_path / "run") == _metrics(tmp_path / "straight")
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -136,24 +150,31 @@ def test_a_second_trainer_in_the_same_directory_is_refused(tmp_path):
 
 
 def test_the_lock_is_held_across_processes_and_freed_by_kill(tmp_path, capsys):
+    import multiprocessing
+
     out = tmp_path / "run"
     out.mkdir()
-    code = ("import sys,time; from maskdiff.training.rundir import claim\n"
-            f"with claim({str(out)!r}, rank=0, config={{}}, resume=True):\n"
-            "    print('held', flush=True); time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    ctx = multiprocessing.get_context("fork")  # a process of its own, without a second import
+    receive, send = ctx.Pipe(duplex=False)
+
+    def hold() -> None:
+        with claim(out, rank=0, config={}, resume=True):
+            send.send("held")
+            time.sleep(60)
+
+    proc = ctx.Process(target=hold)
+    proc.start()
     try:
-        assert proc.stdout.readline().strip() == "held"
+        assert receive.poll(30) and receive.recv() == "held"
         with pytest.raises(RunDirError, match=f"pid {proc.pid}"):
             with claim(out, rank=0, config={}, resume=False):
                 pass
         threading.Timer(0.5, proc.kill).start()
         with claim(out, rank=0, config={}, resume=True):  # the same run: waits for the holder
-            assert proc.poll() is not None  # ... which kill -9 ended without a stale lock
+            assert not proc.is_alive()  # ... which kill -9 ended without a stale lock
     finally:
         proc.kill()
-        proc.communicate()
+        proc.join()
     assert "waiting for it to finish" in capsys.readouterr().err
 
 
@@ -259,39 +280,84 @@ def test_oversized_configurations_are_refused_with_the_estimate(argv, message, c
 
 
 # -- 7. a stopped rank: the others fail after the collective timeout ---------------------------
-RANK_SCRIPT = """
-import os, signal, torch
-from maskdiff.training import distributed
-distributed.init_from_env("cpu")
-distributed.all_reduce_sum(torch.ones(1))
-if int(os.environ["RANK"]) == 1:
-    os.kill(os.getpid(), signal.SIGSTOP)
-try:
-    distributed.all_reduce_sum(torch.ones(1))
-except Exception as err:
-    print(type(err).__name__, err, flush=True)
-"""
-
-
-def test_a_stopped_rank_makes_the_other_fail_after_the_timeout(tmp_path):
+# The ranks are forked from this process (torch already imported: a second, not ten, under
+# load); a file barrier lines them up before the process group forms, so the 1 s timeout only
+# measures the stall.
+def _two_ranks(tmp_path, body) -> str:
+    """Run ``body(rank)`` on two forked gloo ranks; rank 0's error as ``"Type message"``."""
+    import multiprocessing
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-           "MASKDIFF_COLLECTIVE_TIMEOUT": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).parents[1])}
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT], env={**env, "RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in (0, 1)]
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+
+    def rank_main(rank: int) -> None:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                          RANK=str(rank), LOCAL_RANK=str(rank), MASKDIFF_COLLECTIVE_TIMEOUT="1")
+        (tmp_path / f"ready-{rank}").touch()
+        while not (tmp_path / f"ready-{1 - rank}").exists():
+            time.sleep(0.005)
+        try:
+            body(rank)
+            send.send("no error")
+        except BaseException as err:  # noqa: BLE001  (the parent asserts on it)
+            send.send(f"{type(err).__name__} {err}")
+        finally:
+            os._exit(0)  # no atexit: a process group with a stopped peer aborts on teardown
+
+    procs = [ctx.Process(target=rank_main, args=(rank,)) for rank in (0, 1)]
+    for proc in procs:
+        proc.start()
     try:
-        out, err = procs[0].communicate(timeout=60)
+        assert receive.poll(60), "rank 0 neither failed nor finished within 60 s"
+        return receive.recv()
     finally:
         for proc in procs:
             proc.kill()
-            proc.communicate()
-    assert "TrainingError rank 0/2: all_reduce waited more than 1 s" in out, err[-2000:]
+            proc.join()
+
+
+def _all_reduce_then_stop(rank: int) -> None:
+    from maskdiff.training import distributed
+
+    distributed.init_from_env("cpu")
+    distributed.all_reduce_sum(torch.ones(1))
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    distributed.all_reduce_sum(torch.ones(1))
+
+
+def test_a_stopped_rank_makes_the_other_fail_after_the_timeout(tmp_path):
+    message = _two_ranks(tmp_path, _all_reduce_then_stop)
+    assert message.startswith("TrainingError rank 0/2: all_reduce waited more than 1 s"), message
+
+
+def test_a_rank_stopped_in_backward_makes_the_other_fail_with_one_line(tmp_path):
+    """DDP's own gradient all-reduce (inside backward) times out into the same TrainingError."""
+    config = tiny(tmp_path, optim=OptimConfig(max_steps=3, warmup_steps=1, batch_size=4),
+                  eval=EvalConfig(every=100, n_examples=4, rates_per_example=1, patience=0),
+                  data=DataConfig(n_train=16, n_val=4, n_test=4))
+    task = load_task(config.data)
+    import torch._dynamo  # noqa: F401  (DDP imports it: seconds, paid once here, not per rank)
+
+    def train(rank: int) -> None:
+        trainer = Trainer(config, task=task, quiet=True)
+        if rank == 1:  # stop before step 2's backward: rank 0 waits in its gradient all-reduce
+            real = torch.Tensor.backward
+
+            def backward(self, *args, **kwargs):
+                if trainer.step == 1:
+                    os.kill(os.getpid(), signal.SIGSTOP)
+                return real(self, *args, **kwargs)
+            torch.Tensor.backward = backward
+        trainer.fit()
+
+    message = _two_ranks(tmp_path, train)
+    assert message.startswith("TrainingError rank 0/2: step 2 (DDP's gradient all-reduce) waited "
+                              "more than 1 s for the other ranks"), message
 
 
 # -- 8. one line, not a traceback, for every expected failure ----------------------------------
@@ -353,3 +419,35 @@ def test_cuda_without_cuda_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(_smoke(tmp_path / "run", "--device", "cuda")) == 2
     assert "sees no CUDA device" in capsys.readouterr().err
+
+
+# -- 9. tokenizer files are written atomically ---------------------------------------------------
+class _Unwritable:
+    """An HF tokenizer stand-in whose JSON cannot be encoded: the write fails half-way."""
+
+    def to_str(self) -> str:
+        return '{"model": "\ud800"}'
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_a_failed_tokenizer_write_keeps_the_previous_file(tmp_path, kind):
+    from maskdiff.data import load_tokenizer
+    from maskdiff.data.bpe import BPETokenizer
+    from maskdiff.data.char_tokenizer import CharTokenizer
+
+    if kind == "char":
+        good, bad = CharTokenizer("abc"), CharTokenizer("ab\ud800")  # a lone surrogate: no UTF-8
+    else:
+        good = BPETokenizer.train(["hello world", "abc abd"] * 4, vocab_size=270)
+        bad = BPETokenizer.train(["hello world"], vocab_size=270)
+        bad._hf = _Unwritable()
+    path = tmp_path / "tokenizer.json"
+    good.save(path)
+    before = path.read_bytes()
+    with pytest.raises(UnicodeEncodeError):
+        bad.save(path)
+    assert path.read_bytes() == before and load_tokenizer(path) == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]  # no temporary left
+    with pytest.raises(UnicodeEncodeError):
+        bad.save(tmp_path / "fresh.json")
+    assert not (tmp_path / "fresh.json").exists()  # never a 0-byte file

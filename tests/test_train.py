@@ -60,6 +60,24 @@ def test_resume_is_bit_identical(tmp_path, method):
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
 
 
+def test_a_run_resumed_mid_window_logs_the_lines_of_an_uninterrupted_one(tmp_path):
+    # Lines at steps 3 (eval), 4 (log_every) and 6; the checkpoint at step 5 falls inside the
+    # window of the step-6 line, which must still average steps 5 and 6.
+    config = tiny(tmp_path, log_every=4, checkpoint_every=2)
+    Trainer(replace(config, out_dir=str(tmp_path / "a")), quiet=True).fit()
+    interrupted = replace(config, out_dir=str(tmp_path / "b"))
+    Trainer(interrupted, quiet=True).fit(stop_after=5)
+    assert [r["step"] for r in _metrics(tmp_path / "b")] == [0, 3, 4]
+    Trainer(interrupted, quiet=True).fit()
+    straight, resumed = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
+    assert [r["step"] for r in straight] == [0, 3, 4, 6]
+    assert resumed == straight
+    # The first line counts what max_len cut, per split, as results.json does.
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert straight[0] == {"step": 0, "truncated": results["truncated"]}
+    assert results["truncated"]["train"]["of"] == 64
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     config = tiny(tmp_path, optim=OptimConfig(max_steps=2, warmup_steps=1, batch_size=8))
     Trainer(config, quiet=True).fit()

@@ -79,7 +79,7 @@ def test_smoke_sweep_end_to_end_and_restart(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved) >= {"t_star", "prediction", "settings", "summary", "best_interval", "runs",
-                          "seeds", "config"}
+                          "seeds", "config", "threads"}
     # the predicted t* comes from the corpus' n-gram shares (char level): they sum to one
     weights = saved["prediction"]["weights"]
     assert sorted(weights) == ["2", "3", "4", "5", "6"]

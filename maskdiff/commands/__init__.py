@@ -39,19 +39,23 @@ def parse_seeds(text: str | None, name: str = "--seeds") -> tuple[int, ...] | No
     return seeds
 
 
-def add_threads_argument(parser) -> None:
-    """``--threads``: PyTorch's intra-op threads (results depend on it; reports record it)."""
-    parser.add_argument("--threads", type=positive, default=None,
-                        help="intra-op CPU threads (default: PyTorch's choice); the run's "
-                             "results.json records the number used")
+THREADS_HELP = ("PyTorch's intra-op CPU threads (default: PyTorch's choice, usually one per "
+                "core); float results depend on it, so the output records the number used")
 
 
-def apply_threads(args) -> None:
-    if getattr(args, "threads", None) is None:
-        return
+def add_threads_argument(parser, help: str = THREADS_HELP) -> None:
+    """``--threads`` on every command whose numbers come from torch (results depend on the
+    thread count; each command's output records it)."""
+    parser.add_argument("--threads", type=positive, default=None, help=help)
+
+
+def apply_threads(args) -> int:
+    """Set ``--threads`` (when given) for this process; return the threads now in effect."""
     import torch
 
-    torch.set_num_threads(args.threads)
+    if getattr(args, "threads", None) is not None:
+        torch.set_num_threads(args.threads)
+    return torch.get_num_threads()
 
 
 def parse_names(text: str) -> tuple[str, ...]:

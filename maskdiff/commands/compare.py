@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from maskdiff.commands import parse_names, parse_seeds
+from maskdiff.commands import add_threads_argument, parse_names, parse_seeds
 from maskdiff.experiments.compare import PRESETS
 
 
@@ -27,8 +27,11 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
     p.add_argument("--out", help="output directory (default: runs/compare-<preset>)")
     p.add_argument("--workers", type=int, default=None,
-                   help="runs trained in parallel processes, one thread each (default: the number "
-                        "of CPU cores, at most 4, on CPU; 1 on a GPU)")
+                   help="runs trained in parallel processes of --threads threads each (default: "
+                        "the number of CPU cores, at most 4, on CPU; 1 on a GPU)")
+    add_threads_argument(p, help="intra-op CPU threads of each training process: per worker "
+                                 "with --workers > 1 (default 1), else of this process (default: "
+                                 "PyTorch's choice); results.json records it (\"threads\")")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -46,7 +49,7 @@ def run(args) -> int:
     device = args.device or preset.base.device
     workers = args.workers or (min(4, os.cpu_count() or 1) if device == "cpu" else 1)
     results = CompareJob(preset, out, seeds=seeds, device=args.device, progress=not args.quiet,
-                         workers=workers).run()
+                         workers=workers, threads=args.threads).run()
     print(f"\n{'method':<22} {'pass@1 mean±sd (%)':>20} {'min':>6} {'max':>6} {'fwd/std':>8}")
     for label, m in results["methods"].items():
         st = m["pass_at_1_stats"]

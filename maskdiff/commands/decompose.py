@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maskdiff.commands import add_threads_argument, apply_threads
 from maskdiff.training.presets import PRESETS
 
 
@@ -65,6 +66,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_threads_argument(p, help="PyTorch's intra-op CPU threads (default: PyTorch's choice); "
+                                 "decompose.json records it (\"torch_threads\")")
     p.set_defaults(func=run)
 
 
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     settings = DecomposeSettings(methods=tuple(args.methods), n_examples=size["a"], design=design,
                                  ppots_rates=size["ppots_b"], ppots_masks=size["ppots_c"],
                                  ppots_path=args.ppots)
+    apply_threads(args)  # before a --preset model trains
     source = load_model_source(run=args.run, preset=args.preset, out=args.out,
                                device=args.device, task=args.task, quiet=args.quiet, hf=args.hf,
                                data=args.data, mask_token_id=args.mask_token_id,

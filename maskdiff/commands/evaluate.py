@@ -7,13 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from maskdiff.commands import add_decoding_arguments, add_model_source_arguments, positive
+from maskdiff.commands import (
+    add_decoding_arguments, add_model_source_arguments, add_threads_argument, apply_threads, positive,
+)
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
+from maskdiff.fileio import atomic_write_text
 from maskdiff.training.evaluate import (
     ELBO_SCHEMES, EVAL_SCHEME, causal_nll, elbo, elbo_scheme, pass_at_1,
 )
-from maskdiff.training.checkpoint import atomic_write_text
 from maskdiff.training.runs import load_run
 
 
@@ -35,12 +37,15 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=1234, help="seed of the ELBO's common random numbers")
     p.add_argument("--pass-at-1", action="store_true", help="also generate and score answers")
     add_decoding_arguments(p)
+    add_threads_argument(p, help="PyTorch's intra-op CPU threads (default: PyTorch's choice); "
+                                 "eval.json records it")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    threads = apply_threads(args)
     if args.hf is not None:
-        return _run_hf(args)
+        return _run_hf(args, threads)
     if args.data is not None:
         raise ValueError("--data goes with --hf; a run evaluates on its own task's --split")
     loaded = load_run(args.run, args.checkpoint, args.device)
@@ -60,7 +65,7 @@ def run(args) -> int:
                     rates_per_example=args.rates, seed=args.seed, scheme=args.scheme,
                     normalizer=config.estimator.normalizer, device=args.device)
     report = {"checkpoint": str(loaded.checkpoint), "split": args.split, "loss": loss.to_dict(),
-              **_scheme_keys(args, config.model.causal)}
+              **_scheme_keys(args, config.model.causal), "threads": threads}
     _print_loss(args.split, loss)
     if args.pass_at_1:
         gen = pass_at_1(loaded.model, examples, tok, max_len=config.data.max_len,
@@ -85,7 +90,7 @@ def _print_loss(name: str, loss) -> None:
           f"({loss.bits:.4f} bits) over {loss.n} examples")
 
 
-def _run_hf(args) -> int:
+def _run_hf(args, threads: int) -> int:
     """A HF model (plain or PEFT) on the rows of ``--data``: the same ELBO evaluator and decoder."""
     from maskdiff.commands import load_model_argument
     from maskdiff.evaluation.rows import evaluate_rows
@@ -100,7 +105,7 @@ def _run_hf(args) -> int:
     report["loss"] = report.pop("loss_result").to_dict()
     if args.pass_at_1:
         print(f"pass@1 {report['pass_at_1']:.3f} over {report['loss']['n']} examples")
-    report.update(_scheme_keys(args, False), model=args.hf, data=str(args.data))
+    report.update(_scheme_keys(args, False), model=args.hf, data=str(args.data), threads=threads)
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
     return 0

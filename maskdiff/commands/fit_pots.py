@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskdiff.commands import add_threads_argument, apply_threads
 from maskdiff.ppots import ESTIMATORS, fit_ppots, plot_ppots, save_ppots_json
 
 
@@ -118,6 +119,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the restart draws (default 0)")
     p.add_argument("--eps", type=float, default=None,
                    help="rate floor: density on [eps, 1] (default: the table's eps, else 1e-3)")
+    add_threads_argument(p, help="PyTorch's intra-op CPU threads for --run/--preset/--hf "
+                                 "(default: PyTorch's choice); ppots.json records it")
     p.set_defaults(func=run)
 
 
@@ -125,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     given = [args.from_table, args.run, args.preset, args.hf]
     if sum(x is not None for x in given) != 1:
         raise ValueError("give exactly one table source: --from-table FILE.json, --run DIR, --preset NAME or --hf NAME")
+    threads = apply_threads(args)
     tables = [table for source in TABLE_SOURCES if (table := source(args)) is not None]
     if len(tables) != 1:
         raise ValueError("give exactly one table source: --from-table FILE.json, --run DIR, --preset NAME or --hf NAME")
@@ -145,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if table.source is not None:
         doc = json.loads((out / "ppots.json").read_text())
         doc["source"] = table.source
+        doc["threads"] = threads  # p̂ came from the model's losses: float results depend on it
         trained = table.source.get("seconds")  # the model's training time, when its run recorded it
         if trained:
             doc["cost_fraction"] = result.seconds / trained

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from maskdiff.commands import add_decoding_arguments, add_model_source_arguments, load_model_argument
+from maskdiff.commands import (
+    add_decoding_arguments, add_model_source_arguments, add_threads_argument, apply_threads,
+    load_model_argument,
+)
 from maskdiff.training.generate import generate_causal
 from maskdiff.training.runs import load_run
 
@@ -19,10 +22,13 @@ def register(subparsers) -> None:
     p.add_argument("--until", action="append", default=[],
                    help="a stop sequence: the text is cut at its first occurrence (repeatable)")
     add_decoding_arguments(p)
+    add_threads_argument(p, help="PyTorch's intra-op CPU threads (default: PyTorch's choice): "
+                                 "logits, hence a near-tie between tokens, can depend on it")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    apply_threads(args)
     if args.run is not None:
         loaded = load_run(args.run, args.checkpoint, args.device)
         if loaded.config.model.causal:

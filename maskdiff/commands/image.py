@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maskdiff.commands import parse_ints, parse_names
+from maskdiff.commands import add_threads_argument, apply_threads, parse_ints, parse_names
 from maskdiff.experiments.image import PRESETS
 
 
@@ -27,6 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--out", help="output directory (default: runs/image-<preset>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 
@@ -41,6 +42,7 @@ def run(args) -> int:
         preset = replace(preset, methods=methods)
     seeds = parse_ints(args.seeds, "--seeds") if args.seeds else None
     out = Path(args.out or f"runs/image-{preset.name}")
+    apply_threads(args)
     results = ImageJob(preset, out, seeds=seeds, device=args.device, progress=not args.quiet).run()
     ev = results["evaluator"]
     print(f"\nclassifier accuracy on real held-out digits: {ev['real_test_accuracy']:.3f}; "

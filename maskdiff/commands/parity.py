@@ -17,7 +17,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from maskdiff.commands import parse_ints
+from maskdiff.commands import add_threads_argument, apply_threads, parse_ints
 
 _RUN_FIELDS = ("n", "k", "n_train", "n_val", "data_seed", "lr", "weight_decay", "batch_size",
                "max_steps", "eval_every", "grad_clip")
@@ -40,6 +40,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, defaults_note: str) -> None:
     p.add_argument("--eval-every", type=int, help="steps between accuracy evaluations")
     p.add_argument("--stop-at", type=float,
                    help="stop once train and validation accuracy reach this (e.g. 0.99)")
+    add_threads_argument(p)
 
 
 def register(subparsers) -> None:
@@ -106,6 +107,7 @@ def run(args) -> int:
     else:
         t1 = ps_optimal_t1(base.k) if args.t1 is None else args.t1
         config = replace(base, objective="md", t0=args.t0, t1=t1, seed=args.seed)
+    threads = apply_threads(args)
     result = train_parity(config)
     print(f"k-parity (n,k)=({config.n},{config.k}) secret {result.secret}; objective "
           f"{config.objective}" + ("" if config.objective == "supervised"
@@ -118,7 +120,8 @@ def run(args) -> int:
               + ("         —" if row["objective"] is None else f"{row['objective']:>10.4f}"))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        Path(args.out).write_text(json.dumps({**result.to_dict(), "threads": threads},
+                                             indent=1) + "\n")
         print(f"history written to {args.out}")
     return 0
 
@@ -129,6 +132,7 @@ def run_sweep(args) -> int:
     preset, base = _base_config(args)
     seeds = parse_ints(args.seeds, "--seeds") if args.seeds else None
     out = Path(args.out or f"runs/parity-{preset.name}")
+    apply_threads(args)
     results = run_parity_sweep(preset, out, seeds=seeds, base=base, progress=not args.quiet)
     print(f"\n(n,k)=({results['n']},{results['k']}), seeds {results['seeds']}: steps to "
           f"{100 * results['threshold']:.0f}% validation accuracy")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maskdiff.commands import parse_ints
+from maskdiff.commands import add_threads_argument, apply_threads, parse_ints
 
 
 def register(subparsers) -> None:
@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     p.add_argument("--out", help="output directory (default runs/window-sweep-<preset>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 
@@ -45,6 +46,7 @@ def run(args) -> int:
     if args.t_star is not None and not 0.0 <= args.t_star <= 1.0:
         raise ValueError(f"--t-star must lie in [0, 1], got {args.t_star}")
     out = Path(args.out or f"runs/window-sweep-{preset.name}")
+    apply_threads(args)
     results = run_window_sweep(preset, out, seeds=seeds, t_star=args.t_star, device=args.device,
                                progress=not args.quiet)
     base = results["summary"][BASELINE]["test_loss_mean"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from maskdiff.fileio import atomic_write_text
 from maskdiff.data.tokenizer import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
 
 _N_BYTES = 256
@@ -133,7 +134,7 @@ class BPETokenizer:
             "use_bos": self._use_bos,
             "hf_tokenizer": self._hf.to_str(),
         }
-        Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "BPETokenizer":

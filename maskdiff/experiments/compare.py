@@ -151,6 +151,7 @@ class CompareJob:
     device: str | None = None
     progress: bool = True
     workers: int = 1
+    threads: int | None = None  # per worker process when workers > 1 (None: 1), else unchanged
     _tasks: dict = field(default_factory=dict)
     _starts: dict = field(default_factory=dict)
     _density: dict | None = None
@@ -270,6 +271,7 @@ class CompareJob:
             "best_step": result.best_step, "steps": result.steps,
             "stopped_early": result.stopped_early, "variance_proxy": _finite(result.variance_proxy),
             "forward_passes": result.forward_passes, "train_seconds": result.seconds,
+            "threads": result.threads,
             "eval_seconds": time.perf_counter() - t0, "history": result.history,
             "loss_per_t_bin": _mean_loss_per_bin(run_dir / "metrics.jsonl"),
             "examples": [{"prompt": ex.prompt, "gold": g, "prediction": p} for ex, g, p in
@@ -282,17 +284,20 @@ class CompareJob:
         """Every run of the plan, then the summary, ``results.json``, plots and ``report.md``.
 
         With ``workers > 1`` the starting checkpoints, then the runs, train in that many
-        processes at one thread each: on a small CPU model this is close to ``workers`` times
-        faster than one process with as many threads. Results do not depend on ``workers``.
+        processes at ``threads`` threads each (default one): on a small CPU model this is close
+        to ``workers`` times faster than one process with as many threads. Results do not
+        depend on ``workers``; they depend on the thread count, which ``results.json`` records.
         """
         from maskdiff.experiments.compare_report import summarise, write_report
 
         specs = plan(self.preset, self.seeds)
+        if self.threads is not None:  # this process: the P-POTS estimate, and every run if serial
+            torch.set_num_threads(self.threads)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         starts = sorted({(s.task, get_method(s.method).causal) for s in specs})
         args = (self.preset, str(self.out_dir), self.device)
-        with _pool(self.workers) as pool, tqdm(
+        with _pool(self.workers, self.threads) as pool, tqdm(
                 total=len(specs) + len(starts), desc=f"compare {self.preset.name}", unit="run",
                 disable=not self.progress, dynamic_ncols=True) as bar:
             bar.set_postfix_str("starting checkpoints")
@@ -307,10 +312,15 @@ class CompareJob:
                 bar.set_postfix_str(f"{record['label']} s{record['seed']}")
                 bar.update(1)
         results = summarise(self.preset, records, seconds=time.perf_counter() - started,
-                            ppots=self._ppots_info(), window=self._window_info(specs))
+                            ppots=self._ppots_info(), window=self._window_info(specs),
+                            workers=self.workers, threads=self.training_threads())
         (self.out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results)
         return results
+
+    def training_threads(self) -> int:
+        """The intra-op threads each run trains with (per worker, or of this process)."""
+        return (self.threads or 1) if self.workers > 1 else torch.get_num_threads()
 
     def _ppots_info(self) -> dict | None:
         path = self.out_dir / "ppots" / "ppots.json"
@@ -338,20 +348,22 @@ class _Serial:
         return map(fn, items)
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
 
 
-def _pool(workers: int):
+def _pool(workers: int, threads: int | None = None):
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     if workers == 1:
         return _Serial()
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker)
+                               initializer=_init_worker, initargs=(threads or 1,))
 
 
 def _prepare_start(args) -> None:

@@ -19,7 +19,7 @@ def _stats(values: list[float]) -> dict:
 
 
 def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None,
-              window: list[float] | None) -> dict:
+              window: list[float] | None, workers: int = 1, threads: int | None = None) -> dict:
     """Per method: per-seed values and mean/sd/min/max/range; worst seed vs standard's best."""
     by_label: dict[str, list[dict]] = {}
     for r in records:
@@ -55,7 +55,7 @@ def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None
             ppots = {**ppots, "cost_fraction": ppots["seconds"] / float(np.mean(served))}
     return {"preset": preset.name, "seeds": sorted({r["seed"] for r in records}),
             "methods": methods, "runs": records, "seconds": seconds, "ppots": ppots,
-            "window": window, "machine": f"{platform.machine()}, {platform.system()}, "
+            "window": window, "workers": workers, "threads": threads, "machine": f"{platform.machine()}, {platform.system()}, "
                                          f"Python {platform.python_version()}",
             "config": {"pretrain_steps": preset.pretrain_steps, "n_test": preset.n_test,
                        "finetune_steps": preset.base.optim.max_steps,
@@ -141,6 +141,18 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _processes(results: dict) -> str:
+    """How the runs trained: worker processes × intra-op threads (float results depend on it)."""
+    workers, threads = results.get("workers", 1), results.get("threads")
+    shown = "?" if threads is None else threads
+    how = (f"{workers} worker processes × {shown} thread(s) each" if workers > 1
+           else f"one process, {shown} thread(s)")
+    used = sorted({r["threads"] for r in results.get("runs", []) if r.get("threads") is not None})
+    if used and used != [threads]:  # runs reused from an earlier invocation
+        how += f"; the runs trained with {', '.join(map(str, used))} thread(s)"
+    return how
+
+
 def write_report(out_dir: Path, results: dict) -> None:
     plot_pass_at_1(out_dir / "pass_at_1.png", results)
     plot_val_curves(out_dir / "val_loss.png", results)
@@ -153,8 +165,8 @@ def write_report(out_dir: Path, results: dict) -> None:
         f"{cfg['pretrain_steps']} steps of the standard objective on another sample of the task; "
         f"fine-tuning {cfg['finetune_steps']} steps × batch {cfg['batch_size']} (early stopping on "
         f"validation ELBO); pass@1 on {cfg['n_test']} test problems by low-confidence decoding.",
-        f"Machine: {results['machine']}; whole job {results['seconds'] / 60:.1f} min "
-        "(reused runs count as 0).", "",
+        f"Machine: {results['machine']}; {_processes(results)}; whole job "
+        f"{results['seconds'] / 60:.1f} min (reused runs count as 0).", "",
         "| method | pass@1 mean ± sd (%) | min | max | range | worst − standard best | "
         "test loss (mean) | fwd / standard | train s (mean) |",
         "|---|---|---|---|---|---|---|---|---|",

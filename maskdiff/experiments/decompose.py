@@ -318,7 +318,8 @@ def write_report(path: str | Path, doc: dict[str, Any]) -> None:
         f"{design['n_batches']} batches of n = {design['batch_size']}; gradient variance over "
         f"{design['grad_draws']} per-example and {design['grad_batch_draws']} per-batch draws "
         f"({'all parameters' if design['parameters'] is None else design['parameters']}); "
-        f"seed {design['seed']}; {doc['seconds']:.0f} s.",
+        f"seed {design['seed']}; {doc['seconds']:.0f} s on {doc.get('machine', '?')} with "
+        f"{doc.get('torch_threads', '?')} torch thread(s).",
         "",
         "| config | passes | mean | A | B | C | total | plug-in B | plug-in C | batch var × n | "
         "grad tr Cov (n=1) | grad tr Cov (batch) | total × passes | grad × passes |",

@@ -343,7 +343,7 @@ def summarise(preset: ImagePreset, records: list[dict], evaluator: DigitEvaluato
     return {
         "preset": preset.name, "seeds": list(preset.seeds), "methods": methods,
         "evaluator": evaluator.summary(), "ppots": ppots, "start": start, "seconds": seconds,
-        "compute_seconds": compute,
+        "compute_seconds": compute, "threads": torch.get_num_threads(),
         "runs": len(records), "grid_columns": preset.grid_columns,
         "setup": {
             "levels": preset.levels, "n_train": preset.n_train, "n_val": preset.n_val,

@@ -181,7 +181,8 @@ def _setup_lines(results: dict) -> list[str]:
         f"**{_num(ev['real_frechet_floor'], 2)}** (the floor).",
         f"- Seeds {results['seeds']}; training + generation of every run, the start and P-POTS: "
         f"{results['compute_seconds'] / 60:.1f} min (this invocation: "
-        f"{results['seconds'] / 60:.1f} min; finished runs are reused).", "",
+        f"{results['seconds'] / 60:.1f} min; finished runs are reused), "
+        f"{results.get('threads', '?')} torch thread(s).", "",
     ]
 
 

@@ -217,6 +217,7 @@ def run_parity_sweep(preset: ParitySweepPreset, out_dir: str | Path, *,
         "summary": summary,
         "curves": {label: {"history": [r["history"] for r in rs]} for label, rs in runs.items()},
         "seconds": time.perf_counter() - start,
+        "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
     }

@@ -329,6 +329,7 @@ def run_window_sweep(preset: WindowSweepPreset, out_dir: str | Path, *,
                    "test_rates": preset.test_rates, "width": preset.width,
                    "level": preset.level, "min_count": preset.min_count},
         "seconds": time.perf_counter() - start,
+        "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
     }

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from maskdiff.fileio import atomic_write_text
 from maskdiff.training.errors import ExpectedError
 
 LATEST = "LATEST"
@@ -67,17 +68,6 @@ class Found:
         why = "; ".join(f"{p.name}: {reason}" for p, reason in self.skipped)
         used = self.checkpoint.path if self.checkpoint else "none"
         return f"skipped damaged checkpoint(s) ({why}); using {used}"
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file: the old file or the new, never half."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def step_of(path: Path) -> int | None:

@@ -4,7 +4,8 @@ Every helper is a no-op in a single process, so the trainer has one code path.
 
 Collectives time out: a rank that stops or dies makes the others fail after
 ``MASKDIFF_COLLECTIVE_TIMEOUT`` seconds (default 600) with a :class:`TrainingError` saying so,
-instead of waiting forever (docs/architecture.md, "Reliability").
+instead of waiting forever; the trainer runs each step inside :class:`timed`, so a stall in
+DDP's own gradient all-reduce during backward ends the same way (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -84,13 +85,13 @@ def gather_cat(x: torch.Tensor) -> torch.Tensor:
         return x
     local = _wire(x.contiguous())
     sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(world)]
-    with _timed("all_gather"):
+    with timed("all_gather"):
         dist.all_gather(sizes, torch.tensor([len(x)], dtype=torch.long, device=local.device))
     lengths = [int(n) for n in sizes]
     padded = local.new_zeros((max(lengths), *x.shape[1:]))
     padded[: len(x)] = local
     parts = [torch.empty_like(padded) for _ in range(world)]
-    with _timed("all_gather"):
+    with timed("all_gather"):
         dist.all_gather(parts, padded)
     return torch.cat([part[:n] for part, n in zip(parts, lengths)]).to(x.device)
 
@@ -100,13 +101,14 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if rank_and_world()[1] == 1:
         return x
     total = _wire(x.clone())
-    with _timed("all_reduce"):
+    with timed("all_reduce"):
         dist.all_reduce(total)
     return total.to(x.device)
 
 
-class _timed:
-    """Turn a collective's timeout (a RuntimeError of the backend) into a TrainingError."""
+class timed:
+    """Turn a collective's timeout (a RuntimeError of the backend) into a TrainingError; also
+    around code that runs collectives of its own (a DDP backward's gradient all-reduce)."""
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -115,10 +117,11 @@ class _timed:
         return None
 
     def __exit__(self, kind, err, tb) -> bool:
+        if kind is None or not issubclass(kind, RuntimeError) or isinstance(err, TrainingError):
+            return False
         message = str(err).lower()
-        if (kind is not None and issubclass(kind, RuntimeError) and not isinstance(err, TrainingError)
-                and ("timed out" in message or "timeout" in message)):
-            rank, world = rank_and_world()
+        rank, world = rank_and_world()
+        if world > 1 and ("timed out" in message or "timeout" in message):
             raise TrainingError(
                 f"rank {rank}/{world}: {self.what} waited more than {collective_timeout():g} s for "
                 f"the other ranks (one stopped or died?); set {TIMEOUT_ENV} to wait longer") from err

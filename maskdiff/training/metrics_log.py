@@ -9,6 +9,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+from maskdiff.fileio import atomic_write_text
 from maskdiff.training.stats import StepWindow
 
 
@@ -25,6 +26,19 @@ class LogWindow(StepWindow):
         self.grad_norms.append(step["grad_norm"])
         self.lr = step["lr"]
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "losses": list(self.losses),
+                "grad_norms": list(self.grad_norms), "lr": self.lr}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore a checkpoint's window (None: a checkpoint written before windows were kept,
+        whose first line after a resume then averages only the steps since the checkpoint)."""
+        if state is None:
+            return
+        super().load_state_dict(state)
+        self.losses, self.grad_norms = list(state["losses"]), list(state["grad_norms"])
+        self.lr = state["lr"]
+
     def flush(self, step: int, variance_proxy: float) -> dict:
         record = {
             "step": step, "loss": sum(self.losses) / len(self.losses),
@@ -37,7 +51,6 @@ class LogWindow(StepWindow):
         return record
 
 
-
 def plain_line(record: dict, max_steps: int) -> str:
     """The progress line printed where no progress bar is shown (CI, logs)."""
     line = f"step {record['step']}/{max_steps} loss {record['loss']:.4f}"
@@ -47,12 +60,19 @@ def plain_line(record: dict, max_steps: int) -> str:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the log lines up to ``step`` (a resumed run rewrites what followed)."""
+    """Keep the log lines up to ``step`` (a resumed run rewrites what followed; a fresh run
+    passes -1). A line torn by a kill during its write is dropped with the lines after it."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if record["step"] <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def scalars(record: dict, prefix: str = "") -> Iterator[tuple[str, float]]:

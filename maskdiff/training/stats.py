@@ -110,6 +110,18 @@ class StepWindow:
     def __len__(self) -> int:
         return len(self.raw)
 
+    def state_dict(self) -> dict:
+        """The steps since the last log line, for a checkpoint: a resumed run then logs the
+        line an uninterrupted run logs (throughput, ``tokens_per_s``, restarts with the
+        session)."""
+        return {"raw": list(self.raw), "bins": list(self.bins), "ce_sum": self.ce_sum,
+                "ce_count": self.ce_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reset()
+        self.raw, self.bins = list(state["raw"]), list(state["bins"])
+        self.ce_sum, self.ce_count = state["ce_sum"], state["ce_count"]
+
     def add(self, stats: StepStats) -> None:
         self.raw.append(stats.raw)
         self.bins.append(t_bins(stats.t, T_BINS))

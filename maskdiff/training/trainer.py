@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff.fileio import atomic_write_text
 from maskdiff.training import distributed
 from maskdiff.training import rundir
 from maskdiff.training.checkpoint import (
@@ -134,6 +135,7 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.step, self.best, self.best_se, self.best_step, self.bad_evals = 0, None, None, None, 0
         self.forward_passes, self.tokens, self.history = 0, 0, []
+        self.window, self.window_state = LogWindow(), None  # the steps since the last log line
         # Training time over all sessions of the run (a resumed run adds to what it had).
         self.prior_seconds, self.session_start = 0.0, time.perf_counter()
 
@@ -146,6 +148,7 @@ class Trainer:
             "refit": self.refitter.state_dict() if self.refitter else {},
             "early_stopping": {"best": self.best, "best_se": self.best_se,
                                "best_step": self.best_step, "bad_evals": self.bad_evals},
+            "log_window": self.window.state_dict(),
             "counters": {"forward_passes": self.forward_passes, "tokens": self.tokens,
                          "seconds": self._seconds()},
             "history": json.dumps(self.history),
@@ -183,6 +186,7 @@ class Trainer:
         self.tokens = int(state["counters"]["tokens"])
         self.prior_seconds = float(state["counters"].get("seconds", 0.0))
         self.history = json.loads(state["history"])
+        self.window_state = state.get("log_window")
         return True
 
     def _checkpoint(self) -> None:
@@ -270,25 +274,30 @@ class Trainer:
         resumed = resume and self._resume()
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.json").write_text(
-                json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+            atomic_write_text(self.out_dir / "config.json",  # parallel resumers read it
+                              json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
             self.task.tokenizer.save(self.out_dir / TOKENIZER_FILE)
         metrics_path = self.out_dir / "metrics.jsonl"
         if self.rank == 0:
-            truncate_metrics(metrics_path, self.step if resumed else 0)
+            truncate_metrics(metrics_path, self.step if resumed else -1)
         self.truncated = truncation_counts(self.collate, {
             "train": self.task.train, "val": list(self.task.val)[: cfg.eval.n_examples]})
         if self.rank == 0 and truncation_line(self.truncated, cfg.data.max_len):
             print(f"maskdiff: {truncation_line(self.truncated, cfg.data.max_len)}",
                   file=sys.stderr, flush=True)
-        self.session_start, window = time.perf_counter(), LogWindow()
+        self.session_start, self.window = time.perf_counter(), LogWindow()
+        self.window.load_state_dict(self.window_state if resumed else None)
+        window = self.window
         bar = tqdm(total=cfg.optim.max_steps, initial=self.step, desc=Path(cfg.out_dir).name,
                    disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
         stopped_early = False
         board = self.out_dir / "tensorboard" if cfg.tensorboard else None
         with bar, open_metrics(metrics_path, self.rank, board, self.step if resumed else 0) as log:
+            if not resumed:  # the first line: what max_len cut, per split
+                log({"step": 0, "truncated": self.truncated})
             while self.step < cfg.optim.max_steps:
-                stats = self.train_step()
+                with distributed.timed(f"step {self.step + 1} (DDP's gradient all-reduce)"):
+                    stats = self.train_step()
                 self.step += 1
                 window.add(stats)
                 bar.update(1)
@@ -347,7 +356,8 @@ class Trainer:
             history=list(self.history), threads=torch.get_num_threads(),
             truncated=getattr(self, "truncated", {}))
         if self.rank == 0:
-            (self.out_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            atomic_write_text(self.out_dir / "results.json",
+                              json.dumps(result.to_dict(), indent=2) + "\n")
         return result
 
     def load_best(self) -> None:
