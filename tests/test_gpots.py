@@ -220,3 +220,16 @@ def test_gpots_online_refits_from_the_proxy_and_resumes_exactly(tmp_path):
     for name, value in _weights(straight).items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+
+
+def test_fit_pots_writes_the_target_it_was_given(tmp_path):
+    import json
+
+    from maskdiff.cli import main
+
+    t = np.linspace(0.05, 0.95, 12)
+    (tmp_path / "table.json").write_text(json.dumps({"t": t.tolist(), "p_hat": (1 / np.sqrt(t)).tolist()}))
+    assert main(["fit-pots", "--from-table", str(tmp_path / "table.json"), "--target", "gradient",
+                 "--restarts", "1", "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "ppots.json").read_text())["target"] == "gradient"
+    density_for_method(tmp_path / "out" / "ppots.json", get_method("gpots_mirror"))
