@@ -233,3 +233,32 @@ def test_fit_pots_writes_the_target_it_was_given(tmp_path):
                  "--restarts", "1", "--out", str(tmp_path / "out")]) == 0
     assert json.loads((tmp_path / "out" / "ppots.json").read_text())["target"] == "gradient"
     density_for_method(tmp_path / "out" / "ppots.json", get_method("gpots_mirror"))
+
+
+def test_the_hf_trainer_tracks_the_proxy_for_gpots_online(tmp_path):
+    pytest.importorskip("transformers")
+    from maskdiff.hf import MaskedDiffusionTrainer, method_trainer_kwargs
+    from test_hf import MASK, PAD, args, sft_rows, tiny_bert
+
+    kwargs = method_trainer_kwargs("gpots_online")
+    assert kwargs["grad_proxy"] == "logits"
+    kwargs.update(ppots_tracker=SecondMomentTracker(n_bins=8), refit_every=3,
+                  refit_min_count=1.0, refit_restarts=1)
+    trainer = MaskedDiffusionTrainer(
+        model=tiny_bert(), args=args(tmp_path, per_device_train_batch_size=8, max_steps=6),
+        train_dataset=sft_rows(16), mask_token_id=MASK, pad_token_id=PAD, seed=9, **kwargs)
+    fed, original = [], trainer.refitter.after_step
+    trainer.refitter.after_step = lambda step, t, values, w: (fed.append(values.clone()),
+                                                              original(step, t, values, w))[1]
+    pending = []
+    collect = trainer.compute_loss
+
+    def spy(model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = collect(model, inputs, return_outputs, num_items_in_batch)
+        pending.append(trainer._pending[-1].grad_proxy.clone() if model.training else None)
+        return loss
+
+    trainer.compute_loss = spy
+    trainer.train()
+    assert trainer.refitter.statistic == "logits" and trainer.refits >= 1
+    assert len(fed) == 6 and all(torch.equal(a, b) for a, b in zip(fed, pending))
