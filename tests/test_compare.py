@@ -17,7 +17,7 @@ def test_the_full_plan_runs_every_method_with_syrm_on_tables_and_the_equal_compu
     labels = {s.label for s in specs}
     assert {"standard", "clipped", "strats", "ema", "isad", "mirror", "multisample2", "ppots",
             "ppots_online", "ppots_mirror", "window", "ar", EQUAL_COMPUTE,
-            "syrm (table)", "standard (table)"} == labels
+            "syrm (table)", "standard (table)", "gpots", "gpots_mirror", "gpots_online"} == labels
     assert len(specs) == len(labels) * 3
     assert plan(PRESETS["demo"], seeds=[1, 2])[:2] == [RunSpec("standard", 1, "arithmetic"),
                                                         RunSpec("standard", 2, "arithmetic")]

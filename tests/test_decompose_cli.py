@@ -27,11 +27,12 @@ def test_decompose_smoke_preset_writes_every_configuration(tmp_path, capsys):
     out = tmp_path / "dec"
     assert run_cli(["--preset", "smoke", "--out", str(out), *SMALL_DESIGN]) == 0
     doc = json.loads((out / "decompose.json").read_text())
-    for name in ("report.md", "components.png", "curves.png", "ppots.json", "model/results.json"):
+    for name in ("report.md", "components.png", "curves.png", "ppots.json", "model/results.json",
+                 "gpots.json", "gradient_targets.json", "densities.png"):
         assert (out / name).exists(), name
     assert doc["skipped"] == {"syrm": doc["skipped"]["syrm"]}  # arithmetic has no syntax tokens
     expected = {"standard", "clipped", "strats", "ema", "isad", "mirror", "multisample2",
-                "ppots", "ppots_mirror"}
+                "ppots", "ppots_mirror", "gpots", "gpots_mirror"}
     assert set(doc["configurations"]) == expected
     for name, r in doc["configurations"].items():
         for key in ("A", "B", "C", "total", "se", "plugin", "batch_variance",
@@ -41,9 +42,16 @@ def test_decompose_smoke_preset_writes_every_configuration(tmp_path, capsys):
         assert r["total"] == pytest.approx(r["A"] + r["B"] + r["C"], rel=1e-9, abs=1e-12)
         assert r["cost_aware"]["total"] == pytest.approx(r["total"] * r["forward_passes"])
         assert r["gradient_variance"]["trace_cov"]["se"] is not None
-        assert r["forward_passes"] == (2 if name in ("mirror", "multisample2", "ppots_mirror") else 1)
+        assert r["forward_passes"] == (2 if name in ("mirror", "multisample2", "ppots_mirror",
+                                                     "gpots_mirror") else 1)
     assert doc["configurations"]["ema"]["control_warmup_samples"] == 64
     assert "| mirror | 2 |" in (out / "report.md").read_text()
+    # The gradient-targeted section: the proxies' correlation with the exact second moment
+    # and every density's gradient tr Cov, paired with uniform's on the same draws.
+    record = doc["gpots"]
+    assert set(record["correlation"]) == {"logits", "bias"}
+    assert set(record["gradient_variance"]) == {"uniform", "loss", "gradient", "logits", "bias"}
+    assert "Gradient-targeted densities" in (out / "report.md").read_text()
     assert "mirror" in capsys.readouterr().out
 
     # A restart reuses the trained model (no second training) and the cached P-POTS density.

@@ -29,13 +29,16 @@ DENSITY = {"t": [0.0, 0.5, 1.0], "p": [0.5, 1.0, 1.5]}
 
 @pytest.fixture(scope="module")
 def ppots_json(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ppots") / "ppots.json"
+    """A fitted density file per density target (a ``gpots`` method refuses a loss-target one)."""
+    folder = tmp_path_factory.mktemp("ppots")
     t = np.linspace(0.01, 0.99, 24)
     table = epr_density({"a": 0.4, "b": 0.2, "A": 0.5, "kappa": 1.2, "r": 0.8, "q": 1.5,
                          "m": 2.0}, 1e-3)
     p_hat = np.interp(t, table.t_grid, table.p_grid)
-    save_ppots_json(path, fit_ppots(t, p_hat / p_hat.sum(), restarts=1))
-    return path
+    paths = {"loss": folder / "ppots.json", "gradient": folder / "gpots.json"}
+    for target, path in paths.items():
+        save_ppots_json(path, fit_ppots(t, p_hat / p_hat.sum(), restarts=1, target=target))
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def tasks():
 def test_every_method_trains_a_step_at_its_declared_cost(name, tmp_path, ppots_json, capsys):
     method = METHODS[name]
     argv = ["train", "--method", name, "--out", str(tmp_path / "run"), *TINY]
-    argv += ["--ppots", str(ppots_json)] if "density" in method.needs else []
+    argv += ["--ppots", str(ppots_json[method.density_target])] if "density" in method.needs else []
     argv += ["--task", method.task] if method.task else []
     assert main(argv) == 0, capsys.readouterr().err
     config = json.loads((tmp_path / "run" / "config.json").read_text())

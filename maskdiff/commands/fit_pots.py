@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from maskdiff.commands import add_threads_argument, apply_threads
-from maskdiff.ppots import ESTIMATORS, fit_ppots, plot_ppots, save_ppots_json
+from maskdiff.ppots import ESTIMATORS, TARGETS, fit_ppots, plot_ppots, save_ppots_json
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +35,7 @@ class TableInput:
     forward_passes: int | None = None
     seconds: float | None = None
     source: dict | None = None  # the model it came from (run dir, training seconds, ...)
+    target: str = "loss"  # what p̂ is the root second moment of (docs/method.md §4)
 
 
 def table_from_file(args: argparse.Namespace) -> TableInput | None:
@@ -56,7 +57,8 @@ def table_from_file(args: argparse.Namespace) -> TableInput | None:
         t=np.asarray(doc["t"], dtype=np.float64), p_hat=np.asarray(doc["p_hat"], dtype=np.float64),
         estimator=doc.get("estimator", "direct"), eps=float(doc.get("eps", 1e-3)),
         p_hat_paper=optional("p_hat_paper"), p_hat_direct=optional("p_hat_direct"),
-        forward_passes=doc.get("forward_passes"), seconds=doc.get("seconds"))
+        forward_passes=doc.get("forward_passes"), seconds=doc.get("seconds"),
+        target=doc.get("target", args.target))
 
 
 def table_from_model(args: argparse.Namespace) -> TableInput | None:
@@ -76,12 +78,13 @@ def table_from_model(args: argparse.Namespace) -> TableInput | None:
     measured = model_p_hat(source.model, source.examples(args.a), mask_token_id=source.mask_token_id,
                            n_rates=args.b, n_masks=args.c, eps=args.eps or 1e-3,
                            estimator=args.estimator, normalizer=source.config.estimator.normalizer,
-                           seed=args.seed, device=args.device, progress=not args.quiet)
+                           seed=args.seed, device=args.device, progress=not args.quiet,
+                           target=args.target)
     phat = measured.phat
     return TableInput(t=phat.t, p_hat=phat.p_hat, estimator=phat.estimator, eps=args.eps or 1e-3,
                       p_hat_paper=phat.p_hat_paper, p_hat_direct=phat.p_hat_direct,
                       forward_passes=measured.forward_passes, seconds=measured.seconds,
-                      source=source.description)
+                      source=source.description, target=args.target)
 
 
 # Tried in order; exactly one must produce a table.
@@ -110,6 +113,11 @@ def register(subparsers) -> None:
     p.add_argument("--c", type=int, default=15, help="masks per (example, rate) (default 15)")
     p.add_argument("--estimator", choices=("direct", "paper"), default="direct",
                    help="p̂ ∝ sqrt(mean l²) (direct, docs/method.md §4 [fix]) or sqrt(ĝ² + v̂) (paper)")
+    p.add_argument("--target", choices=TARGETS, default="loss",
+                   help="p̂ ∝ sqrt(E[s² | t]) of: the loss (P-POTS, default); the exact per-example "
+                        "parameter gradient norm (gradient, one backward pass per loss: the "
+                        "density of the gpots methods); or a free logit-gradient proxy of it "
+                        "(logits, bias) (docs/method.md §4 [beyond])")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -140,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                        mix=args.mix, restarts=args.restarts, seed=args.seed,
                        estimator=table.estimator, p_hat_paper=table.p_hat_paper,
                        p_hat_direct=table.p_hat_direct, forward_passes=table.forward_passes,
-                       seconds=table.seconds)
+                       seconds=table.seconds, target=table.target)
     if table.seconds is not None and table.source is not None:  # measured: cost includes the fits
         result = replace(result, seconds=table.seconds + time.perf_counter() - fit_start)
     out = Path(args.out)

@@ -28,7 +28,8 @@ def register(subparsers) -> None:
                         + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
     p.add_argument("--ppots", type=Path,
                    help="ppots.json (from `maskdiff fit-pots`): the fitted density of the ppots "
-                        "methods; ppots_online starts from it (else from uniform) and refits online")
+                        "methods; ppots_online starts from it (else from uniform) and refits online; "
+                        "the gpots methods need one fitted with --target gradient (or logits, bias)")
     p.add_argument("--window", type=float, nargs=2, metavar=("T_MIN", "T_MAX"),
                    default=DEFAULT_WINDOW, help="the window of --method window")
     p.add_argument("--task", help="built-in task: arithmetic, table or text")
@@ -85,9 +86,11 @@ def build_config(args) -> TrainConfig:
         method = get_method(args.method)
         density = None
         if args.ppots is not None:
-            from maskdiff.ppots import density_from_ppots
+            from maskdiff.ppots import density_for_method, density_from_ppots
 
-            density = density_from_ppots(args.ppots)
+            takes = "density" in method.needs | method.optional
+            density = (density_for_method(args.ppots, method) if takes
+                       else density_from_ppots(args.ppots))
         data["estimator"] = to_dict(method.estimator_config(density=density, window=tuple(args.window)))
         data["model"]["causal"] = method.causal
     flags = {("data", "task"): args.task, ("data", "train_file"): args.train_file,

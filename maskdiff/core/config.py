@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from maskdiff.core.control import CONTROLS, build_control
 from maskdiff.core.masking import MASKERS, build_masker
-from maskdiff.core.objective import NORMALIZERS, Estimator
+from maskdiff.core.objective import GRAD_PROXIES, NORMALIZERS, Estimator
 from maskdiff.core.samplers import SAMPLERS, build_sampler
 
 C = TypeVar("C")
@@ -122,6 +122,9 @@ def positive_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
 
 
+REFIT_STATISTICS = ("loss",) + GRAD_PROXIES
+
+
 @dataclass(frozen=True, kw_only=True)
 class RefitConfig:
     """Online P-POTS (docs/method.md §4 [beyond]): refit the importance density during training.
@@ -130,6 +133,9 @@ class RefitConfig:
     forward passes; :class:`maskdiff.ppots.estimate.SecondMomentTracker`, all-reduced across ranks) and
     every ``refit_every`` steps fits EPR to the tracked p̂ and hands it to the sampler. Bins with
     fewer than ``min_count`` draws are left out of the fit; ``decay`` < 1 forgets old losses.
+    ``statistic``: what is tracked, ``"loss"`` (P-POTS: ``p ∝ sqrt(E[l² | t])``) or a free
+    gradient-norm proxy, ``"logits"`` / ``"bias"`` (gradient-targeted P-POTS:
+    ``p ∝ sqrt(E[‖∇θ l‖² | t])``, docs/method.md §4 [beyond] "Gradient-targeted densities").
     """
 
     refit_every: int = 50
@@ -137,9 +143,13 @@ class RefitConfig:
     min_count: float = 8.0
     decay: float = 1.0
     restarts: int = 4
+    statistic: str = "loss"
 
     def __post_init__(self) -> None:
         check_fields(self, "estimator.refit")
+        if self.statistic not in REFIT_STATISTICS:
+            raise ValueError(f"estimator.refit.statistic must be one of {REFIT_STATISTICS}, "
+                             f"got {self.statistic!r}")
         positive_int("estimator.refit", "refit_every", self.refit_every)
         positive_int("estimator.refit", "n_bins", self.n_bins, minimum=8)
         positive_int("estimator.refit", "restarts", self.restarts)
@@ -191,4 +201,6 @@ class EstimatorConfig:
             normalizer=self.normalizer,
             syntax_eligible=self.syntax_eligible,
             fuse_views=self.fuse_views,
+            grad_proxy=(self.refit.statistic if self.refit is not None
+                        and self.refit.statistic != "loss" else None),
         )

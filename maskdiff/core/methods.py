@@ -11,7 +11,10 @@ through adding one.
 P-POTS methods need a fitted density: pass it as ``density`` (a ``{"t": [...], "p": [...]}``
 table; :func:`maskdiff.ppots.density_from_ppots` makes one from a ``ppots.json``).
 ``ppots_online`` takes that density when given, else starts from the uniform one, and refits it
-during training from the training losses (docs/method.md §4 [beyond]).
+during training from the training losses (docs/method.md §4 [beyond]). The ``gpots`` methods
+target the gradient instead of the loss (docs/method.md §4 [beyond] "Gradient-targeted
+densities"): their density (``density_target="gradient"``) is ``p ∝ sqrt(E[‖∇θ l‖² | t])``,
+fitted by ``maskdiff fit-pots --target gradient`` or tracked online from a free proxy.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ NEEDS: dict[str, str] = {
 INPUTS = ("density", "window")  # the needs that are arguments of Method.estimator_config
 BASELINE = "standard"  # the method every report compares against
 DEFAULT_WINDOW = (0.45, 0.55)  # the window of `maskdiff train --method window` and decompose
+# What a method's density is fitted to (docs/method.md §4): the loss's second moment (P-POTS) or
+# the parameter gradient's (gradient-targeted P-POTS).
+DENSITY_TARGETS = ("loss", "gradient")
 
 
 def uniform_density() -> dict[str, list[float]]:
@@ -69,6 +75,9 @@ class Method:
             next to :data:`BASELINE` on that task.
         base, batch_factor: an equal-compute variant: method ``base`` with ``batch_factor``
             times the batch, so that it spends what a method with that many forward passes does.
+        density_target: for a method that takes a density, what it is fitted to (one of
+            :data:`DENSITY_TARGETS`): ``compare`` and ``decompose`` estimate that one, and
+            ``train --ppots`` refuses a file fitted to another.
     """
 
     name: str
@@ -80,8 +89,12 @@ class Method:
     task: str | None = None
     base: str | None = None
     batch_factor: int = 1
+    density_target: str = "loss"
 
     def __post_init__(self) -> None:
+        if self.density_target not in DENSITY_TARGETS:
+            raise ValueError(f"method {self.name!r}: density_target must be one of "
+                             f"{DENSITY_TARGETS}, got {self.density_target!r}")
         object.__setattr__(self, "needs", frozenset(self.needs) | config_needs(self.estimator))
         object.__setattr__(self, "optional", frozenset(self.optional))
         if not self.name or any(c.isspace() or c == "," for c in self.name):
@@ -120,7 +133,10 @@ class Method:
         given = {"density": density, "window": window}
         for need in INPUTS:
             if need in self.needs and given[need] is None:
-                raise ValueError(f"method {self.name!r} needs {NEEDS[need]}")
+                hint = ("" if need != "density" or self.density_target == "loss" else
+                        f", fitted to the {self.density_target} (maskdiff fit-pots --target "
+                        f"{self.density_target})")
+                raise ValueError(f"method {self.name!r} needs {NEEDS[need]}{hint}")
         config = self.estimator
         if "density" in self.needs | self.optional:
             start = density if density is not None else uniform_density()
@@ -208,6 +224,19 @@ for _method in (
 ):
     register_method(_method)
 register_method(equal_compute("standard", 2))
+for _method in (  # gradient-targeted P-POTS (docs/method.md §4 [beyond])
+    Method(name="gpots", summary="gradient-targeted P-POTS: rates from sqrt(E[|grad l|^2 | t])",
+           needs=frozenset({"density"}), density_target="gradient"),
+    Method(name="gpots_mirror", summary="gradient-targeted P-POTS rates with MIRROR's two views",
+           needs=frozenset({"density"}), estimator=EstimatorConfig(masker=C(name="mirror")),
+           forward_passes=2, density_target="gradient"),
+    Method(name="gpots_online", summary="gradient-targeted P-POTS tracked online from the "
+                                        "free logit-gradient proxy",
+           optional=frozenset({"density"}), density_target="gradient",
+           estimator=EstimatorConfig(sampler=C(name="importance", params={"density": uniform_density()}),
+                                     refit=RefitConfig(statistic="logits"))),
+):
+    register_method(_method)
 del _method
 
 METHOD_NAMES = tuple(METHODS)  # the built-in methods; METHODS also holds later registrations

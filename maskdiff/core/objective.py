@@ -22,6 +22,7 @@ from maskdiff.core.samplers import RateSampler
 from maskdiff.core.seeding import BatchRandomness
 
 NORMALIZERS = ("eligible", "sequence", "none")
+GRAD_PROXIES = ("logits", "bias")  # free per-example gradient-norm proxies (docs/method.md §4 [beyond])
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -83,6 +84,48 @@ def per_example_loss(logits: torch.Tensor, x0: torch.Tensor, view: View, eligibl
     return token_losses.sum(dim=1) / normalizer_counts(eligible, normalizer)
 
 
+def _proxy_part(logits: torch.Tensor, x0: torch.Tensor, view: View, kind: str) -> torch.Tensor:
+    """One view's ``Σ_i 1[masked_i] (softmax_i − onehot(x0_i)) / q_i``: per token (kind
+    ``logits``: its squared norms summed per example, (B,)) or summed over positions (kind
+    ``bias``: (B, V)). Detached, float32."""
+    batch, vocab = x0.shape[0], logits.shape[-1]
+    masked = view.masked
+    if not masked.any():
+        return torch.zeros(batch, device=logits.device) if kind == "logits" else \
+            torch.zeros(batch, vocab, device=logits.device)
+    probs = torch.softmax(logits.detach()[masked].float(), dim=-1)
+    target = x0[masked]
+    q = view.inclusion_prob[masked].float()
+    rows = masked.nonzero()[:, 0]
+    if kind == "logits":  # ‖s − e_y‖² = Σ s² − 2 s_y + 1
+        sq = (probs * probs).sum(-1) - 2.0 * probs.gather(1, target[:, None]).squeeze(1) + 1.0
+        return torch.zeros(batch, device=logits.device).index_add_(0, rows, sq / (q * q))
+    grad = probs.scatter_add(1, target[:, None], -torch.ones_like(q)[:, None]) / q[:, None]
+    return torch.zeros(batch, vocab, device=logits.device).index_add_(0, rows, grad)
+
+
+def logit_gradient_norms(logits: list[torch.Tensor], x0: torch.Tensor, views: list[View],
+                         counts: torch.Tensor, kind: str = "logits") -> torch.Tensor:
+    """A free proxy of the per-example gradient norm ``‖∇θ l‖`` from the logits alone
+    (docs/method.md §4 [beyond] "Gradient-targeted densities"), (B,) float32, detached.
+
+    ``l`` is the per-example loss averaged over the ``V`` views (the estimator's ``raw_loss``,
+    without ``w``); for a masked token i of view v, ``∂l/∂z_vi = (softmax − onehot)/(V·N·q_i)``
+    in closed form. ``kind="logits"``: the norm of the gradient with respect to all logits,
+    ``sqrt(Σ_v Σ_i ‖∂l/∂z_vi‖²)``; ``kind="bias"``: the norm of the gradient with respect to a
+    shared output bias, ``‖Σ_v Σ_i ∂l/∂z_vi‖`` (it keeps the coherence of the token terms that
+    the first one drops). No backward pass.
+    """
+    if kind not in GRAD_PROXIES:
+        raise ValueError(f"kind must be one of {GRAD_PROXIES}, got kind={kind!r}")
+    parts = [_proxy_part(z, x0, view, kind) for z, view in zip(logits, views)]
+    scale = (len(views) * counts.float().to(x0.device)) ** 2
+    if kind == "logits":
+        return (torch.stack(parts).sum(0) / scale).sqrt()
+    summed = torch.stack(parts).sum(0)
+    return ((summed * summed).sum(-1) / scale).sqrt()
+
+
 @dataclass(frozen=True)
 class EstimatorOutput:
     """What one estimator call produced.
@@ -98,6 +141,8 @@ class EstimatorOutput:
         forward_passes: model forward passes per example (views).
         masked_ce_sum, masked_count: the plain cross-entropy summed over masked tokens, and their
             number, over all views (masked CE per token = sum / count).
+        grad_proxy: (B,) detached, :func:`logit_gradient_norms` of ``raw_loss`` when the
+            estimator was built with ``grad_proxy`` (gradient-targeted online P-POTS), else None.
     """
 
     loss: torch.Tensor
@@ -109,6 +154,7 @@ class EstimatorOutput:
     forward_passes: int
     masked_ce_sum: float
     masked_count: int
+    grad_proxy: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -152,12 +198,18 @@ class Estimator:
         syntax_eligible: SyRM: the batch's syntax tokens are eligible too.
         fuse_views: run all views of a batch through the model in one forward pass (faster
             on parallel hardware; identical values).
+        grad_proxy: ``"logits"`` or ``"bias"``: also return the free per-example gradient-norm
+            proxy :func:`logit_gradient_norms` (``EstimatorOutput.grad_proxy``); None (default):
+            not computed, nothing is spent on it.
     """
 
     def __init__(self, *, rate_sampler: RateSampler, masker: Masker, mask_token_id: int,
                  control=None, normalizer: str = "eligible", syntax_eligible: bool = False,
-                 fuse_views: bool = True) -> None:
+                 fuse_views: bool = True, grad_proxy: str | None = None) -> None:
         _check_normalizer(normalizer)
+        if grad_proxy is not None and grad_proxy not in GRAD_PROXIES:
+            raise ValueError(f"grad_proxy must be None or one of {GRAD_PROXIES}, got {grad_proxy!r}")
+        self.grad_proxy = grad_proxy
         if mask_token_id < 0:
             raise ValueError(f"mask_token_id must be non-negative, got {mask_token_id}")
         self.rate_sampler, self.masker, self.control = rate_sampler, masker, control
@@ -209,8 +261,12 @@ class Estimator:
                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The per-example loss averaged over ``views`` (docs/method.md §1), (B,) float32 with gradient,
         and each view's (B, L) token losses; ``counts`` are the normalizer's ``N``."""
-        token_losses = [masked_token_losses(logits, x0, view)
-                        for view, logits in zip(views, self.forward_views(model, views, attention))]
+        return self._losses(self.forward_views(model, views, attention), x0, views, counts)
+
+    @staticmethod
+    def _losses(logits: list[torch.Tensor], x0: torch.Tensor, views: list[View],
+                counts: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        token_losses = [masked_token_losses(z, x0, view) for view, z in zip(views, logits)]
         raw = torch.stack([losses.sum(dim=1) / counts for losses in token_losses]).mean(dim=0)
         return raw, token_losses
 
@@ -225,7 +281,13 @@ class Estimator:
         eligible = self.eligible(batch)
         t, w, views = self.draw(batch, randomness, eligible)
         counts = normalizer_counts(eligible, self.normalizer)
-        raw, token_losses = self.view_losses(model, batch.x0, views, batch.attention_mask, counts)
+        proxy = None
+        if self.grad_proxy is None:
+            raw, token_losses = self.view_losses(model, batch.x0, views, batch.attention_mask, counts)
+        else:
+            logits = self.forward_views(model, views, batch.attention_mask)
+            raw, token_losses = self._losses(logits, batch.x0, views, counts)
+            proxy = logit_gradient_norms(logits, batch.x0, views, counts, self.grad_proxy)
         # Undo the 1/inclusion_prob to log the plain masked cross-entropy.
         ce_sum = sum(float((losses.detach() * view.inclusion_prob).sum())
                      for losses, view in zip(token_losses, views))
@@ -238,7 +300,8 @@ class Estimator:
         n_empty = int((eligible.sum(dim=1) == 0).sum())
         return EstimatorOutput(
             loss=values.mean(), values=values.detach(), raw_loss=raw.detach(), t=t, w=w,
-            n_empty=n_empty, forward_passes=len(views), masked_ce_sum=ce_sum, masked_count=count)
+            n_empty=n_empty, forward_passes=len(views), masked_ce_sum=ce_sum, masked_count=count,
+            grad_proxy=proxy)
 
     def observe(self, t: torch.Tensor, w: torch.Tensor, raw_loss: torch.Tensor) -> None:
         """Fold a step's global batch into the control variate (if any): its ``w · l`` at ``t``."""

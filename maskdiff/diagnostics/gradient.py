@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,20 +17,24 @@ import torch
 
 from maskdiff.diagnostics.stats import Estimate, as_array, json_float
 
-__all__ = ["GradientVariance", "GradientVarianceAccumulator", "gradient_variance"]
+__all__ = ["GradientVariance", "GradientVarianceAccumulator", "gradient_variance",
+           "paired_difference"]
 
 
 @dataclass(frozen=True)
 class GradientVariance:
     """``trace_cov`` = unbiased ``tr Cov(∇l)`` over the draws, with SE; ``mean_norm_sq`` =
     ``‖ḡ‖²`` (plug-in, biased up by ``tr Cov / n``) and ``mean_norm_sq_unbiased`` =
-    ``‖ḡ‖² − tr Cov / n``, unbiased for ``‖E ∇l‖²``."""
+    ``‖ḡ‖² − tr Cov / n``, unbiased for ``‖E ∇l‖²``. ``contrasts``: the n − 1 squared
+    Helmert contrasts whose mean is ``trace_cov`` (for paired comparisons of two
+    configurations measured on the same draws: :func:`paired_difference`)."""
 
     n_draws: int
     dim: int
     trace_cov: Estimate
     mean_norm_sq: float
     mean_norm_sq_unbiased: float
+    contrasts: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def signal_to_noise(self) -> float:
@@ -103,6 +107,7 @@ class GradientVarianceAccumulator:
         return GradientVariance(
             n_draws=self.n, dim=self.dim, trace_cov=Estimate(trace, se),
             mean_norm_sq=norm_sq, mean_norm_sq_unbiased=norm_sq - trace / self.n,
+            contrasts=helmert,
         )
 
 
@@ -125,3 +130,15 @@ def gradient_variance(grads: Any) -> GradientVariance:
     else:
         raise ValueError(f"grads must be an array (n_draws, d) or an iterable, got {type(grads)}")
     return acc.result()
+
+
+def paired_difference(a: GradientVariance, b: GradientVariance) -> Estimate:
+    """``tr Cov(a) − tr Cov(b)`` with a paired SE: the two were measured on the same draws
+    (same seed: the same examples and uniforms), so their Helmert contrasts pair up and the SE
+    is ``sd(h_a − h_b) / sqrt(n − 1)``, usually far below the two SEs combined."""
+    if a.contrasts is None or b.contrasts is None or a.contrasts.shape != b.contrasts.shape:
+        raise ValueError("paired_difference needs two results with contrasts of equal length "
+                         "(measured with the same number of draws)")
+    diff = a.contrasts - b.contrasts
+    se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size >= 2 else math.nan
+    return Estimate(float(diff.mean()), se)

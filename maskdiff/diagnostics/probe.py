@@ -13,9 +13,13 @@ import torch
 
 from maskdiff.core.batch import Batch
 from maskdiff.diagnostics.nested import LossFn
-from maskdiff.core.objective import Estimator, normalizer_counts
+from maskdiff.core.objective import GRAD_PROXIES, Estimator, logit_gradient_norms, normalizer_counts
 
-__all__ = ["estimator_loss_fn"]
+__all__ = ["GRADIENT_STATISTICS", "estimator_gradient_fn", "estimator_loss_fn"]
+
+# Per-example gradient statistics a probe can return: the exact parameter-gradient norm
+# ``‖∇θ l‖`` (one backward pass per row) or a free logit-gradient proxy (docs/method.md §4 [beyond]).
+GRADIENT_STATISTICS = ("gradient",) + GRAD_PROXIES
 
 
 def _mask_uniforms(mask_seeds: torch.Tensor, n_sets: int, length: int) -> torch.Tensor:
@@ -63,3 +67,52 @@ def estimator_loss_fn(model, batch: Batch, estimator: Estimator, *,
         return values.float().cpu()
 
     return loss_fn
+
+
+def estimator_gradient_fn(model, batch: Batch, estimator: Estimator, *, statistic: str = "gradient",
+                          device: torch.device | str | None = None) -> LossFn:
+    """A ``loss_fn`` for :func:`nested_losses` that returns a per-example *gradient norm* of the
+    estimator's ``raw_loss`` ``l`` instead of ``l`` (docs/method.md §4 [beyond] "Gradient-targeted
+    densities"), with the same draws as :func:`estimator_loss_fn` for the same seeds.
+
+    ``statistic="gradient"``: the exact ``‖∇θ l‖`` over the model's trainable parameters, one
+    forward and backward pass per row (the ground truth; small models). ``"logits"`` /
+    ``"bias"``: the free proxies of :func:`maskdiff.core.objective.logit_gradient_norms`, from
+    the forward pass alone. The nested engine's ``w`` multiplies the value as it does a loss.
+    """
+    if statistic not in GRADIENT_STATISTICS:
+        raise ValueError(f"statistic must be one of {GRADIENT_STATISTICS}, got {statistic!r}")
+    device = torch.device(device) if device is not None else batch.x0.device
+    eligible_all = estimator.eligible(batch).to(device)
+    x0_all, attention_all = batch.x0.to(device), batch.attention_mask.to(device)
+    counts_all = normalizer_counts(eligible_all, estimator.normalizer)
+    masker, mask_id = estimator.masker, estimator.mask_token_id
+    params = [p for p in model.parameters() if p.requires_grad] if statistic == "gradient" else []
+
+    def exact_norm(x0, views, attention, counts) -> float:
+        with torch.enable_grad():
+            raw, _ = estimator.view_losses(model, x0, views, attention, counts)
+            if not raw.requires_grad:  # nothing masked: l is the constant 0
+                return 0.0
+            grads = torch.autograd.grad(raw.sum(), params, allow_unused=True)
+        return float(sum(g.double().pow(2).sum() for g in grads if g is not None)) ** 0.5
+
+    def gradient_fn(example_ids: torch.Tensor, t: torch.Tensor, mask_seeds: torch.Tensor) -> torch.Tensor:
+        ids = example_ids.to(device)
+        x0, eligible, attention = x0_all[ids], eligible_all[ids], attention_all[ids]
+        rates = t.to(device=device, dtype=torch.float32)
+        uniforms = _mask_uniforms(mask_seeds, masker.n_uniform_sets, x0.shape[1]).to(device)
+        counts = counts_all[ids]
+        if statistic != "gradient":
+            views = masker.views_from_uniforms(x0, eligible, rates, uniforms, mask_id)
+            logits = estimator.forward_views(model, views, attention)
+            return logit_gradient_norms(logits, x0, views, counts, statistic).float().cpu()
+        out = torch.empty(len(ids))
+        for r in range(len(ids)):  # one example per backward: per-example gradients
+            row = slice(r, r + 1)
+            row_views = masker.views_from_uniforms(x0[row], eligible[row], rates[row],
+                                                   uniforms[:, row], mask_id)
+            out[r] = exact_norm(x0[row], row_views, attention[row], counts[row])
+        return out
+
+    return gradient_fn

@@ -154,7 +154,7 @@ class CompareJob:
     threads: int | None = None  # per worker process when workers > 1 (None: 1), else unchanged
     _tasks: dict = field(default_factory=dict)
     _starts: dict = field(default_factory=dict)
-    _density: dict | None = None
+    _density: dict = field(default_factory=dict)  # density target -> table
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -198,10 +198,12 @@ class CompareJob:
         self._starts[key] = weights
         return weights
 
-    def density(self) -> dict:
-        """P-POTS's density, estimated on the diffusion starting checkpoint (cached)."""
-        if self._density is not None:
-            return self._density
+    def density(self, target: str = "loss") -> dict:
+        """P-POTS's density, estimated on the diffusion starting checkpoint (cached in
+        ``ppots/``); ``target="gradient"``: the gradient-targeted one of the ``gpots`` methods,
+        from exact per-example gradients on the same design (cached in ``gpots/``)."""
+        if target in self._density:
+            return self._density[target]
         from maskdiff.models import TransformerConfig, build_model
         from maskdiff.ppots import cached_density, estimate_ppots
         from maskdiff.training.runs import example_batch
@@ -216,10 +218,12 @@ class CompareJob:
             a, b, c = self.preset.ppots_design
             batch = example_batch(base, task, min(a, len(task.train)))
             return estimate_ppots(model, batch, mask_token_id=task.tokenizer.mask_id,
-                                  n_rates=b, n_masks=c, restarts=8, seed=0, progress=False)
+                                  n_rates=b, n_masks=c, restarts=8, seed=0, progress=False,
+                                  target=target)
 
-        self._density = cached_density(self.out_dir / "ppots", estimate)
-        return self._density
+        folder = "ppots" if target == "loss" else "gpots"
+        self._density[target] = cached_density(self.out_dir / folder, estimate)
+        return self._density[target]
 
     def window(self) -> tuple[float, float]:
         """The signal-rich window: width ``window_width`` around t* of the task's responses."""
@@ -232,7 +236,7 @@ class CompareJob:
     def run_config(self, spec: RunSpec) -> TrainConfig:
         base = self.preset.base
         method = get_method(spec.method)
-        density = self.density() if "density" in method.needs else None
+        density = self.density(method.density_target) if "density" in method.needs else None
         window = self.window() if "window" in method.needs else None
         config = replace(base, seed=spec.seed, data=self.data_config(spec.task),
                          estimator=method.estimator_config(density=density, window=window),
@@ -303,9 +307,10 @@ class CompareJob:
             bar.set_postfix_str("starting checkpoints")
             for _ in pool.map(_prepare_start, [(*args, task, causal) for task, causal in starts]):
                 bar.update(1)
-            if any("density" in get_method(s.method).needs for s in specs):
-                bar.set_postfix_str("P-POTS estimation")
-                self.density()
+            for target in sorted({get_method(s.method).density_target for s in specs
+                                  if "density" in get_method(s.method).needs}):
+                bar.set_postfix_str(f"P-POTS estimation ({target})")
+                self.density(target)
             records = []
             for record in pool.map(_run_spec, [(*args, spec) for spec in specs]):
                 records.append(record)

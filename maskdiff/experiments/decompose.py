@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_METHODS = ("standard", "clipped", "strats", "ema", "isad", "syrm", "mirror",
-                   "multisample2", "ppots", "ppots_mirror")
+                   "multisample2", "ppots", "ppots_mirror", "gpots", "gpots_mirror")
 JSON_FORMAT = "maskdiff.decompose"
 JSON_VERSION = 1
 
@@ -144,20 +144,15 @@ def run_decompose(source: ModelSource, settings: DecomposeSettings, out: str | P
     start = time.perf_counter()
     batch = source.examples(settings.n_examples)
     design = settings.design
-    density, ppots_info = None, None
-    if any("density" in get_method(m).needs for m in settings.methods):
-        t0 = time.perf_counter()
-        density, ppots_info = ppots_density(
-            source, batch, out=out, n_rates=settings.ppots_rates, n_masks=settings.ppots_masks,
-            seed=design.seed, path=settings.ppots_path, progress=False)
-        ppots_info["seconds"] = time.perf_counter() - t0
+    densities, infos = _densities(source, batch, settings, out)
     results: dict[str, dict[str, Any]] = {}
     diagnostics: dict[str, EstimatorDiagnostics] = {}
     skipped: dict[str, str] = {}
     bar = tqdm(settings.methods, desc="configurations", unit="config", disable=not progress)
     for name in bar:
         bar.set_postfix(method=name)
-        estimator, reason = build_method(name, source, density)
+        estimator, reason = build_method(name, source,
+                                         densities.get(get_method(name).density_target))
         if estimator is None:
             skipped[name] = reason
             continue
@@ -170,7 +165,8 @@ def run_decompose(source: ModelSource, settings: DecomposeSettings, out: str | P
         "model": source.description,
         "n_examples": len(batch),
         "design": asdict(design),
-        "ppots": ppots_info,
+        "ppots": infos.get("loss"),
+        "gpots": infos.get("gradient"),
         "configurations": results,
         "skipped": skipped,
         "curves": {name: d.curves.to_dict() for name, d in diagnostics.items()
@@ -181,6 +177,33 @@ def run_decompose(source: ModelSource, settings: DecomposeSettings, out: str | P
     }
     write_outputs(out, doc)
     return _finite(doc)
+
+
+def _densities(source: ModelSource, batch: Batch, settings: DecomposeSettings,
+               out: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The densities of the methods that need one, by target: P-POTS's (loss) and, for the
+    ``gpots`` methods, the exact-gradient one with its validation record
+    (:mod:`maskdiff.experiments.gradient_targets`), both on the P-POTS design sizes."""
+    targets = {get_method(m).density_target for m in settings.methods
+               if "density" in get_method(m).needs}
+    densities, infos = {}, {}
+    for target in sorted(targets):
+        t0 = time.perf_counter()
+        if target == "loss":
+            densities[target], infos[target] = ppots_density(
+                source, batch, out=out, n_rates=settings.ppots_rates,
+                n_masks=settings.ppots_masks, seed=settings.design.seed,
+                path=settings.ppots_path, progress=False)
+        else:
+            from maskdiff.experiments.gradient_targets import gradient_density
+
+            densities[target], infos[target] = gradient_density(
+                source.model, batch, out=out, mask_token_id=source.mask_token_id,
+                normalizer=source.config.estimator.normalizer, n_rates=settings.ppots_rates,
+                n_masks=settings.ppots_masks, seed=settings.design.seed,
+                grad_draws=settings.design.grad_draws)
+        infos[target]["seconds"] = time.perf_counter() - t0
+    return densities, infos
 
 
 def _finite(obj: Any) -> Any:
@@ -368,4 +391,8 @@ def write_report(path: str | Path, doc: dict[str, Any]) -> None:
         lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in doc["skipped"].items()] + [""]
     if doc.get("ppots"):
         lines += [f"P-POTS density: `{json.dumps(doc['ppots'])}`", ""]
+    if doc.get("gpots"):
+        from maskdiff.experiments.gradient_targets import report_lines
+
+        lines += report_lines(doc["gpots"])
     Path(path).write_text("\n".join(lines))

@@ -21,7 +21,8 @@ def method_trainer_kwargs(name: str, *, density: dict[str, Any] | None = None,
                           window: tuple[float, float] | None = None, mix: float = 0.05,
                           delimiter_ids: Iterable[int] | None = None) -> dict[str, Any]:
     """``rate_sampler``, ``masker``, ``control``, ``normalizer``, ``syntax_eligible`` (and for
-    online P-POTS ``ppots_tracker``, ``refit_every``, ``refit_min_count``, ``refit_restarts``)
+    online P-POTS ``ppots_tracker``, ``refit_every``, ``refit_min_count``, ``refit_restarts``,
+    and ``grad_proxy`` when it tracks a gradient-norm proxy)
     of method ``name``. ``density`` / ``window`` as in
     :meth:`~maskdiff.core.methods.Method.estimator_config`; ``delimiter_ids`` are the answer
     delimiters a method that needs ``"delimiters"`` (ISAD) masks more often. SyRM also needs a
@@ -55,4 +56,6 @@ def method_trainer_kwargs(name: str, *, density: dict[str, Any] | None = None,
         kwargs.update(ppots_tracker=tracker,
                       refit_every=refit.refit_every, refit_min_count=refit.min_count,
                       refit_restarts=refit.restarts)
+        if refit.statistic != "loss":
+            kwargs["grad_proxy"] = refit.statistic
     return kwargs

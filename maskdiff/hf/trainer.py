@@ -71,6 +71,9 @@ class MaskedDiffusionTrainer(transformers.Trainer):
             every step's ``(t, l, w)`` and every ``refit_every`` steps EPR is refitted and
             handed to ``rate_sampler.set_density``; ``refit_min_count`` and
             ``refit_restarts`` as in :class:`maskdiff.training.config.RefitConfig`.
+        grad_proxy: ``"logits"`` / ``"bias"``: the estimator also returns its free gradient-norm
+            proxy, and the tracker (if any) is fed it instead of the loss: gradient-targeted
+            online P-POTS (docs/method.md §4 [beyond] "Gradient-targeted densities").
         logit_shift, attention, pad_token_id, pad_policy, forward_kwargs: adapter options
             (:class:`AdapterOptions`) when ``model`` is not an adapter.
         eval_rates_per_example, eval_seed: evaluation is the full-range objective over
@@ -94,6 +97,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
                  seed: int | None = None, syntax_eligible: bool = False,
                  ppots_tracker=None, refit_every: int | None = None,
                  refit_min_count: float = 8.0, refit_restarts: int = 4,
+                 grad_proxy: str | None = None,
                  logit_shift: int = 0, attention: str = "2d", pad_token_id: int | None = None,
                  pad_policy: str = "exclude", forward_kwargs: Mapping[str, Any] | None = None,
                  eval_rates_per_example: int = 4, eval_seed: int = 1234, **kwargs) -> None:
@@ -121,12 +125,14 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         self.parameter_counts = counts  # (trainable, total), logged at INFO on "maskdiff.hf"
         self.estimator = Estimator(rate_sampler=rate_sampler, masker=masker,
                                    mask_token_id=options.mask_token_id, control=control,
-                                   normalizer=normalizer, syntax_eligible=syntax_eligible)
+                                   normalizer=normalizer, syntax_eligible=syntax_eligible,
+                                   grad_proxy=grad_proxy)
         self.seed = int(self.args.seed if seed is None else seed)
         self.proxy = VarianceProxy()
         self.refitter = None if ppots_tracker is None else OnlineRefitter(
             rate_sampler, ppots_tracker, refit_every=refit_every,
-            min_count=float(refit_min_count), restarts=int(refit_restarts))
+            min_count=float(refit_min_count), restarts=int(refit_restarts),
+            statistic=grad_proxy or "loss")
         self.refit_history: list[dict] = []
         self.eval_estimators = stratified_estimators(
             mask_token_id=options.mask_token_id, rates_per_example=eval_rates_per_example,

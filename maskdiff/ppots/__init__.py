@@ -9,7 +9,7 @@ Everything public is re-exported here: ``from maskdiff.ppots import estimate_ppo
 """
 
 from maskdiff.ppots.estimate import (  # noqa: F401
-    ESTIMATORS, ModelPHat, PHat, PPotsResult, estimate_p_hat, estimate_ppots, fit_ppots,
+    ESTIMATORS, TARGETS, ModelPHat, PHat, PPotsResult, estimate_p_hat, estimate_ppots, fit_ppots,
     model_p_hat,
 )
 from maskdiff.ppots.fit import (  # noqa: F401
@@ -17,7 +17,7 @@ from maskdiff.ppots.fit import (  # noqa: F401
     epr_density, epr_log_p, epr_p, fit_epr, fit_poly7, poly_density,
 )
 from maskdiff.ppots.io import (  # noqa: F401
-    JSON_FORMAT, JSON_VERSION, cached_density, density_from_ppots, load_ppots_json, plot_ppots,
+    JSON_FORMAT, JSON_VERSION, cached_density, density_for_method, density_from_ppots, load_ppots_json, plot_ppots,
     save_ppots_json,
 )
 from maskdiff.ppots.online import (  # noqa: F401

@@ -21,13 +21,16 @@ from maskdiff.core.masking import Bernoulli
 from maskdiff.core.objective import Estimator
 from maskdiff.core.samplers import Uniform
 from maskdiff.diagnostics.nested import nested_losses, rates_on_grid
-from maskdiff.diagnostics.probe import estimator_loss_fn
+from maskdiff.diagnostics.probe import GRADIENT_STATISTICS, estimator_gradient_fn, estimator_loss_fn
 from maskdiff.ppots.fit import (
     MIN_GRID_POINTS, MIN_TABLE_POINTS, DensityTable, EPRFit, PolyFit, check_table, epr_density,
     fit_epr, fit_poly7, poly_density,
 )
 
 ESTIMATORS = ("direct", "paper")
+# What p̂ ∝ sqrt(E[s² | t]) is taken of (docs/method.md §4): the loss (P-POTS), the exact parameter
+# gradient norm, or a free logit-gradient proxy of it (gradient-targeted P-POTS, §4 [beyond]).
+TARGETS = ("loss",) + GRADIENT_STATISTICS
 
 
 # ----------------------------------------------------------------------------- p̂ from losses
@@ -121,8 +124,11 @@ class PPotsResult:
     p_hat_direct: np.ndarray | None = None
     forward_passes: int | None = None
     seconds: float | None = None
+    target: str = "loss"
 
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if not 0.0 <= self.mix <= 1.0:
             raise ValueError(f"mix must be in [0, 1], got {self.mix}")
         if not 0.0 < self.eps < 1.0:
@@ -153,13 +159,14 @@ class PPotsResult:
 def fit_ppots(t: np.ndarray, p_hat: np.ndarray, *, eps: float = 1e-3, mix: float = 0.05,
               restarts: int = 16, seed: int = 0, estimator: str = "direct",
               p_hat_paper: np.ndarray | None = None, p_hat_direct: np.ndarray | None = None,
-              forward_passes: int | None = None, seconds: float | None = None) -> PPotsResult:
+              forward_passes: int | None = None, seconds: float | None = None,
+              target: str = "loss") -> PPotsResult:
     """Fit EPR and the degree-7 polynomial to a p̂ table and bundle the result (docs/method.md §4)."""
     t, p = check_table(t, p_hat)
     return PPotsResult(t=t, p_hat=p, epr=fit_epr(t, p, restarts=restarts, seed=seed),
                        poly7=fit_poly7(t, p), mix=mix, estimator=estimator, eps=eps,
                        p_hat_paper=p_hat_paper, p_hat_direct=p_hat_direct,
-                       forward_passes=forward_passes, seconds=seconds)
+                       forward_passes=forward_passes, seconds=seconds, target=target)
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,21 +180,29 @@ class ModelPHat:
 
 def model_p_hat(model, batch, *, mask_token_id: int, n_rates: int = 70, n_masks: int = 15,
                 eps: float = 1e-3, estimator: str = "direct", normalizer: str = "eligible",
-                seed: int = 0, batch_size: int = 128, device=None, progress: bool = True) -> ModelPHat:
+                seed: int = 0, batch_size: int = 128, device=None, progress: bool = True,
+                target: str = "loss") -> ModelPHat:
     """p̂ for ``model`` on the a examples of ``batch`` (docs/method.md §4 "Estimation").
 
     The nested design: every example × ``n_rates`` rates on the midpoint grid × ``n_masks``
     Bernoulli masks, losses as the standard estimator defines them (no gradient, eval mode).
+    ``target`` (one of :data:`TARGETS`): ``"loss"`` gives P-POTS's ``p̂ ∝ sqrt(E[l² | t])``;
+    ``"gradient"`` the gradient-targeted ``p̂ ∝ sqrt(E[‖∇θ l‖² | t])`` from exact per-example
+    gradients (a backward pass per loss); ``"logits"`` / ``"bias"`` the same from the free
+    proxies (docs/method.md §4 [beyond] "Gradient-targeted densities"). Same seed, same masks.
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     start = time.perf_counter()
     probe = Estimator(rate_sampler=Uniform(eps=eps), masker=Bernoulli(),
                       mask_token_id=mask_token_id, normalizer=normalizer)
     grid = rates_on_grid(n_rates, eps)
+    fn = (estimator_loss_fn(model, batch, probe, device=device) if target == "loss" else
+          estimator_gradient_fn(model, batch, probe, statistic=target, device=device))
     was_training = model.training
     model.eval()
     try:
-        losses = nested_losses(estimator_loss_fn(model, batch, probe, device=device),
-                               n_examples=len(batch), rates=grid, n_masks=n_masks,
+        losses = nested_losses(fn, n_examples=len(batch), rates=grid, n_masks=n_masks,
                                batch_size=batch_size, seed=seed, progress=progress)
     finally:
         model.train(was_training)
@@ -198,7 +213,8 @@ def model_p_hat(model, batch, *, mask_token_id: int, n_rates: int = 70, n_masks:
 def estimate_ppots(model, batch, *, mask_token_id: int, n_rates: int = 70, n_masks: int = 15,
                    eps: float = 1e-3, estimator: str = "direct", mix: float = 0.05,
                    normalizer: str = "eligible", restarts: int = 16, seed: int = 0,
-                   batch_size: int = 128, device=None, progress: bool = True) -> PPotsResult:
+                   batch_size: int = 128, device=None, progress: bool = True,
+                   target: str = "loss") -> PPotsResult:
     """:func:`model_p_hat` then :func:`fit_ppots`: the whole P-POTS estimation for a model.
 
     ``forward_passes`` and ``seconds`` of the result cover the estimation and the fits, so the
@@ -207,9 +223,11 @@ def estimate_ppots(model, batch, *, mask_token_id: int, n_rates: int = 70, n_mas
     start = time.perf_counter()
     measured = model_p_hat(model, batch, mask_token_id=mask_token_id, n_rates=n_rates,
                            n_masks=n_masks, eps=eps, estimator=estimator, normalizer=normalizer,
-                           seed=seed, batch_size=batch_size, device=device, progress=progress)
+                           seed=seed, batch_size=batch_size, device=device, progress=progress,
+                           target=target)
     phat = measured.phat
     result = fit_ppots(phat.t, phat.p_hat, eps=eps, mix=mix, restarts=restarts, seed=seed,
                        estimator=estimator, p_hat_paper=phat.p_hat_paper,
-                       p_hat_direct=phat.p_hat_direct, forward_passes=measured.forward_passes)
+                       p_hat_direct=phat.p_hat_direct, forward_passes=measured.forward_passes,
+                       target=target)
     return replace(result, seconds=time.perf_counter() - start)

@@ -40,9 +40,10 @@ def _floats(values: np.ndarray | None) -> list[float] | None:
 def save_ppots_json(path: str | Path, result: PPotsResult) -> None:
     """Write the result as JSON: ``t``, ``p_hat``, ``epr {params, kl}``, ``poly7 {coeffs, kl,
     floor}``, ``mix``, ``estimator``, ``eps`` and, when known, ``p_hat_paper``, ``p_hat_direct``,
-    ``forward_passes``, ``seconds``."""
+    ``forward_passes``, ``seconds``; ``target``: what p̂ is the root second moment of
+    (``loss``; ``gradient``, ``logits``, ``bias``: gradient-targeted, docs/method.md §4)."""
     doc = dict(format=JSON_FORMAT, version=JSON_VERSION, estimator=result.estimator,
-               eps=result.eps, mix=result.mix, t=_floats(result.t), p_hat=_floats(result.p_hat),
+               eps=result.eps, mix=result.mix, target=result.target, t=_floats(result.t), p_hat=_floats(result.p_hat),
                epr=dict(params=dict(result.epr.params), kl=result.epr.kl,
                         restarts=list(result.epr.restarts)))
     if result.poly7 is not None:
@@ -85,7 +86,8 @@ def _ppots_from_doc(doc: dict) -> PPotsResult:
         mix=float(doc["mix"]), estimator=doc["estimator"], eps=float(doc.get("eps", 1e-3)),
         p_hat_paper=None if doc.get("p_hat_paper") is None else np.asarray(doc["p_hat_paper"]),
         p_hat_direct=None if doc.get("p_hat_direct") is None else np.asarray(doc["p_hat_direct"]),
-        forward_passes=doc.get("forward_passes"), seconds=doc.get("seconds"))
+        forward_passes=doc.get("forward_passes"), seconds=doc.get("seconds"),
+        target=doc.get("target", "loss"))
 
 
 def plot_ppots(path_png: str | Path, result: PPotsResult) -> None:
@@ -114,7 +116,8 @@ def plot_ppots(path_png: str | Path, result: PPotsResult) -> None:
               + f"r={params['r']:.3g}  q={params['q']:.3g}  κ={params['kappa']:.3g}  m={params['m']:.3g}",
               transform=left.transAxes, va="top", fontsize=8, family="monospace")
     left.set(xlabel="masking rate t", ylabel="p̂_j  (normalised: Σ_j p̂_j = 1)",
-             title=f"P-POTS estimate ({result.estimator} estimator, {result.t.size} rates)")
+             title=f"P-POTS estimate ({result.estimator} estimator, {result.t.size} rates"
+                   + ("" if result.target == "loss" else f", target {result.target}") + ")")
     left.set_ylim(bottom=0)
     left.legend(fontsize=8, loc="lower right")
     left.grid(alpha=0.3)
@@ -134,6 +137,19 @@ def plot_ppots(path_png: str | Path, result: PPotsResult) -> None:
     right.grid(alpha=0.3)
     fig.savefig(path_png, dpi=120)
     plt.close(fig)
+
+
+def density_for_method(path: str | Path, method) -> dict[str, list[float]]:
+    """:func:`density_from_ppots` for a registered :class:`~maskdiff.core.methods.Method`,
+    refusing a file fitted to another target than the method's ``density_target`` (a P-POTS
+    ``ppots.json`` for a ``gpots`` method, or a gradient-targeted one for ``ppots``)."""
+    target = load_ppots_json(path).target
+    kind = "loss" if target == "loss" else "gradient"
+    if kind != method.density_target:
+        raise ValueError(f"{path} is fitted to target {target!r}, but method {method.name!r} "
+                         f"needs a density fitted to the {method.density_target} "
+                         f"(maskdiff fit-pots --target {method.density_target})")
+    return density_from_ppots(path)
 
 
 def density_from_ppots(path: str | Path, model: str = "epr", n_points: int = 256) -> dict[str, list[float]]:

@@ -1,5 +1,6 @@
 """Online P-POTS (docs/method.md §4 [beyond]): track E[l² | t] per bin of t from the training losses
-themselves and refit the EPR density during training, all-reduced across ranks."""
+themselves (or E[G² | t] of a free gradient-norm proxy G: gradient-targeted P-POTS) and refit the
+EPR density during training, all-reduced across ranks."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ class TrackerRefit:
 
 class SecondMomentTracker:
     """Per-bin running estimate of ``E[l² | t]`` from training losses (docs/method.md §4 [beyond]).
+
+    ``l`` may be any per-example statistic drawn at rate ``t``: the loss (P-POTS), or a
+    gradient-norm proxy ``G`` (:func:`maskdiff.core.objective.logit_gradient_norms`), whose
+    tracked ``E[G² | t]`` gives the gradient-targeted density ``p ∝ sqrt(E[G² | t])``.
 
     ``update(t, losses, weights)`` takes the per-example losses ``l`` (not ``w·l``) at their rates
     and the sampler's importance weights ``w ∝ 1/p(t)``. Why the weights: a draw at ``t`` estimates
@@ -177,12 +182,20 @@ class OnlineRefitter:
     weight ``w``; the statistics are all-reduced at once, so every rank fits the same table with
     the same seed and draws from the same density. A failed fit (too few filled bins early on)
     keeps the current density and is reported, not raised.
+
+    ``statistic`` names what the caller feeds as ``losses``: ``"loss"`` (the raw loss ``l``)
+    or a gradient-norm proxy (``"logits"``, ``"bias"``: ``EstimatorOutput.grad_proxy``).
     """
 
     def __init__(self, sampler, tracker: SecondMomentTracker, *, refit_every: int,
-                 min_count: float, restarts: int) -> None:
+                 min_count: float, restarts: int, statistic: str = "loss") -> None:
         if not hasattr(sampler, "set_density"):
             raise ValueError(f"online P-POTS needs an importance sampler, got {sampler!r}")
+        from maskdiff.core.config import REFIT_STATISTICS
+
+        if statistic not in REFIT_STATISTICS:
+            raise ValueError(f"statistic must be one of {REFIT_STATISTICS}, got {statistic!r}")
+        self.statistic = statistic
         self.sampler, self.tracker = sampler, tracker
         self.refit_every, self.min_count, self.restarts = refit_every, min_count, restarts
         self.params: dict[str, float] | None = None
@@ -195,7 +208,7 @@ class OnlineRefitter:
             raise ValueError(f"online P-POTS needs an importance sampler, got {sampler!r}")
         tracker = SecondMomentTracker(config.n_bins, eps=sampler.eps, decay=config.decay)
         return cls(sampler, tracker, refit_every=config.refit_every, min_count=config.min_count,
-                   restarts=config.restarts)
+                   restarts=config.restarts, statistic=config.statistic)
 
     def after_step(self, step: int, t: torch.Tensor, losses: torch.Tensor,
                    weights: torch.Tensor) -> dict | None:

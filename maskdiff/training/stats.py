@@ -37,6 +37,9 @@ class StepStats:
         masked_ce_sum, masked_count: plain cross-entropy summed over masked tokens, and their
             number.
         tokens: tokens the model processed (real tokens × forward passes).
+        grad_proxy: (n,) the per-example gradient-norm proxy when the objective computes one
+            (gradient-targeted online P-POTS), else None; local only (never gathered: the
+            tracker all-reduces its own statistics).
     """
 
     t: torch.Tensor
@@ -46,6 +49,7 @@ class StepStats:
     masked_ce_sum: float
     masked_count: float
     tokens: float
+    grad_proxy: torch.Tensor | None = None
 
     @classmethod
     def collect(cls, outputs: Sequence[EstimatorOutput], tokens: Sequence[int]) -> "StepStats":
@@ -53,16 +57,22 @@ class StepStats:
         def cat(name: str) -> torch.Tensor:
             return torch.cat([getattr(o, name).detach().float().cpu() for o in outputs])
 
+        proxy = (cat("grad_proxy") if outputs and all(getattr(o, "grad_proxy", None) is not None
+                                                       for o in outputs) else None)
         return cls(t=cat("t"), w=cat("w"), raw=cat("raw_loss"), values=cat("values"),
                    masked_ce_sum=sum(o.masked_ce_sum for o in outputs),
                    masked_count=sum(o.masked_count for o in outputs),
-                   tokens=sum(n * o.forward_passes for o, n in zip(outputs, tokens)))
+                   tokens=sum(n * o.forward_passes for o, n in zip(outputs, tokens)),
+                   grad_proxy=proxy)
 
     @classmethod
     def concat(cls, parts: Sequence["StepStats"]) -> "StepStats":
         """The statistics of several micro-batches as one."""
+        proxy = (torch.cat([p.grad_proxy for p in parts])
+                 if parts and all(p.grad_proxy is not None for p in parts) else None)
         return cls(**{name: torch.cat([getattr(p, name) for p in parts]) for name in _PER_EXAMPLE},
-                   **{name: sum(getattr(p, name) for p in parts) for name in _SUMMED})
+                   **{name: sum(getattr(p, name) for p in parts) for name in _SUMMED},
+                   grad_proxy=proxy)
 
     def __len__(self) -> int:
         return len(self.t)
@@ -70,7 +80,9 @@ class StepStats:
     def finite(self) -> "StepStats":
         """Without the examples whose raw loss is not finite."""
         keep = torch.isfinite(self.raw)
-        return replace(self, **{name: getattr(self, name)[keep] for name in _PER_EXAMPLE})
+        proxy = None if self.grad_proxy is None else self.grad_proxy[keep]
+        return replace(self, **{name: getattr(self, name)[keep] for name in _PER_EXAMPLE},
+                       grad_proxy=proxy)
 
     def gathered(self) -> "StepStats":
         """The global batch: per-example tensors concatenated in rank order, sums all-reduced."""
@@ -88,7 +100,15 @@ def finish_step(local: StepStats, *, step: int, objective: Objective, proxy: Var
 
     Returns the global statistics and the refitter's log record (None but at a refit step).
     """
-    refit = refitter.after_step(step, local.t, local.raw, local.w) if refitter is not None else None
+    refit = None
+    if refitter is not None:
+        statistic = getattr(refitter, "statistic", "loss")
+        tracked = local.raw if statistic == "loss" else local.grad_proxy
+        if tracked is None:
+            raise ValueError(f"the online refit tracks {statistic!r} but the objective "
+                             f"returned no grad_proxy: build the estimator with "
+                             f"grad_proxy={statistic!r}")
+        refit = refitter.after_step(step, local.t, tracked, local.w)
     stats = local.gathered()
     objective.observe(stats.t, stats.w, stats.raw)
     proxy.update(stats.raw, stats.w)
