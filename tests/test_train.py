@@ -8,7 +8,7 @@ import torch
 
 from maskdiff.training import checkpoint as checkpoint_module
 from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint
-from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
+from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.core.methods import method_config
 from maskdiff.training.trainer import Trainer, TrainingError
 
@@ -84,6 +84,20 @@ def test_resume_refuses_a_different_config(tmp_path):
     changed = replace(config, optim=replace(config.optim, lr=1e-2))
     with pytest.raises(ValueError, match=r"optim\.lr"):
         Trainer(changed, quiet=True).fit()
+
+
+def test_a_config_written_before_a_field_existed_compares_equal_at_its_default(tmp_path):
+    """A run saved before ``estimator.refit.statistic`` existed resumes after the upgrade; a
+    field it saved with another value is still a difference."""
+    from maskdiff.training.config import config_differences
+
+    config = replace(tiny(tmp_path), estimator=method_config("ppots_online"))
+    old = to_dict(config)
+    del old["estimator"]["refit"]["statistic"]  # what an older maskdiff wrote
+    assert config_differences(old, to_dict(config)) == []
+    old["estimator"]["refit"]["refit_every"] = 7
+    assert config_differences(old, to_dict(config)) == ["estimator.refit.refit_every"]
+    assert config_differences(old, to_dict(config), free_fields=("estimator.refit.refit_every",)) == []
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

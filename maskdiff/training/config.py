@@ -177,3 +177,18 @@ class TrainConfig:
 # Fields that may change between a run and its resumption: where it runs and logs, not what it
 # computes (a config.json written before a field existed loads with the field's default).
 RESUME_FREE_FIELDS = ("out_dir", "device", "tensorboard")
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any],
+                       free_fields: tuple[str, ...] = RESUME_FREE_FIELDS) -> list[str]:
+    """Dotted names of the fields in which two run configs differ, apart from ``free_fields``.
+
+    Both are read back through :class:`TrainConfig` first, so a ``config.json`` written before a
+    field existed compares equal to one that holds that field's default (a resume after an
+    upgrade is not refused for a field it never used)."""
+    def normalized(config: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return to_dict(from_dict(TrainConfig, config))
+        except (ValueError, TypeError):  # not a loadable config: compare it as written
+            return config
+    return [d for d in diff_configs(normalized(old), normalized(new)) if d not in free_fields]

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from maskdiff.core.config import diff_configs
 from maskdiff.training.checkpoint import step_dirs
+from maskdiff.training.config import config_differences
 from maskdiff.training.errors import RunDirError
 
 try:
@@ -77,8 +77,7 @@ def _same_run(out_dir: Path, config: dict[str, Any], free_fields: tuple[str, ...
         old = json.loads(saved.read_text())
     except (ValueError, UnicodeDecodeError, OSError):
         return False
-    return isinstance(old, dict) and not [
-        d for d in diff_configs(old, config) if d not in free_fields]
+    return isinstance(old, dict) and not config_differences(old, config, free_fields)
 
 
 def held_run(out_dir: Path) -> str | None:
@@ -117,7 +116,7 @@ def _check(out_dir: Path, config: dict[str, Any], resume: bool, overwrite: bool,
             old = json.loads(saved.read_text())
         except (ValueError, UnicodeDecodeError):
             old = None
-        differ = [d for d in diff_configs(old, config) if d not in free_fields] if isinstance(
+        differ = config_differences(old, config, free_fields) if isinstance(
             old, dict) else ["config.json (unreadable)"]
         if differ:
             raise RunDirError(f"{out_dir} holds another run ({held}, no checkpoint) whose config "

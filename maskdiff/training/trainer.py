@@ -29,7 +29,7 @@ from maskdiff.training.checkpoint import (
 )
 from maskdiff.training.errors import TrainingError
 from maskdiff.training.config import (
-    RESUME_FREE_FIELDS, TrainConfig, diff_configs, to_dict,
+    RESUME_FREE_FIELDS, TrainConfig, config_differences, to_dict,
 )
 from maskdiff.core.control import VarianceProxy
 from maskdiff.data import TaskData
@@ -165,8 +165,7 @@ class Trainer:
         if found.skipped and self.rank == 0:
             print(f"maskdiff: {found.note()}", file=sys.stderr, flush=True)
         ckpt, path = found.checkpoint, found.checkpoint.path
-        ignore = set(RESUME_FREE_FIELDS)
-        differ = [d for d in diff_configs(ckpt.config, to_dict(self.config)) if d not in ignore]
+        differ = config_differences(ckpt.config, to_dict(self.config))
         if differ:
             raise ValueError(
                 f"refusing to resume from {path}: its config differs in {differ}; "
