@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff.experiments.report_md import write_report_md
 from maskdiff.labs.parity import ParityModelConfig, ParityRunConfig, steps_to_accuracy, train_parity
 from maskdiff.labs.theory import ps_optimal_t1, signal_optimal_rate, signal_probability
 
@@ -361,9 +362,4 @@ def write_report(results: dict, out_dir: Path) -> Path:
     lines += ["", "![accuracy curves](accuracy_curves.png)", "",
               "![validation accuracy, all settings](val_accuracy_all.png)", "",
               "![label cross-entropy](loss_curves.png)", ""]
-    notes = out_dir / "notes.md"  # hand-written findings, kept across regenerations
-    if notes.exists():
-        lines += ["## Notes", "", notes.read_text().strip(), ""]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_report_md(out_dir, lines)

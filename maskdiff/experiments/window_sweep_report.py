@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from maskdiff.experiments.report_md import write_report_md
+
 __all__ = ["write_plots", "write_report"]
 
 
@@ -184,9 +186,4 @@ def write_report(results: dict, out_dir: Path, preset: Any) -> Path:
         "![validation curves](val_curves.png)",
         "",
     ]
-    notes = out_dir / "notes.md"  # hand-written findings, kept across regenerations
-    if notes.exists():
-        lines += ["## Notes", "", notes.read_text().strip(), ""]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_report_md(out_dir, lines)
