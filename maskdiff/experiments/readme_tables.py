@@ -1,0 +1,82 @@
+"""The README's result tables, generated from the reference results under ``docs/results/``.
+
+A table in the README sits between two markers::
+
+    <!-- results:compare-demo:pass -->
+    ...generated lines...
+    <!-- /results -->
+
+``compare-demo`` names ``docs/results/compare-demo.json`` (a ``maskdiff compare`` job's
+``results.json``, or a sweep's ``sweep.json``); ``pass`` names the table (:data:`TABLES`).
+:func:`update` rewrites every marked block from its JSON; ``maskdiff readme-tables --check``
+(and ``tests/test_readme_results.py``) fails when the README and the JSON disagree, so a
+README number can only come from a results file in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from maskdiff.experiments import compare_report as report
+
+END = "<!-- /results -->"
+BLOCK = re.compile(r"(<!-- results:([\w.-]+):([\w-]+) -->\n)(.*?)(" + re.escape(END) + ")",
+                   re.DOTALL)
+
+
+def _sweep(results: dict) -> list[str]:
+    from maskdiff.experiments.compare_sweep import sweep_table
+
+    return sweep_table(results)
+
+
+def _setup(results: dict) -> list[str]:
+    cfg = results["config"]
+    return [f"Preset `{results['preset']}`: {len(results['seeds'])} paired seeds, "
+            f"{cfg['finetune_steps']} steps × batch {cfg['batch_size']}, pass@1 on "
+            f"{cfg['n_test']} problems, test ELBO on {cfg['n_test_elbo']} examples × "
+            f"{cfg['elbo_rates']} rates; {results['machine']}, "
+            f"{results['seconds'] / 60:.1f} min for the job."]
+
+
+TABLES: dict[str, Callable[[dict], list[str]]] = {
+    "setup": _setup,
+    "pass": report.pass_table,
+    "elbo": report.elbo_table,
+    "noise": report.noise_table,
+    "words": report.words,
+    "power": report.power_lines,
+    "sweep": _sweep,
+}
+
+
+def render(results_dir: Path, name: str, table: str) -> str:
+    """The lines of one block, ending with a newline."""
+    if table not in TABLES:
+        raise ValueError(f"unknown README table {table!r}; known: {sorted(TABLES)}")
+    path = Path(results_dir) / f"{name}.json"
+    if not path.exists():
+        raise ValueError(f"README block {name}:{table}: no results file {path}")
+    return "\n".join(TABLES[table](json.loads(path.read_text()))) + "\n"
+
+
+def update(text: str, results_dir: Path) -> tuple[str, list[str]]:
+    """``text`` with every marked block regenerated, and the ``name:table`` of those changed."""
+    changed = []
+
+    def replace(match: re.Match) -> str:
+        head, name, table, body, end = match.groups()
+        new = render(results_dir, name, table)
+        if new != body:
+            changed.append(f"{name}:{table}")
+        return head + new + end
+
+    return BLOCK.sub(replace, text), changed
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """The ``(name, table)`` of every marked block of ``text``."""
+    return [(m.group(2), m.group(3)) for m in BLOCK.finditer(text)]
