@@ -105,6 +105,7 @@ class CompareJob:
     progress: bool = True
     workers: int = 1
     shared_dir: Path | None = None  # where start/, ppots/ and grad_noise.json live (a sweep's)
+    runs_root: Path | None = None  # where the run directories live (default OUT/runs)
     _tasks: dict = field(default_factory=dict)
     _starts: dict = field(default_factory=dict)
     _density: dict | None = None
@@ -112,6 +113,7 @@ class CompareJob:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.shared_dir = Path(self.shared_dir) if self.shared_dir is not None else self.out_dir
+        self.runs_root = Path(self.runs_root) if self.runs_root is not None else self.out_dir / "runs"
         if self.device is not None:
             self.preset = replace(self.preset, base=replace(self.preset.base, device=self.device))
 
@@ -231,7 +233,7 @@ class CompareJob:
         config = replace(base, seed=spec.seed, data=self.data_config(spec.task),
                          estimator=method.estimator_config(density=density, window=window),
                          model=replace(base.model, causal=method.causal),
-                         out_dir=str(self.out_dir / "runs" / spec.dirname))
+                         out_dir=str(self.runs_root / spec.dirname))
         if method.batch_factor != 1:
             batch_size = method.batch_factor * base.optim.batch_size
             config = replace(config, optim=replace(base.optim, batch_size=batch_size))
@@ -254,7 +256,7 @@ class CompareJob:
         fwd_per_step = result.forward_passes / max(1, result.steps)
         record = {
             "method": spec.method, "label": spec.label, "task": spec.task, "seed": spec.seed,
-            **score_run(trainer, self.preset),
+            **score_run(trainer, self.preset, None if spec.main else Decoding()),
             "best_val": result.best_val, "best_val_se": result.best_val_se,
             "best_step": result.best_step, "steps": result.steps,
             "stopped_early": result.stopped_early, "variance_proxy": _finite(result.variance_proxy),
@@ -280,7 +282,8 @@ class CompareJob:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         starts = sorted({(s.task, get_method(s.method).causal) for s in specs})
-        args = (self.preset, str(self.out_dir), self.device, str(self.shared_dir))
+        args = (self.preset, str(self.out_dir), self.device, str(self.shared_dir),
+                str(self.runs_root))
         with _pool(self.workers) as pool, tqdm(
                 total=len(specs) + len(starts), desc=f"compare {self.preset.name}", unit="run",
                 disable=not self.progress, dynamic_ncols=True) as bar:
@@ -354,15 +357,15 @@ def _pool(workers: int):
 
 
 def _prepare_start(args) -> None:
-    preset, out_dir, device, shared, task, causal = args
-    CompareJob(preset, Path(out_dir), device=device, progress=False,
-               shared_dir=shared).start_weights(task, causal)
+    preset, out_dir, device, shared, runs, task, causal = args
+    CompareJob(preset, Path(out_dir), device=device, progress=False, shared_dir=shared,
+               runs_root=runs).start_weights(task, causal)
 
 
 def _run_spec(args) -> dict:
-    preset, out_dir, device, shared, spec = args
-    return CompareJob(preset, Path(out_dir), device=device, progress=False,
-                      shared_dir=shared).run_one(spec)
+    preset, out_dir, device, shared, runs, spec = args
+    return CompareJob(preset, Path(out_dir), device=device, progress=False, shared_dir=shared,
+                      runs_root=runs).run_one(spec)
 
 
 def _finite(x: float | None) -> float | None:

@@ -63,9 +63,10 @@ def score_pass_at_1(model, examples: Sequence, tokenizer, *, max_len: int, causa
                          list(zip(examples, result.golds, result.predictions))[:5]]}
 
 
-def score_run(trainer, preset) -> dict:
+def score_run(trainer, preset, decoding=None) -> dict:
     """The test scores of a trained run (its best validation checkpoint loaded): pass@1 (when
-    the test rows carry gold answers) and the test ELBO / causal NLL, with per-item values."""
+    the test rows carry gold answers; ``decoding``, default the preset's) and the test ELBO /
+    causal NLL, with per-item values."""
     t0 = time.perf_counter()
     task, cfg = trainer.task, trainer.config
     test = list(task.test)
@@ -88,7 +89,8 @@ def score_run(trainer, preset) -> dict:
     if has_gold(problems):
         record.update(score_pass_at_1(trainer.model, problems, task.tokenizer,
                                       max_len=cfg.data.max_len, causal=trainer.causal,
-                                      decoding=preset.decoding, device=trainer.device))
+                                      decoding=decoding or preset.decoding,
+                                      device=trainer.device))
     else:
         record.update(pass_at_1=None, n_test=0, hits="", examples=[])
     record["eval_seconds"] = time.perf_counter() - t0

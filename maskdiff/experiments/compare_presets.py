@@ -110,8 +110,11 @@ def finetune_config(max_steps: int, batch_size: int, every: int, *, d_model: int
 # 16 positions as 2 blocks of 8 with 2 tokens per step, the test ELBO on 1,000 examples × 4 rates.
 _PAIRED = dict(n_test=1000, n_test_elbo=1000, elbo_rates=4,
                decoding=Decoding(gen_length=16, steps=8, block_length=8))
+# The task the diffusion model learns within the demo budget (README, "What we tried"):
+# one operation on numbers up to 5; the starting checkpoint at lr 3e-3.
+DEMO_TASK = {"n_ops": 1, "max_value": 5}
 _DEMO_BASE = finetune_config(150, 32, 15, n_val=256, n_test=1000, patience=0,
-                             rates_per_example=2)
+                             rates_per_example=2, difficulty=DEMO_TASK)
 
 PRESETS: dict[str, ComparePreset] = {
     "smoke": ComparePreset(
@@ -123,17 +126,19 @@ PRESETS: dict[str, ComparePreset] = {
     # P-POTS's up-front design here is 8 × 32 × 4 = 1,024 forward passes (the fit-pots default,
     # 15 × 70 × 15, would cost about as much as the fine-tuning itself at this scale).
     "demo": ComparePreset(name="demo", methods=DEMO_METHODS, seeds=SEEDS[:5],
-                          pretrain_steps=1000, base=_DEMO_BASE, ppots_design=(8, 32, 4),
+                          pretrain_steps=1000, pretrain_lr=3e-3, base=_DEMO_BASE,
+                          ppots_design=(8, 32, 4),
                           grad_noise_draws=128, **_PAIRED),
     "full": ComparePreset(name="full", methods=None, seeds=SEEDS[:12], pretrain_steps=1000,
-                          base=_DEMO_BASE, equal_compute=True, ppots_design=(8, 32, 4),
+                          pretrain_lr=3e-3, base=_DEMO_BASE, equal_compute=True, ppots_design=(8, 32, 4),
                           grad_noise_draws=256, **_PAIRED),
-    "gpu": ComparePreset(name="gpu", methods=None, seeds=SEEDS[:20], pretrain_steps=6000,
-                         equal_compute=True, grad_noise_draws=512,
-                         base=finetune_config(600, 64, 50, d_model=256, n_layers=6,
+    # Not yet run on a GPU (none was lent to this project's sessions): sizes are estimates.
+    "gpu": ComparePreset(name="gpu", methods=None, seeds=SEEDS[:10], pretrain_steps=4000,
+                         pretrain_lr=2e-3, equal_compute=True, grad_noise_draws=512,
+                         base=finetune_config(400, 64, 40, d_model=192, n_layers=4,
                                               n_train=20000, n_val=512, n_test=2000,
                                               patience=0, device="cuda",
-                                              difficulty={"n_ops": 2, "max_value": 20}),
+                                              difficulty={"n_ops": 2, "max_value": 10}),
                          **{**_PAIRED, "n_test": 2000, "n_test_elbo": 2000}),
 }
 

@@ -7,7 +7,9 @@ gradient-noise measurement for all points (in the sweep's folder). Per B and met
 sd of pass@1 and of the test ELBO with their intervals, the spread ratio to standard, and the
 compute multiplier with its interval, next to the multiplier the measured gradient noise scale
 predicts, ``(1 + B_std/B) / ((1 + B_m/B) · cost)``. Writes ``sweep.json``, ``sweep.png`` and
-``sweep.md``; every point is an ordinary compare job under ``bB/`` (resumable).
+``sweep.md``; every point is an ordinary compare job under ``bB/`` (resumable). Run it with
+the plain job's ``--out`` and the preset's own batch reuses that job's runs, starting
+checkpoint, density and noise measurement.
 """
 
 from __future__ import annotations
@@ -54,10 +56,13 @@ class SweepJob:
 
     def run(self) -> dict:
         out, started, points = Path(self.out_dir), time.perf_counter(), {}
+        own = self.preset.base.optim.batch_size
         for batch in self.batches:
+            # The preset's own batch is the plain job's point: its runs (OUT/runs) are reused.
+            runs = out / "runs" if batch == own else out / f"b{batch}" / "runs"
             job = CompareJob(sweep_point(self.preset, batch, self.methods), out / f"b{batch}",
                              seeds=self.seeds, device=self.device, progress=self.progress,
-                             workers=self.workers, shared_dir=out)
+                             workers=self.workers, shared_dir=out, runs_root=runs)
             points[str(batch)] = _point_summary(job.run(), batch)
         noise = json.loads((out / "grad_noise.json").read_text()) if (
             out / "grad_noise.json").exists() else None
