@@ -123,3 +123,23 @@ def test_the_paired_design_gives_every_method_the_same_data_order_per_seed(tmp_p
     for method in ("mirror", "ar", EQUAL_COMPUTE):
         assert order(method, 731) == reference, method
     assert order("standard", 42) != reference
+
+
+def test_a_sweep_point_keeps_the_training_examples_and_the_sweep_reuses_the_plain_runs(tmp_path):
+    from maskdiff.experiments.compare_sweep import SweepJob, sweep_point
+
+    point = sweep_point(PRESETS["demo"], 8, ("standard",))
+    assert (point.base.optim.batch_size, point.base.optim.max_steps) == (8, 600)
+    assert point.base.eval.every == 60 and point.start_batch == 32
+    with pytest.raises(ValueError, match="must divide"):
+        sweep_point(PRESETS["demo"], 7, ("standard",))
+    out = tmp_path / "sw"
+    doc = SweepJob(PRESETS["smoke"], out, (4, 8), ("standard", "mirror"), workers=1,
+                   progress=False).run()
+    assert sorted(doc["points"]) == ["4", "8"]
+    assert (out / "runs" / "arithmetic" / "mirror" / "s42" / "compare.json").exists()  # batch 8
+    assert (out / "b4" / "runs" / "arithmetic" / "mirror" / "s42" / "compare.json").exists()
+    b4 = doc["points"]["4"]
+    assert b4["steps"] == 12 and b4["methods"]["mirror"]["compute"]["multiplier"] >= 0
+    assert b4["methods"]["mirror"]["predicted_multiplier"] > 0
+    assert (out / "sweep.png").exists() and "| 4 | mirror |" in (out / "sweep.md").read_text()

@@ -52,6 +52,10 @@ def test_readme_tables_rewrites_a_block_and_check_finds_a_stale_one(tmp_path, ca
     text = readme.read_text()
     assert "| mirror | 43.3 [" in text and "+13.3 [" in text and text.endswith("end\n")
     assert main([*args, "--check"]) == 0
+    (tmp_path / "job.json").write_text(json.dumps(_results((0.5, 0.45, 0.45))))
+    assert main([*args, "--add", f"toy2={tmp_path / 'job.json'}"]) == 0
+    assert json.loads((results / "toy2.json").read_text())["methods"]["mirror"]["pass_at_1"] == [
+        0.5, 0.45, 0.45]
     (results / "toy.json").write_text(json.dumps(_results((0.5, 0.45, 0.45))))
     assert main([*args, "--check"]) == 1
     assert "toy:pass" in capsys.readouterr().err

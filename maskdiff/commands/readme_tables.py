@@ -17,12 +17,20 @@ def register(subparsers) -> None:
     p.add_argument("--results", default="docs/results",
                    help="the results folder (default: docs/results)")
     p.add_argument("--check", action="store_true", help="only check; exit 1 on a difference")
+    p.add_argument("--add", action="append", default=[], metavar="NAME=PATH",
+                   help="first copy a job's results.json / sweep.json to RESULTS/NAME.json "
+                        "(without sample outputs); repeatable")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from maskdiff.experiments.readme_tables import blocks, update
+    from maskdiff.experiments.readme_tables import add, blocks, update
 
+    for item in args.add:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"--add expects NAME=PATH, got {item!r}")
+        print(f"{add(Path(args.results), name, Path(path))}")
     readme = Path(args.readme)
     if not readme.exists():
         raise ValueError(f"--readme {readme}: no such file")

@@ -143,9 +143,9 @@ PRESETS: dict[str, ComparePreset] = {
 }
 
 
-def with_base(preset: ComparePreset, **changes) -> ComparePreset:
-    """``preset`` with its fine-tuning config's optimiser/eval fields changed (a sweep point)."""
+def with_base(preset: ComparePreset, *, optim: dict | None = None,
+              evaluation: dict | None = None) -> ComparePreset:
+    """``preset`` with fields of its fine-tuning config's optimiser and evaluation changed."""
     base = preset.base
-    optim = replace(base.optim, **{k: v for k, v in changes.items() if hasattr(base.optim, k)})
-    evalc = replace(base.eval, **{k: v for k, v in changes.items() if hasattr(base.eval, k)})
-    return replace(preset, base=replace(base, optim=optim, eval=evalc))
+    return replace(preset, base=replace(base, optim=replace(base.optim, **(optim or {})),
+                                        eval=replace(base.eval, **(evaluation or {}))))

@@ -38,9 +38,9 @@ def sweep_point(preset: ComparePreset, batch: int, methods: tuple[str, ...]) -> 
     point = replace(preset, name=f"{preset.name}-b{batch}", methods=methods, equal_compute=False,
                     pretrain_batch=preset.start_batch)
     every = max(1, steps // 10)
-    return with_base(point, batch_size=batch, max_steps=steps, every=every,
-                     warmup_steps=max(1, preset.base.optim.warmup_steps * steps //
-                                      preset.base.optim.max_steps))
+    warmup = max(1, preset.base.optim.warmup_steps * steps // preset.base.optim.max_steps)
+    return with_base(point, optim={"batch_size": batch, "max_steps": steps,
+                                   "warmup_steps": warmup}, evaluation={"every": every})
 
 
 @dataclass
@@ -117,7 +117,7 @@ def sweep_table(doc: dict) -> list[str]:
     lines = ["| batch | method | pass@1 sd, points [95% CI] | test ELBO sd [95% CI] | "
              "ELBO sd ratio [95% CI] | compute multiplier [95% CI] | predicted |",
              "|---|---|---|---|---|---|---|"]
-    for b, point in doc["points"].items():
+    for b, point in sorted(doc["points"].items(), key=lambda kv: int(kv[0])):
         for label, m in point["methods"].items():
             pred = m.get("predicted_multiplier")
             lines.append(
@@ -132,7 +132,7 @@ def sweep_table(doc: dict) -> list[str]:
 def plot_sweep(path: Path, doc: dict) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3), constrained_layout=True)
-    batches = [int(b) for b in doc["points"]]
+    batches = sorted(int(b) for b in doc["points"])
     for k, label in enumerate(doc["methods"]):
         colour = f"C{k % 10}"
         for ax, key, scale in ((axes[0], "pass_at_1", 100), (axes[1], "test_loss", 1)):

@@ -77,6 +77,28 @@ def update(text: str, results_dir: Path) -> tuple[str, list[str]]:
     return BLOCK.sub(replace, text), changed
 
 
+def slim(results: dict) -> dict:
+    """A results file as kept under ``docs/results/``: the runs without their sample outputs."""
+    out = dict(results)
+    if "runs" in out:
+        out["runs"] = [{k: v for k, v in r.items() if k not in ("examples", "loss_per_t_bin")}
+                       for r in out["runs"]]
+    return out
+
+
+def add(results_dir: Path, name: str, source: Path) -> Path:
+    """Copy a job's results (``results.json`` / ``sweep.json``) to ``results_dir/NAME.json``."""
+    source = Path(source)
+    if not source.exists():
+        raise ValueError(f"--add {name}={source}: no such file")
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise ValueError(f"--add: the name must be letters, digits, '.', '_' or '-', got {name!r}")
+    target = Path(results_dir) / f"{name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(slim(json.loads(source.read_text())), indent=1) + "\n")
+    return target
+
+
 def blocks(text: str) -> list[tuple[str, str]]:
     """The ``(name, table)`` of every marked block of ``text``."""
     return [(m.group(2), m.group(3)) for m in BLOCK.finditer(text)]
