@@ -64,7 +64,7 @@ def test_spread_ratio_f_interval_brown_forsythe_and_pitman_morgan():
     assert f == pytest.approx(4.026, abs=1e-3)
     assert out["ratio"] == pytest.approx(r)
     assert (out["f_lo"], out["f_hi"]) == pytest.approx((r / math.sqrt(f), r * math.sqrt(f)))
-    assert out["lo"] < r < out["hi"]
+    assert out["lo"] < r < out["hi"] and out["boot_lo"] < r < out["boot_hi"]
     # Brown-Forsythe = one-way ANOVA on absolute deviations from each group's median.
     dev = [np.abs(a - np.median(a)), np.abs(b - np.median(b))]
     assert out["p_brown_forsythe"] == pytest.approx(st.f_oneway(*dev).pvalue, rel=1e-10)
@@ -146,3 +146,25 @@ def test_compute_multiplier_is_two_for_a_method_twice_as_fast():
     assert out["lo"] == pytest.approx(2.0) and out["hi"] == pytest.approx(2.0)
     slower = stats.compute_multiplier(x, base, x, base + 1.0)  # never reaches the target
     assert slower["multiplier"] == 0.0 and slower["fwd_method"] is None
+    assert not slower["reached"] and slower["upper_bound"] == pytest.approx(1.0)
+    assert out["reached"] and out["upper_bound"] is None
+
+
+def test_spread_ratio_interval_survives_degenerate_resamples_of_few_seeds():
+    """With 5 seeds, ~1 resample in 600 draws one seed five times (no spread): the interval
+    must still exist and contain the estimate."""
+    a = [0.451, 0.477, 0.431, 0.438, 0.430]
+    b = [0.403, 0.453, 0.454, 0.447, 0.411]
+    out = stats.spread_ratio(a, b)
+    assert out["lo"] is not None and out["lo"] < out["ratio"] < out["hi"]
+
+
+def test_the_pitman_morgan_interval_inverts_the_test():
+    """At either end of the interval the Pitman-Morgan test of var(a) = var(rho b) has p = 5%."""
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=(2, 12))
+    a, b = z[0] * 2.0, 0.6 * z[0] + 0.8 * z[1]
+    lo, hi = stats.pitman_morgan_interval(a, b)
+    assert lo < a.std(ddof=1) / b.std(ddof=1) < hi
+    assert stats.pitman_morgan(a, lo * b) == pytest.approx(0.05, abs=1e-9)
+    assert stats.pitman_morgan(a, hi * b) == pytest.approx(0.05, abs=1e-9)

@@ -30,19 +30,19 @@ continues where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from maskdiff.core.methods import BASELINE, METHODS, get_method
 from maskdiff.data.setup import load_task
-from maskdiff.experiments.compare_eval import gradient_noise, score_run
+from maskdiff.experiments.compare_eval import (
+    finite, gradient_noise, mean_loss_per_bin, score_run,
+)
 from maskdiff.experiments.compare_presets import (  # noqa: F401  (re-exported)
     DEFAULT_SEEDS, DEMO_METHODS, EQUAL_COMPUTE, PRESETS, SEEDS, START_DATA_OFFSET, ComparePreset,
     Decoding, finetune_config,
@@ -148,6 +148,10 @@ class CompareJob:
                           lr=self.preset.pretrain_lr or base.optim.lr),
             eval=replace(base.eval, every=max(1, self.preset.pretrain_steps // 4), patience=0),
             out_dir=str(self.shared_dir / "start" / f"{task}-{'causal' if causal else 'diffusion'}"))
+        finished = _finished_weights(config)
+        if finished is not None:  # read without its lock: workers share it at once
+            self._starts[key] = finished
+            return finished
         trainer = Trainer(config, quiet=True)
         if trainer.task.tokenizer.vocab_size != self.task(task).tokenizer.vocab_size:
             raise ValueError(f"task {task!r}: the starting data's vocabulary differs from the "
@@ -259,11 +263,11 @@ class CompareJob:
             **score_run(trainer, self.preset, None if spec.main else Decoding()),
             "best_val": result.best_val, "best_val_se": result.best_val_se,
             "best_step": result.best_step, "steps": result.steps,
-            "stopped_early": result.stopped_early, "variance_proxy": _finite(result.variance_proxy),
+            "stopped_early": result.stopped_early, "variance_proxy": finite(result.variance_proxy),
             "forward_passes": result.forward_passes, "fwd_per_step": fwd_per_step,
             "train_seconds": result.seconds, "threads": result.threads,
             "history": [{**h, "fwd": h["step"] * fwd_per_step} for h in result.history],
-            "loss_per_t_bin": _mean_loss_per_bin(run_dir / "metrics.jsonl"),
+            "loss_per_t_bin": mean_loss_per_bin(run_dir / "metrics.jsonl"),
         }
         done.write_text(json.dumps(record, indent=1) + "\n")
         return record
@@ -303,6 +307,7 @@ class CompareJob:
         results = summarise(self.preset, records, seconds=time.perf_counter() - started,
                             ppots=self._ppots_info(), window=self._window_info(specs),
                             grad_noise=noise, task=self._task_info())
+        results["invocations"] = _invocations(self.out_dir / "results.json", results["seconds"])
         (self.out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results)
         return results
@@ -368,19 +373,24 @@ def _run_spec(args) -> dict:
                       runs_root=runs).run_one(spec)
 
 
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
+def _finished_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The final weights of a finished run of ``config`` (its last checkpoint, read without
+    taking the run's lock), or None when the run is unfinished or was made with another config."""
+    from maskdiff.training.checkpoint import find_checkpoint
+    from maskdiff.training.config import RESUME_FREE_FIELDS, diff_configs
+
+    ckpt = find_checkpoint(Path(config.out_dir) / "checkpoints").checkpoint
+    if ckpt is None or int(ckpt.state["step"]) != config.optim.max_steps:
+        return None
+    if [d for d in diff_configs(ckpt.config, to_dict(config)) if d not in RESUME_FREE_FIELDS]:
+        return None
+    return ckpt.weights
 
 
-def _mean_loss_per_bin(metrics: Path) -> list[float | None]:
-    """Mean over logged windows of the training loss per t-bin (the last half of training)."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    rows = [r["loss_per_t_bin"] for r in rows if "loss_per_t_bin" in r]
-    rows = rows[len(rows) // 2:]
-    if not rows:
-        return []
-    out = []
-    for j in range(len(rows[0])):
-        vals = [r[j] for r in rows if r[j] is not None]
-        out.append(float(np.mean(vals)) if vals else None)
-    return out
+def _invocations(previous: Path, seconds: float) -> list[float]:
+    """The wall seconds of every invocation of a job so far (a resumed or re-summarised job
+    adds one), read from its previous ``results.json``."""
+    if not previous.exists():
+        return [seconds]
+    doc = json.loads(previous.read_text())
+    return [*doc.get("invocations", [doc.get("seconds", 0.0)]), seconds]

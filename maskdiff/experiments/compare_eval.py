@@ -10,13 +10,18 @@ evaluation floor (bootstrap over items, split-half) is computed from them.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 
 import torch
 
 from maskdiff.models.transformer import causal_lm_loss
-from maskdiff.training.answers import answers_match, extract_answer, gold_answer
+from maskdiff.training.answers import answers_match, extract_answer
 from maskdiff.training.evaluate import pass_at_1, per_example_elbo
 
 ITEM_DIGITS = 6  # per-item ELBO values are stored rounded to this many decimals
@@ -131,3 +136,21 @@ def predicted_multiplier(b_noise_base: float, b_noise: float, batch: int, cost: 
     scale as ``1 + B_noise / B`` (McCandlish et al. 2018), compute as steps × B × cost, so
     ``(1 + B_std / B) / ((1 + B_m / B) · cost)``."""
     return (1 + b_noise_base / batch) / ((1 + b_noise / batch) * cost)
+
+
+def finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def mean_loss_per_bin(metrics: Path) -> list[float | None]:
+    """Mean over logged windows of the training loss per t-bin (the last half of training)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r["loss_per_t_bin"] for r in rows if "loss_per_t_bin" in r]
+    rows = rows[len(rows) // 2:]
+    if not rows:
+        return []
+    out = []
+    for j in range(len(rows[0])):
+        vals = [r[j] for r in rows if r[j] is not None]
+        out.append(float(np.mean(vals)) if vals else None)
+    return out

@@ -31,6 +31,23 @@ def _p(p) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
 
+def _p_eq(p) -> str:
+    """``p = 0.12`` / ``p < 0.001``."""
+    text = _p(p)
+    return f"p {text[0]} {text[1:]}" if text.startswith("<") else f"p = {text}"
+
+
+def multiplier(comp: dict | None) -> str:
+    """A compute multiplier with its interval; "not reached (< bound)" when censored."""
+    if not comp:
+        return "–"
+    ci = "" if comp.get("lo") is None else f" [{comp['lo']:.2f}, {comp['hi']:.2f}]"
+    if not comp.get("reached", comp["multiplier"] > 0):
+        bound = comp.get("upper_bound")
+        return "not reached" + ("" if bound is None else f" (< {bound:.2f})") + ci
+    return f"{comp['multiplier']:.2f}{ci}"
+
+
 def _ci(d: dict | None, fmt, key: str = "mean") -> str:
     if not d:
         return "–"
@@ -96,9 +113,7 @@ def elbo_table(results: dict) -> list[str]:
         delta = "" if is_base or not diff or kind else f"{_ci(diff, _signed(f4))} ({_p(diff['p'])})"
         ratio, tests = ("", "") if is_base or kind else _spread(vs.get("test_loss", {}), f4)
         comp = vs.get("compute")
-        mult = "" if not comp or is_base else (
-            f"{comp['multiplier']:.2f}" + ("" if comp["lo"] is None else
-                                          f" [{comp['lo']:.2f}, {comp['hi']:.2f}]"))
+        mult = "" if not comp or is_base else multiplier(comp)
         lines.append(
             f"| {label} | {_ci(m.get('test_loss_ci'), f4)}{kind} | {delta} | "
             f"{_ci(m.get('test_loss_sd'), lambda x: _num(x, 4), 'sd')} | "
@@ -120,9 +135,7 @@ def noise_table(results: dict) -> list[str]:
         comp = m.get("vs_standard", {}).get("compute")
         pred = (predicted_multiplier(base, v["b_noise"], batch, v["forward_passes"])
                 if base and v.get("b_noise") else None)
-        measured = "" if not comp or name == BASELINE else (
-            f"{comp['multiplier']:.2f}" + ("" if comp["lo"] is None else
-                                          f" [{comp['lo']:.2f}, {comp['hi']:.2f}]"))
+        measured = "" if not comp or name == BASELINE else multiplier(comp)
         lines.append(f"| {name} | {v['trace_cov']:.3g} ± {v['trace_cov_se']:.2g} | "
                      f"{_num(v.get('b_noise'), 1)} | {_num(pred, 2)} | {measured} |")
     return lines
@@ -134,7 +147,7 @@ def _words_mean(label: str, diff: dict, unit: str, fmt, better_low: bool) -> str
     verdict = (f"**significantly {'better' if direction else 'worse'}** than standard"
                if sig else "not significantly different from standard")
     return (f"{label} {_signed(fmt)(diff['mean'])} [{_signed(fmt)(diff['lo'])}, "
-            f"{_signed(fmt)(diff['hi'])}]{unit} (paired t, p = {_p(diff['p'])}): {verdict}")
+            f"{_signed(fmt)(diff['hi'])}]{unit} (paired t, {_p_eq(diff['p'])}): {verdict}")
 
 
 def _words_spread(sp: dict) -> str:
@@ -166,12 +179,15 @@ def words(results: dict) -> list[str]:
                          + _words_spread(vs["test_loss"].get("spread")))
         comp = vs.get("compute")
         if comp:
-            reach = ("never reaches standard's final validation ELBO within its budget"
-                     if comp["multiplier"] == 0 else
-                     f"reaches standard's final validation ELBO with a compute multiplier of "
-                     f"{comp['multiplier']:.2f}" + ("" if comp["lo"] is None else
-                                                    f" [{comp['lo']:.2f}, {comp['hi']:.2f}]"))
-            parts.append(reach)
+            reached = comp.get("reached", comp["multiplier"] > 0)
+            parts.append(("does not reach standard's final validation ELBO within its budget "
+                          "(compute multiplier " if not reached else
+                          "compute multiplier to standard's final validation ELBO ")
+                         + multiplier(comp) + (")" if not reached else "")
+                         + ("" if not reached else
+                            (": **less compute** than standard" if comp["lo"] and comp["lo"] > 1
+                             else ": **more compute** than standard" if comp["hi"] and comp["hi"] < 1
+                             else ": not distinguishable from standard's")))
         out.append(f"- **{label}** — " + "; ".join(parts) + ".")
     return out
 
@@ -214,8 +230,17 @@ def _header(results: dict) -> list[str]:
         f"method). pass@1 on {cfg['n_test']} test problems (greedy low-confidence decoding: "
         f"{decoder}); test ELBO on {cfg['n_test_elbo']} test examples × {cfg['elbo_rates']} "
         f"stratified rates, the same draws for every run.",
-        f"Machine: {results['machine']}; threads per run {results.get('threads')}; whole job "
-        f"{results['seconds'] / 60:.1f} min (reused runs count as 0).", ""]
+        f"Machine: {results['machine']}; threads per run {results.get('threads')}; "
+        f"{wall_time(results)}.", ""]
+
+
+def wall_time(results: dict) -> str:
+    """The job's wall time, over its invocations (a resumed or re-summarised job adds one)."""
+    runs = results.get("invocations") or [results["seconds"]]
+    if len(runs) == 1:
+        return f"whole job {runs[0] / 60:.1f} min"
+    return (f"whole job {runs[0] / 60:.1f} min, then {len(runs) - 1} more invocation(s) of "
+            f"{sum(runs[1:]) / 60:.1f} min (finished runs reused)")
 
 
 def write_report(out_dir: Path, results: dict) -> None:
@@ -228,11 +253,11 @@ def write_report(out_dir: Path, results: dict) -> None:
               "is better). Seed sd: bootstrap (BCa) interval over seeds. Eval floor: the "
               "bootstrap SE over test items of one run's score, and the split-half estimate of "
               "the share of the seed variance that the finite test set adds. sd ratio: "
-              "sd(method) / sd(standard), paired bootstrap interval; BF = Brown–Forsythe "
-              "(independent samples), PM = Pitman–Morgan (paired). Compute multiplier: forward "
-              "passes standard needs to reach its own final validation ELBO over those the "
-              "method needs (> 1 = less compute; 0 = never within the budget), seeds "
-              "resampled. Tests are two-sided at 5%, not adjusted for the number of methods.",
+              "sd(method) / sd(standard) with the interval inverting the Pitman–Morgan test; "
+              "BF = Brown–Forsythe (independent samples), PM = Pitman–Morgan (paired). Compute "
+              "multiplier: forward passes standard needs to reach its own final validation ELBO "
+              "over those the method needs (> 1 = less compute; 'not reached' = not within the "
+              "budget, with the bound reaching it at the end would give), seeds resampled. Tests are two-sided at 5%, not adjusted for the number of methods.",
               "", "## In words", ""] + words(results) + [""]
     if results.get("grad_noise"):
         lines += ["## Gradient noise scale on the starting checkpoint", ""] + noise_table(results)
@@ -273,3 +298,33 @@ def _extras(results: dict) -> list[str]:
         lines += [f"Signal-rich window: U[{lo:.3f}, {hi:.3f}] (t* of the task's character "
                   "n-grams).", ""]
     return lines
+
+
+def headline(results: dict) -> list[str]:
+    """The README's pitch numbers: per method at equal steps, the test ELBO and pass@1
+    differences to standard, the pass@1 spread ratio and the compute multiplier, with CIs."""
+    f4 = lambda x: f"{x:+.4f}"  # noqa: E731
+    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
+    out = []
+    for label in paired_labels(results):
+        m = results["methods"][label]
+        vs = m["vs_standard"]
+        if m["test_loss_kind"] != "ELBO":
+            continue
+        d = vs["test_loss"].get("difference")
+        p1 = vs.get("pass_at_1", {})
+        parts = [f"test ELBO {f4(d['mean'])} [{f4(d['lo'])}, {f4(d['hi'])}] nats "
+                 f"({_p_eq(d['p'])})"] if d else []
+        if p1.get("difference"):
+            pd = p1["difference"]
+            parts.append(f"pass@1 {pts(pd['mean'])} [{pts(pd['lo'])}, {pts(pd['hi'])}] points "
+                         f"({_p_eq(pd['p'])})")
+        sp = p1.get("spread") or {}
+        if sp.get("ratio") is not None:
+            ci = "" if sp.get("lo") is None else f" [{sp['lo']:.2f}, {sp['hi']:.2f}]"
+            parts.append(f"pass@1 sd ratio {sp['ratio']:.2f}{ci} "
+                         f"(Pitman–Morgan {_p_eq(sp['p_pitman_morgan'])})")
+        if vs.get("compute"):
+            parts.append(f"compute multiplier {multiplier(vs['compute'])}")
+        out.append(f"- **{label}** vs standard: " + "; ".join(parts) + ".")
+    return out

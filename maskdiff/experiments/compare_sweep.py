@@ -23,6 +23,7 @@ from maskdiff.core.methods import BASELINE
 from maskdiff.experiments.compare import CompareJob
 from maskdiff.experiments.compare_eval import predicted_multiplier
 from maskdiff.experiments.compare_presets import ComparePreset, with_base
+from maskdiff.experiments.compare_report import multiplier
 from maskdiff.plotting import pyplot
 
 SWEEP_METHODS = ("standard", "mirror", "ppots", "ppots_mirror")
@@ -124,7 +125,7 @@ def sweep_table(doc: dict) -> list[str]:
                 f"| {b} | {label} | {_fmt_ci(m['pass_at_1']['sd'], 'sd', 100, 1)} | "
                 f"{_fmt_ci(m['test_loss']['sd'], 'sd', 1, 4)} | "
                 f"{_fmt_ci(m['test_loss']['spread'], 'ratio', 1, 2)} | "
-                f"{_fmt_ci(m['compute'], 'multiplier', 1, 2)} | "
+                f"{multiplier(m['compute']) if m['compute'] else '–'} | "
                 f"{'–' if pred is None else f'{pred:.2f}'} |")
     return lines
 

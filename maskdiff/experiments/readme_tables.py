@@ -38,8 +38,8 @@ def _setup(results: dict) -> list[str]:
     return [f"Preset `{results['preset']}`: {len(results['seeds'])} paired seeds, "
             f"{cfg['finetune_steps']} steps × batch {cfg['batch_size']}, pass@1 on "
             f"{cfg['n_test']} problems, test ELBO on {cfg['n_test_elbo']} examples × "
-            f"{cfg['elbo_rates']} rates; {results['machine']}, "
-            f"{results['seconds'] / 60:.1f} min for the job."]
+            f"{cfg['elbo_rates']} rates; {results['machine']}; "
+            f"{report.wall_time(results)}."]
 
 
 TABLES: dict[str, Callable[[dict], list[str]]] = {
@@ -48,6 +48,7 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "elbo": report.elbo_table,
     "noise": report.noise_table,
     "words": report.words,
+    "headline": report.headline,
     "power": report.power_lines,
     "sweep": _sweep,
 }

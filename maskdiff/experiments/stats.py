@@ -8,10 +8,11 @@ Every ``maskdiff compare`` number that carries an uncertainty comes from here:
   Wilcoxon signed-rank p-value as a distribution-free check;
 - :func:`sd_ci` — the seed-to-seed standard deviation with a bootstrap interval over seeds
   (``scipy.stats.bootstrap``) and the normal-theory chi-square interval;
-- :func:`spread_ratio` — sd(method) / sd(standard) with a paired bootstrap interval, the
-  Brown–Forsythe test of equal variances (``scipy.stats.levene(center="median")``), which
-  treats the two samples as independent, and the Pitman–Morgan test, which is exact for paired
-  normal samples (var(a) = var(b) iff corr(a + b, a − b) = 0);
+- :func:`spread_ratio` — sd(method) / sd(standard) with the interval that inverts the
+  Pitman–Morgan test (exact for paired normal samples: var(a) = var(b) iff
+  corr(a + b, a − b) = 0) and a paired bootstrap interval, the Brown–Forsythe test of equal
+  variances (``scipy.stats.levene(center="median")``, which treats the samples as
+  independent) and the Pitman–Morgan test;
 - :func:`item_se` / :func:`split_half` — the evaluation floor: the precision of one run's score
   from its finite test set, and how much of a seed spread is training and how much test set;
 - :func:`power_paired_t`, :func:`detectable_difference`, :func:`power_variance_ratio`,
@@ -122,8 +123,11 @@ def sd_ci(values: Sequence[float], level: float = LEVEL, n_boot: int = N_BOOT,
 
 
 def _ratio(a, b, axis=-1):
+    """sd(a) / sd(b); a resample without spread in either (one seed drawn n times) counts as
+    ratio 1 (0/0) or inf (x/0), so that the bootstrap quantiles stay defined."""
+    sa, sb = _sd(a, axis), _sd(b, axis)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _sd(a, axis) / _sd(b, axis)
+        return np.where((sa == 0) & (sb == 0), 1.0, sa / sb)
 
 
 def pitman_morgan(a: Sequence[float], b: Sequence[float]) -> float:
@@ -136,10 +140,31 @@ def pitman_morgan(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.pearsonr(s, d).pvalue)
 
 
+def pitman_morgan_interval(a: Sequence[float], b: Sequence[float],
+                           level: float = LEVEL) -> tuple[float, float] | tuple[None, None]:
+    """The interval for sd(a) / sd(b) that inverts the Pitman–Morgan test (exact for paired
+    normal samples): the variance ratio lies in ``F (K ∓ sqrt(K² − 1))`` with ``F`` the sample
+    variance ratio, ``K = 1 + 2 (1 − r²) t² / (n − 2)``, ``r`` the sample correlation of a and
+    b and ``t`` the two-sided t quantile with n − 2 degrees of freedom."""
+    _check_level(level)
+    x, y = _array(a, "a", 3), _array(b, "b", 3)
+    va, vb = x.var(ddof=1), y.var(ddof=1)
+    if va == 0 or vb == 0:
+        return None, None
+    n = x.size
+    r2 = np.cov(x, y, ddof=1)[0, 1] ** 2 / (va * vb)
+    t = stats.t.ppf(0.5 + level / 2, n - 2)
+    k = 1 + 2 * (1 - r2) * t ** 2 / (n - 2)
+    f = va / vb
+    return math.sqrt(f * (k - math.sqrt(k * k - 1))), math.sqrt(f * (k + math.sqrt(k * k - 1)))
+
+
 def spread_ratio(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
                  n_boot: int = N_BOOT, seed: int = 0) -> dict:
-    """sd(a) / sd(b) over paired seeds: a paired bootstrap interval, the F interval (normal,
-    independent samples), the Brown–Forsythe p-value and the Pitman–Morgan p-value."""
+    """sd(a) / sd(b) over paired seeds: the interval inverting the Pitman–Morgan test
+    (``lo``, ``hi``; exact for paired normal seeds), a paired bootstrap interval (``boot_lo``,
+    ``boot_hi``; wide with few seeds), the F interval (normal, independent samples), the
+    Brown–Forsythe p-value and the Pitman–Morgan p-value."""
     _check_level(level)
     x, y = _array(a, "a", 3), _array(b, "b", 3)
     if x.size != y.size:
@@ -155,8 +180,10 @@ def spread_ratio(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bf = stats.levene(x, y, center="median").pvalue
-    return {"ratio": ratio, "lo": lo, "hi": hi, "f_lo": f_lo, "f_hi": f_hi,
-            "p_brown_forsythe": _f(bf), "p_pitman_morgan": pitman_morgan(x, y), "level": level}
+    pm_lo, pm_hi = pitman_morgan_interval(x, y, level)
+    return {"ratio": ratio, "lo": pm_lo, "hi": pm_hi, "boot_lo": lo, "boot_hi": hi,
+            "f_lo": f_lo, "f_hi": f_hi, "p_brown_forsythe": _f(bf),
+            "p_pitman_morgan": pitman_morgan(x, y), "level": level}
 
 
 def item_se(scores: Sequence[float]) -> float:
@@ -225,8 +252,9 @@ def compute_multiplier(x_base: Sequence[float], base: np.ndarray, x_m: Sequence[
     best-so-far (non-increasing) at cumulative forward passes ``x_base`` / ``x_m``. The target is
     the baseline's mean final value; the multiplier is the forward passes the baseline's mean
     curve needs to reach it over those the method's mean curve needs (> 1: the method gets
-    there with less compute; 0: it never does). The interval resamples seeds, keeping the pairs
-    (``scipy.stats.bootstrap``, percentile).
+    there with less compute; 0: it never does within its budget, and ``upper_bound`` is what
+    reaching it at the last evaluation would give). The interval resamples seeds, keeping the
+    pairs (``scipy.stats.bootstrap``, percentile).
     """
     _check_level(level)
     base, curves = np.asarray(base, np.float64), np.asarray(curves, np.float64)
@@ -236,6 +264,7 @@ def compute_multiplier(x_base: Sequence[float], base: np.ndarray, x_m: Sequence[
     n = base.shape[0]
     value = float(_multiplier(x_base, base, x_m, curves, np.arange(n))[0])
     target = float(base.mean(0)[-1])
+    fwd_base = first_crossing(x_base, base.mean(0), target)
     lo = hi = None
     if n >= 3:
         with warnings.catch_warnings():
@@ -245,9 +274,12 @@ def compute_multiplier(x_base: Sequence[float], base: np.ndarray, x_m: Sequence[
                                   vectorized=False, confidence_level=level, n_resamples=n_boot,
                                   method="percentile", random_state=np.random.default_rng(seed))
         lo, hi = _f(res.confidence_interval.low), _f(res.confidence_interval.high)
-    return {"multiplier": value, "lo": lo, "hi": hi, "target": target,
-            "fwd_base": first_crossing(x_base, base.mean(0), target),
-            "fwd_method": _f(first_crossing(x_m, curves.mean(0), target)), "level": level}
+    return {"multiplier": value, "lo": lo, "hi": hi, "target": target, "fwd_base": fwd_base,
+            "fwd_method": _f(first_crossing(x_m, curves.mean(0), target)),
+            "reached": value > 0,
+            # Not reached: the multiplier is below what reaching it at the last point would give.
+            "upper_bound": None if value > 0 else fwd_base / float(np.asarray(x_m)[-1]),
+            "level": level}
 
 
 # ----------------------------------------------------------------------------------- power
