@@ -58,6 +58,16 @@ def _signed(fmt):
     return lambda x: "–" if x is None else ("+" if x > 0 else "") + fmt(x)
 
 
+def _sd_cell(sd: dict | None, fmt) -> str:
+    """The seed sd with its bootstrap interval and the chi-square one (normal seeds)."""
+    if not sd:
+        return "–"
+    if sd.get("lo") is None:
+        return fmt(sd["sd"])
+    return (f"{fmt(sd['sd'])} [{fmt(sd['lo'])}, {fmt(sd['hi'])}]; "
+            f"χ² [{fmt(sd['chi2_lo'])}, {fmt(sd['chi2_hi'])}]")
+
+
 def _floor(m: dict, key: str, fmt) -> str:
     floor = m.get(f"{key}_floor")
     if not floor:
@@ -79,7 +89,8 @@ def _spread(vs: dict, fmt) -> tuple[str, str]:
 def pass_table(results: dict) -> list[str]:
     """pass@1 per method: mean, paired difference, seed sd, floor, spread ratio, worst seed."""
     lines = ["| method | pass@1 % [95% CI] | Δ vs standard, points [95% CI] (p) | seed sd "
-             "[95% CI] | eval floor: item SE; test-set share | sd ratio [95% CI] | BF / PM p "
+             "[bootstrap 95% CI]; χ² CI | eval floor: item SE; test-set share | sd ratio "
+             "[95% CI] | BF / PM p "
              "| worst − standard best | fwd / std |", "|---|---|---|---|---|---|---|---|---|"]
     for label, m in results["methods"].items():
         if not m.get("pass_at_1_stats"):
@@ -93,7 +104,7 @@ def pass_table(results: dict) -> list[str]:
         wb = vs.get("worst_minus_standard_best")
         lines.append(
             f"| {label} | {_ci(m.get('pass_at_1_ci'), _pct)} | {delta} | "
-            f"{_ci(m.get('pass_at_1_sd'), _pct, 'sd')} | {_floor(m, 'pass_at_1', _pct)} | "
+            f"{_sd_cell(m.get('pass_at_1_sd'), _pct)} | {_floor(m, 'pass_at_1', _pct)} | "
             f"{ratio} | {tests} | {'' if is_base or wb is None else _signed(_pct)(wb)} | "
             f"{vs.get('fwd_ratio', 1.0):.2f} |")
     return lines
@@ -101,7 +112,8 @@ def pass_table(results: dict) -> list[str]:
 
 def elbo_table(results: dict) -> list[str]:
     """Test ELBO per method: mean, paired difference, seed sd, floor, spread, compute multiplier."""
-    lines = ["| method | test ELBO [95% CI] | Δ vs standard [95% CI] (p) | seed sd [95% CI] | "
+    lines = ["| method | test ELBO [95% CI] | Δ vs standard [95% CI] (p) | seed sd "
+             "[bootstrap 95% CI]; χ² CI | "
              "eval floor: item SE; test-set share | sd ratio [95% CI] | BF / PM p | "
              "compute multiplier [95% CI] |", "|---|---|---|---|---|---|---|---|"]
     f4 = lambda x: _num(x, 4)  # noqa: E731
@@ -114,10 +126,11 @@ def elbo_table(results: dict) -> list[str]:
         ratio, tests = ("", "") if is_base or kind else _spread(vs.get("test_loss", {}), f4)
         comp = vs.get("compute")
         mult = "" if not comp or is_base else multiplier(comp)
+        fmt = f4 if not kind else (lambda x: "–" if x is None else f"{x:.2e}")
         lines.append(
-            f"| {label} | {_ci(m.get('test_loss_ci'), f4)}{kind} | {delta} | "
-            f"{_ci(m.get('test_loss_sd'), lambda x: _num(x, 4), 'sd')} | "
-            f"{_floor(m, 'test_loss', f4)} | {ratio} | {tests} | {mult} |")
+            f"| {label} | {_ci(m.get('test_loss_ci'), fmt)}{kind} | {delta} | "
+            f"{_sd_cell(m.get('test_loss_sd'), fmt)} | "
+            f"{_floor(m, 'test_loss', fmt)} | {ratio} | {tests} | {mult} |")
     return lines
 
 
@@ -250,7 +263,8 @@ def write_report(out_dir: Path, results: dict) -> None:
         lines += ["## pass@1", ""] + pass_table(results) + [""]
     lines += ["## Test ELBO and compute to target", ""] + elbo_table(results) + [""]
     lines += ["Δ: method − standard over the paired seeds (paired t interval and p; lower ELBO "
-              "is better). Seed sd: bootstrap (BCa) interval over seeds. Eval floor: the "
+              "is better). Seed sd: bootstrap (BCa) interval over seeds (too narrow with few seeds) and "
+              "the chi-square interval (exact for normal seeds). Eval floor: the "
               "bootstrap SE over test items of one run's score, and the split-half estimate of "
               "the share of the seed variance that the finite test set adds. sd ratio: "
               "sd(method) / sd(standard) with the interval inverting the Pitman–Morgan test; "
