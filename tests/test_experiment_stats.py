@@ -168,3 +168,5 @@ def test_the_pitman_morgan_interval_inverts_the_test():
     assert lo < a.std(ddof=1) / b.std(ddof=1) < hi
     assert stats.pitman_morgan(a, lo * b) == pytest.approx(0.05, abs=1e-9)
     assert stats.pitman_morgan(a, hi * b) == pytest.approx(0.05, abs=1e-9)
+    # A sample against itself (standard vs standard): the ratio is exactly 1.
+    assert stats.pitman_morgan_interval(a, a) == pytest.approx((1.0, 1.0))

@@ -23,8 +23,8 @@ def register(subparsers) -> None:
                     "OUT/results.json and plots. Finished runs are reused when the job is "
                     "restarted; a killed job resumes.")
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                   help="demo (default, 5 seeds, < 10 min on 2 CPU cores), full (every "
-                        "registered method, 12 seeds), gpu (a larger model, 20 seeds, --device "
+                   help="demo (default: 5 methods × 5 seeds, ~900 CPU-seconds), full (every "
+                        "registered method, 12 seeds), gpu (a larger model, 10 seeds, --device "
                         "cuda), smoke (tests)")
     p.add_argument("--methods", help="comma-separated subset of the preset's methods, or others "
                                      "(e.g. standard,mirror,standard@2x)")

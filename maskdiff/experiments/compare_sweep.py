@@ -105,26 +105,29 @@ def _add_predictions(doc: dict) -> None:
                                          if base and n.get("b_noise") else None)
 
 
-def _fmt_ci(d: dict | None, key: str, scale: float, digits: int) -> str:
+def _fmt_ci(d: dict | None, key: str, scale: float, digits: int, sign: str = "") -> str:
     if not d or d.get(key) is None:
         return "–"
-    ci = "" if d.get("lo") is None else f" [{scale * d['lo']:.{digits}f}, {scale * d['hi']:.{digits}f}]"
-    return f"{scale * d[key]:.{digits}f}{ci}"
+    f = lambda x: f"{scale * x:{sign}.{digits}f}"  # noqa: E731
+    ci = "" if d.get("lo") is None else f" [{f(d['lo'])}, {f(d['hi'])}]"
+    return f"{f(d[key])}{ci}"
 
 
 def sweep_table(doc: dict) -> list[str]:
     """Per batch and method: seed sd of pass@1 and test ELBO, spread ratio, compute multiplier
     measured and predicted."""
-    lines = ["| batch | method | pass@1 sd, points [95% CI] | test ELBO sd [95% CI] | "
-             "ELBO sd ratio [95% CI] | compute multiplier [95% CI] | predicted |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| batch | method | pass@1 sd, points [95% CI] | test ELBO Δ vs standard [95% CI] "
+             "| test ELBO sd [95% CI] | ELBO sd ratio [95% CI] | compute multiplier [95% CI] "
+             "| predicted |", "|---|---|---|---|---|---|---|---|"]
     for b, point in sorted(doc["points"].items(), key=lambda kv: int(kv[0])):
         for label, m in point["methods"].items():
             pred = m.get("predicted_multiplier")
+            base = label == BASELINE
             lines.append(
                 f"| {b} | {label} | {_fmt_ci(m['pass_at_1']['sd'], 'sd', 100, 1)} | "
+                f"{'' if base else _fmt_ci(m['test_loss']['difference'], 'mean', 1, 4, '+')} | "
                 f"{_fmt_ci(m['test_loss']['sd'], 'sd', 1, 4)} | "
-                f"{_fmt_ci(m['test_loss']['spread'], 'ratio', 1, 2)} | "
+                f"{'' if base else _fmt_ci(m['test_loss']['spread'], 'ratio', 1, 2)} | "
                 f"{multiplier(m['compute']) if m['compute'] else '–'} | "
                 f"{'–' if pred is None else f'{pred:.2f}'} |")
     return lines
@@ -132,7 +135,7 @@ def sweep_table(doc: dict) -> list[str]:
 
 def plot_sweep(path: Path, doc: dict) -> None:
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
     batches = sorted(int(b) for b in doc["points"])
     for k, label in enumerate(doc["methods"]):
         colour = f"C{k % 10}"
@@ -157,7 +160,7 @@ def plot_sweep(path: Path, doc: dict) -> None:
                          color=colour, alpha=0.7)
     axes[2].axhline(1.0, color="k", lw=0.8, ls=":")
     titles = ("seed sd of pass@1 (points)", "seed sd of the test ELBO",
-              "compute multiplier vs standard (dashed: predicted from B_noise)")
+              "compute multiplier vs standard\n(0 = not reached; dashed: predicted from B_noise)")
     for ax, title in zip(axes, titles):
         ax.set_xscale("log", base=2)
         ax.set_xticks(batches, [str(b) for b in batches])

@@ -152,7 +152,7 @@ def pitman_morgan_interval(a: Sequence[float], b: Sequence[float],
     if va == 0 or vb == 0:
         return None, None
     n = x.size
-    r2 = np.cov(x, y, ddof=1)[0, 1] ** 2 / (va * vb)
+    r2 = min(1.0, np.cov(x, y, ddof=1)[0, 1] ** 2 / (va * vb))  # rounding can pass 1
     t = stats.t.ppf(0.5 + level / 2, n - 2)
     k = 1 + 2 * (1 - r2) * t ** 2 / (n - 2)
     f = va / vb
