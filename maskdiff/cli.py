@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "maskdiff.commands.predict_window",
     "maskdiff.commands.fit_pots",
     "maskdiff.commands.compare",
+    "maskdiff.commands.readme_tables",
     "maskdiff.commands.decompose",
     "maskdiff.commands.image",
     "maskdiff.commands.parity",

@@ -9,7 +9,7 @@ from maskdiff.cli import main
 from maskdiff.experiments.compare import (
     EQUAL_COMPUTE, PRESETS, CompareJob, RunSpec, plan,
 )
-from maskdiff.experiments.compare_report import summarise
+from maskdiff.experiments.compare_summary import summarise
 
 
 def test_the_full_plan_runs_every_method_with_syrm_on_tables_and_the_equal_compute_variant():
@@ -18,7 +18,8 @@ def test_the_full_plan_runs_every_method_with_syrm_on_tables_and_the_equal_compu
     assert {"standard", "clipped", "strats", "ema", "isad", "mirror", "multisample2", "ppots",
             "ppots_online", "ppots_mirror", "window", "ar", EQUAL_COMPUTE,
             "syrm (table)", "standard (table)", "gpots", "gpots_mirror", "gpots_online"} == labels
-    assert len(specs) == len(labels) * 3
+    assert len(specs) == len(labels) * len(PRESETS["full"].seeds)
+    assert len(PRESETS["full"].seeds) >= 10 and len(PRESETS["demo"].seeds) >= 5
     assert plan(PRESETS["demo"], seeds=[1, 2])[:2] == [RunSpec("standard", 1, "arithmetic"),
                                                         RunSpec("standard", 2, "arithmetic")]
 
@@ -36,7 +37,7 @@ def _record(label, seed, p, fwd=100):
     return {"label": label, "method": label, "task": "arithmetic", "seed": seed, "pass_at_1": p,
             "test_loss": 1.0, "test_loss_se": 0.1, "test_loss_kind": "ELBO", "variance_proxy": 1.0,
             "forward_passes": fwd, "train_seconds": 1.0, "steps": 10, "history": [],
-            "loss_per_t_bin": []}
+            "loss_per_t_bin": [], "hits": "", "elbo_items": []}
 
 
 def test_summary_statistics_are_the_closed_form_ones():
@@ -51,6 +52,11 @@ def test_summary_statistics_are_the_closed_form_ones():
     assert mir["mean_minus_standard"] == pytest.approx(1.3 / 3 - 0.3)
     assert mir["sd_ratio_to_standard"] == pytest.approx(0.0763762615 / 0.1)
     assert mir["fwd_ratio_to_standard"] == 2.0
+    # The paired statistics: the differences are (0.3, 0.05, 0.05) points of pass@1.
+    diff = mir["vs_standard"]["pass_at_1"]["difference"]
+    assert diff["mean"] == pytest.approx(0.4 / 3)
+    assert diff["p"] == pytest.approx(0.25073, abs=1e-4)  # t = 1.6 with 2 df: p = 1 - 1.6 / sqrt(4.56)
+    assert std["pass_at_1_ci"]["hi"] - 0.3 == pytest.approx(4.302653 * 0.1 / 3 ** 0.5)
 
 
 def test_smoke_job_end_to_end_and_restart_reuses_finished_runs(tmp_path, capsys):
@@ -59,7 +65,7 @@ def test_smoke_job_end_to_end_and_restart_reuses_finished_runs(tmp_path, capsys)
     results = json.loads((out / "results.json").read_text())
     methods = results["methods"]
     assert set(methods) == {"standard", "mirror", "ppots_mirror", "ar", EQUAL_COMPUTE}
-    assert results["seeds"] == [42, 731]
+    assert results["seeds"] == [42, 731, 20231]
     # one thread per run (the suite's, or one per worker process), recorded per job and per run
     assert results["threads"] == 1 and {r["threads"] for r in results["runs"]} == {1}
     # Same steps and batch for all: two-forward methods and standard@2x spend exactly twice.
@@ -67,21 +73,75 @@ def test_smoke_job_end_to_end_and_restart_reuses_finished_runs(tmp_path, capsys)
         assert methods[label]["fwd_ratio_to_standard"] == 2.0
     assert methods["ar"]["test_loss_kind"] == "causal NLL"
     for m in methods.values():
-        assert all(0.0 <= p <= 1.0 for p in m["pass_at_1"]) and len(m["pass_at_1"]) == 2
+        assert all(0.0 <= p <= 1.0 for p in m["pass_at_1"]) and len(m["pass_at_1"]) == 3
+        assert m["pass_at_1_floor"]["n_items"] == 8 and m["test_loss_floor"]["n_items"] == 8
+        assert "test_loss_ci" in m and "test_loss_sd" in m
     for name in ("report.md", "pass_at_1.png", "val_loss.png", "loss_per_t_bin.png",
                  "ppots/ppots.json", "ppots/ppots.png"):
         assert (out / name).exists(), name
     assert sorted(p.name for p in (out / "start").iterdir()) == ["arithmetic-causal",
                                                                   "arithmetic-diffusion"]
     # The seeds differ in what they compute (data order, rates, masks), not in their start.
-    runs = [r for r in results["runs"] if r["label"] == "standard"]
+    runs = sorted((r for r in results["runs"] if r["label"] == "standard"),
+                  key=lambda r: r["seed"])
     assert runs[0]["history"] != runs[1]["history"]
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("compare.json")}
-    assert len(stamps) == 10
+    assert len(stamps) == 15
+    # Every run is scored on the same items with the same draws (CRN): per-item values kept.
+    for p in stamps:
+        rec = json.loads(p.read_text())
+        assert len(rec["hits"]) == 8 and len(rec["elbo_items"]) == 8
+    assert methods["mirror"]["vs_standard"]["compute"]["target"] == pytest.approx(
+        min(h["val_loss"] for h in runs[0]["history"]) / 3
+        + min(h["val_loss"] for h in runs[1]["history"]) / 3
+        + min(h["val_loss"] for h in runs[2]["history"]) / 3)
+    noise = results["grad_noise"]["methods"]
+    assert set(noise) == {"standard", "mirror", "ppots_mirror"}
+    assert all(v["trace_cov"] > 0 for v in noise.values())
+    assert "## In words" in (out / "report.md").read_text()
     os.utime(out / "results.json", ns=(0, 0))
     job = CompareJob(PRESETS["smoke"], out, progress=False)
     again = job.run()
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
     assert again["methods"]["mirror"]["pass_at_1"] == methods["mirror"]["pass_at_1"]
     assert "pass@1" in capsys.readouterr().out
+
+
+def test_the_paired_design_gives_every_method_the_same_data_order_per_seed(tmp_path):
+    """Seed s: the same sequence of training examples for every method (standard@2x takes it
+    two batches at a time); another seed, another order."""
+    from maskdiff.training.trainer import Trainer
+
+    job = CompareJob(PRESETS["smoke"], tmp_path, progress=False)
+
+    def order(method, seed, n=48):
+        config = job.run_config(RunSpec(method, seed, "arithmetic"))
+        trainer = Trainer(config, task=job.task("arithmetic"), quiet=True)
+        bs = config.optim.batch_size
+        return [i for k in range(n // bs) for i in trainer.order.global_batch(k, bs)]
+
+    reference = order("standard", 731)
+    for method in ("mirror", "ar", EQUAL_COMPUTE):
+        assert order(method, 731) == reference, method
+    assert order("standard", 42) != reference
+
+
+def test_a_sweep_point_keeps_the_training_examples_and_the_sweep_reuses_the_plain_runs(tmp_path):
+    from maskdiff.experiments.compare_sweep import SweepJob, sweep_point
+
+    point = sweep_point(PRESETS["demo"], 8, ("standard",))
+    assert (point.base.optim.batch_size, point.base.optim.max_steps) == (8, 600)
+    assert point.base.eval.every == 60 and point.start_batch == 32
+    with pytest.raises(ValueError, match="must divide"):
+        sweep_point(PRESETS["demo"], 7, ("standard",))
+    out = tmp_path / "sw"
+    doc = SweepJob(PRESETS["smoke"], out, (4, 8), ("standard", "mirror"), workers=1,
+                   progress=False).run()
+    assert sorted(doc["points"]) == ["4", "8"]
+    assert (out / "runs" / "arithmetic" / "mirror" / "s42" / "compare.json").exists()  # batch 8
+    assert (out / "b4" / "runs" / "arithmetic" / "mirror" / "s42" / "compare.json").exists()
+    b4 = doc["points"]["4"]
+    assert b4["steps"] == 12 and b4["methods"]["mirror"]["compute"]["multiplier"] >= 0
+    assert b4["methods"]["mirror"]["predicted_multiplier"] > 0
+    assert (out / "sweep.png").exists() and "| 4 | mirror |" in (out / "sweep.md").read_text()

@@ -1,29 +1,34 @@
-"""``maskdiff compare``: the multi-seed stability benchmark (the README's main job)."""
+"""``maskdiff compare``: the paired multi-seed stability benchmark (the README's main job)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from maskdiff.commands import add_threads_argument, parse_names, parse_seeds
-from maskdiff.experiments.compare import PRESETS
+from maskdiff.commands import add_threads_argument, parse_ints, parse_names, parse_seeds, positive
+from maskdiff.experiments.compare_presets import PRESETS, Decoding
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "compare", help="train every method from one starting checkpoint over several seeds "
-                        "and compare pass@1 and its spread",
-        description="Multi-seed stability benchmark (docs/method.md §11): each method fine-tunes the same "
-                    "starting checkpoint with seeds driving data order, rates and masks; pass@1 "
-                    "and the test ELBO per seed; mean, sd, min, max per method. Writes "
-                    "OUT/report.md, OUT/results.json and plots. Finished runs are reused when "
-                    "the job is restarted.")
+        "compare", help="train every method from one starting checkpoint over paired seeds; "
+                        "pass@1 and test ELBO with confidence intervals",
+        description="Paired multi-seed stability benchmark (docs/method.md §11): each method "
+                    "fine-tunes the same starting checkpoint; seed s gives every method the same "
+                    "data order, rates and masks streams. Per method: mean with 95%% CI, the "
+                    "paired difference to standard (CI, p), the seed sd and spread ratio (CIs, "
+                    "Brown-Forsythe / Pitman-Morgan), the evaluation floor, and the compute "
+                    "multiplier to standard's final validation ELBO. Writes OUT/report.md, "
+                    "OUT/results.json and plots. Finished runs are reused when the job is "
+                    "restarted; a killed job resumes.")
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                   help="demo (default, ~10 min on 2 CPU cores), full (every registered method), "
-                        "gpu (a larger model, --device cuda), smoke (tests)")
+                   help="demo (default: 5 methods × 5 seeds, ~900 CPU-seconds), full (every "
+                        "registered method, 12 seeds), gpu (a larger model, 10 seeds, --device "
+                        "cuda), smoke (tests)")
     p.add_argument("--methods", help="comma-separated subset of the preset's methods, or others "
                                      "(e.g. standard,mirror,standard@2x)")
-    p.add_argument("--seeds", help="comma-separated seeds (default: 42,731,20231)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
     p.add_argument("--out", help="output directory (default: runs/compare-<preset>)")
     p.add_argument("--workers", type=int, default=None,
@@ -32,28 +37,82 @@ def register(subparsers) -> None:
     add_threads_argument(p, help="intra-op CPU threads of each training process: per worker "
                                  "with --workers > 1 (default 1), else of this process (default: "
                                  "PyTorch's choice); results.json records it (\"threads\")")
+    p.add_argument("--train-file", help="your data (JSONL, {prompt, response} or {text} rows): "
+                                        "the same protocol on it; pass@1 where responses end in "
+                                        "'#### answer', test ELBO always")
+    p.add_argument("--max-len", type=positive, help="row length for --train-file data")
+    p.add_argument("--hf", help="a Hugging Face masked-diffusion model (local path or hub name): "
+                                "it is the starting checkpoint; its data: --train-file, else "
+                                "the preset's task as text")
+    p.add_argument("--trust-remote-code", action="store_true", help="with --hf (LLaDA, Dream)")
+    p.add_argument("--mask-token-id", type=int, help="with --hf, when the tokenizer has none")
+    p.add_argument("--sweep-batch", help="comma-separated batch sizes: the protocol at each, "
+                                         "same number of training examples (sweep.json/png)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from dataclasses import replace
-
-    from maskdiff.experiments.compare import CompareJob
-
+def _preset(args):
     preset = PRESETS[args.preset]
     if args.methods:
         preset = replace(preset, methods=parse_names(args.methods))
+    if args.train_file:
+        if not Path(args.train_file).exists():
+            raise ValueError(f"--train-file {args.train_file}: no such file")
+        data = replace(preset.base.data, train_file=str(args.train_file),
+                       max_len=args.max_len or preset.base.data.max_len)
+        # User responses have their own lengths: decode the whole region after the prompt.
+        preset = replace(preset, base=replace(preset.base, data=data), decoding=Decoding())
+    elif args.max_len:
+        raise ValueError("--max-len applies to --train-file data only")
+    return preset
+
+
+def run(args) -> int:
+    from maskdiff.experiments.compare import CompareJob
+
+    preset = _preset(args)
     seeds = parse_seeds(args.seeds)
-    out = Path(args.out or f"runs/compare-{preset.name}")
     device = args.device or preset.base.device
     workers = args.workers or (min(4, os.cpu_count() or 1) if device == "cpu" else 1)
-    results = CompareJob(preset, out, seeds=seeds, device=args.device, progress=not args.quiet,
-                         workers=workers, threads=args.threads).run()
-    print(f"\n{'method':<22} {'pass@1 mean±sd (%)':>20} {'min':>6} {'max':>6} {'fwd/std':>8}")
-    for label, m in results["methods"].items():
-        st = m["pass_at_1_stats"]
-        print(f"{label:<22} {100 * st['mean']:>12.1f} ± {100 * st['sd']:<5.1f} {100 * st['min']:>6.1f} "
-              f"{100 * st['max']:>6.1f} {m.get('fwd_ratio_to_standard', float('nan')):>8.2f}")
+    if args.hf:
+        from maskdiff.commands import apply_threads
+        from maskdiff.experiments.compare_hf import HFCompareJob
+
+        apply_threads(args)
+        out = Path(args.out or f"runs/compare-hf-{preset.name}")
+        results = HFCompareJob(preset, out, args.hf, train_file=args.train_file, seeds=seeds,
+                               trust_remote_code=args.trust_remote_code,
+                               mask_token_id=args.mask_token_id, device=device,
+                               progress=not args.quiet).run()
+    elif args.sweep_batch:
+        from maskdiff.experiments.compare_sweep import SWEEP_METHODS, SweepJob
+
+        out = Path(args.out or f"runs/compare-sweep-{preset.name}")
+        methods = parse_names(args.methods) if args.methods else SWEEP_METHODS
+        doc = SweepJob(preset, out, parse_ints(args.sweep_batch, "--sweep-batch"), methods,
+                       seeds=seeds, device=args.device, workers=workers,
+                       progress=not args.quiet, threads=args.threads).run()
+        print(f"\n{doc['seconds'] / 60:.1f} min; report: {out / 'sweep.md'}")
+        return 0
+    else:
+        out = Path(args.out or f"runs/compare-{preset.name}")
+        results = CompareJob(preset, out, seeds=seeds, device=args.device,
+                             progress=not args.quiet, workers=workers, threads=args.threads).run()
+    print_summary(results)
     print(f"\n{results['seconds'] / 60:.1f} min; report: {out / 'report.md'}")
     return 0
+
+
+def print_summary(results: dict) -> None:
+    """The headline numbers: per method the mean with its 95% CI and the paired difference."""
+    print(f"\n{'method':<20} {'pass@1 % [95% CI]':>22} {'Δ vs std [95% CI] (p)':>30} "
+          f"{'test loss':>9} {'fwd/std':>7}")
+    for label, m in results["methods"].items():
+        ci = m.get("pass_at_1_ci")
+        cell = f"{100 * ci['mean']:.1f} [{100 * ci['lo']:.1f}, {100 * ci['hi']:.1f}]" if ci else "-"
+        diff = m.get("vs_standard", {}).get("pass_at_1", {}).get("difference")
+        delta = (f"{100 * diff['mean']:+.1f} [{100 * diff['lo']:+.1f}, {100 * diff['hi']:+.1f}] "
+                 f"({diff['p']:.2g})" if diff and m["method"] != "standard" else "")
+        print(f"{label:<20} {cell:>22} {delta:>30} {m['test_loss_stats']['mean']:>9.4f} "
+              f"{m.get('fwd_ratio_to_standard', 1.0):>7.2f}")

@@ -1,144 +1,250 @@
-"""Summary statistics, plots and ``report.md`` of a ``maskdiff compare`` job."""
+"""``report.md`` of a ``maskdiff compare`` job, and the tables the README shows, from
+``results.json`` alone (docs/method.md §11).
+
+The table functions return Markdown lines; :mod:`maskdiff.experiments.readme_tables` puts the
+same tables into the README from the results files under ``docs/results/``.
+"""
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
-import numpy as np
+from maskdiff.core.methods import BASELINE
+from maskdiff.experiments.compare_plots import write_plots
+from maskdiff.experiments.compare_summary import paired_labels
+from maskdiff.experiments.compare_eval import predicted_multiplier
 
-from maskdiff.core.methods import BASELINE, get_method
-from maskdiff.plotting import pyplot
-
-
-def _stats(values: list[float]) -> dict:
-    arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
-            "min": float(arr.min()), "max": float(arr.max()), "range": float(arr.max() - arr.min()),
-            "n": int(arr.size)}
+ALPHA = 0.05
 
 
-def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None,
-              window: list[float] | None, workers: int = 1, threads: int | None = None) -> dict:
-    """Per method: per-seed values and mean/sd/min/max/range; worst seed vs standard's best."""
-    by_label: dict[str, list[dict]] = {}
-    for r in records:
-        by_label.setdefault(r["label"], []).append(r)
-    methods = {}
-    for label, rows in by_label.items():
-        rows = sorted(rows, key=lambda r: r["seed"])
-        methods[label] = {
-            "method": rows[0]["method"], "task": rows[0]["task"],
-            "seeds": [r["seed"] for r in rows],
-            "pass_at_1": [r["pass_at_1"] for r in rows],
-            "pass_at_1_stats": _stats([r["pass_at_1"] for r in rows]),
-            "test_loss": [r["test_loss"] for r in rows],
-            "test_loss_se": [r["test_loss_se"] for r in rows],
-            "test_loss_kind": rows[0]["test_loss_kind"],
-            "test_loss_stats": _stats([r["test_loss"] for r in rows]),
-            "variance_proxy": [r["variance_proxy"] for r in rows],
-            "forward_passes": [r["forward_passes"] for r in rows],
-            "train_seconds": [r["train_seconds"] for r in rows],
-            "steps": [r["steps"] for r in rows],
-        }
-    for label, m in methods.items():
-        base = next((b for b in methods.values() if b["method"] == BASELINE and b["task"] == m["task"]), None)
-        if base is not None:
-            m["worst_minus_standard_best"] = m["pass_at_1_stats"]["min"] - base["pass_at_1_stats"]["max"]
-            m["mean_minus_standard"] = m["pass_at_1_stats"]["mean"] - base["pass_at_1_stats"]["mean"]
-            m["sd_ratio_to_standard"] = (m["pass_at_1_stats"]["sd"] / base["pass_at_1_stats"]["sd"]
-                                         if base["pass_at_1_stats"]["sd"] > 0 else None)
-            m["fwd_ratio_to_standard"] = float(np.mean(m["forward_passes"]) / np.mean(base["forward_passes"]))
-    if ppots is not None and ppots.get("seconds"):
-        served = [r["train_seconds"] for r in records if "density" in get_method(r["method"]).needs]
-        if served:
-            ppots = {**ppots, "cost_fraction": ppots["seconds"] / float(np.mean(served))}
-    return {"preset": preset.name, "seeds": sorted({r["seed"] for r in records}),
-            "methods": methods, "runs": records, "seconds": seconds, "ppots": ppots,
-            "window": window, "workers": workers, "threads": threads, "machine": f"{platform.machine()}, {platform.system()}, "
-                                         f"Python {platform.python_version()}",
-            "config": {"pretrain_steps": preset.pretrain_steps, "n_test": preset.n_test,
-                       "finetune_steps": preset.base.optim.max_steps,
-                       "batch_size": preset.base.optim.batch_size,
-                       "task": preset.base.data.task, "difficulty": preset.base.data.difficulty,
-                       "model": {"d_model": preset.base.model.d_model,
-                                 "n_layers": preset.base.model.n_layers}}}
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
 
 
-def plot_pass_at_1(path: Path, results: dict) -> None:
-    plt = pyplot()
-    labels = list(results["methods"])
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.2), constrained_layout=True)
-    for x, label in enumerate(labels):
-        m = results["methods"][label]
-        ys = np.asarray(m["pass_at_1"]) * 100
-        jitter = np.linspace(-0.12, 0.12, len(ys)) if len(ys) > 1 else np.zeros(1)
-        ax.plot(x + jitter, ys, "o", color=f"C{x % 10}", ms=7, alpha=0.85)
-        ax.errorbar(x + 0.28, ys.mean(), yerr=ys.std(ddof=1) if len(ys) > 1 else 0, fmt="_",
-                    color="k", ms=14, capsize=3)
-    base = results["methods"].get(BASELINE)
-    if base is not None:
-        ax.axhspan(min(base["pass_at_1"]) * 100, max(base["pass_at_1"]) * 100, color="C7", alpha=0.15,
-                   label="standard: seed range")
-        ax.legend(loc="best", fontsize=8)
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    ax.set_ylabel("pass@1 on the test split (%)")
-    ax.set_title(f"compare {results['preset']}: every seed a dot; bar = mean ± sd "
-                 f"({len(results['seeds'])} seeds)", fontsize=10)
-    ax.grid(alpha=0.3, axis="y")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _num(x, digits: int = 4) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
 
 
-def _diffusion_runs(results: dict):
-    """(colour index, label, runs) of each diffusion method (the causal NLL is another quantity)."""
-    for k, (label, m) in enumerate(results["methods"].items()):
-        if m["test_loss_kind"] == "ELBO":
-            yield k, label, [r for r in results["runs"] if r["label"] == label]
+def _p(p) -> str:
+    if p is None:
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
 
-def _save(fig, ax, path: Path, **labels) -> None:
-    ax.set(**labels)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
-    pyplot().close(fig)
+def _p_eq(p) -> str:
+    """``p = 0.12`` / ``p < 0.001``."""
+    text = _p(p)
+    return f"p {text[0]} {text[1:]}" if text.startswith("<") else f"p = {text}"
 
 
-def plot_val_curves(path: Path, results: dict) -> None:
-    fig, ax = pyplot().subplots(figsize=(7.5, 4.5), constrained_layout=True)
-    for k, label, runs in _diffusion_runs(results):
-        steps = sorted({h["step"] for r in runs for h in r["history"]})
-        grid = np.full((len(runs), len(steps)), np.nan)
-        for i, r in enumerate(runs):
-            for h in r["history"]:
-                grid[i, steps.index(h["step"])] = h["val_loss"]
-        mean = np.nanmean(grid, axis=0)
-        lo, hi = np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
-        ax.plot(steps, mean, "-o", ms=3, color=f"C{k % 10}", label=label)
-        ax.fill_between(steps, lo, hi, color=f"C{k % 10}", alpha=0.15)
-    _save(fig, ax, path, xlabel="fine-tuning step", ylabel="validation ELBO (nats / response token)",
-          title="Validation loss: mean over seeds, band = min..max")
+def multiplier(comp: dict | None) -> str:
+    """A compute multiplier with its interval; "not reached (< bound)" when censored."""
+    if not comp:
+        return "–"
+    ci = "" if comp.get("lo") is None else f" [{comp['lo']:.2f}, {comp['hi']:.2f}]"
+    if not comp.get("reached", comp["multiplier"] > 0):
+        bound = comp.get("upper_bound")
+        return "not reached" + ("" if bound is None else f" (< {bound:.2f})") + ci
+    return f"{comp['multiplier']:.2f}{ci}"
 
 
-def plot_loss_per_bin(path: Path, results: dict) -> None:
-    fig, ax = pyplot().subplots(figsize=(7.5, 4.5), constrained_layout=True)
-    for k, label, runs in _diffusion_runs(results):
-        runs = [r for r in runs if r["loss_per_t_bin"]]
-        if not runs:
+def _ci(d: dict | None, fmt, key: str = "mean") -> str:
+    if not d:
+        return "–"
+    return f"{fmt(d[key])} [{fmt(d['lo'])}, {fmt(d['hi'])}]"
+
+
+def _signed(fmt):
+    return lambda x: "–" if x is None else ("+" if x > 0 else "") + fmt(x)
+
+
+def _sd_cell(sd: dict | None, fmt) -> str:
+    """The seed sd with its bootstrap interval and the chi-square one (normal seeds)."""
+    if not sd:
+        return "–"
+    if sd.get("lo") is None:
+        return fmt(sd["sd"])
+    return (f"{fmt(sd['sd'])} [{fmt(sd['lo'])}, {fmt(sd['hi'])}]; "
+            f"χ² [{fmt(sd['chi2_lo'])}, {fmt(sd['chi2_hi'])}]")
+
+
+def _floor(m: dict, key: str, fmt) -> str:
+    floor = m.get(f"{key}_floor")
+    if not floor:
+        return "–"
+    half = floor.get("split_half", {})
+    share = half.get("training_share")
+    test = "" if share is None else f"; {100 * min(1.0, max(0.0, 1 - share)):.0f}%"
+    return f"{fmt(floor['item_se'])}{test}"
+
+
+def _spread(vs: dict, fmt) -> tuple[str, str]:
+    sp = vs.get("spread") or {}
+    if sp.get("ratio") is None:
+        return "–", "–"
+    ci = "" if sp.get("lo") is None else f" [{sp['lo']:.2f}, {sp['hi']:.2f}]"
+    return f"{sp['ratio']:.2f}{ci}", f"{_p(sp['p_brown_forsythe'])} / {_p(sp['p_pitman_morgan'])}"
+
+
+def pass_table(results: dict) -> list[str]:
+    """pass@1 per method: mean, paired difference, seed sd, floor, spread ratio, worst seed."""
+    lines = ["| method | pass@1 % [95% CI] | Δ vs standard, points [95% CI] (p) | seed sd "
+             "[bootstrap 95% CI]; χ² CI | eval floor: item SE; test-set share | sd ratio "
+             "[95% CI] | BF / PM p "
+             "| worst − standard best | fwd / std |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, m in results["methods"].items():
+        if not m.get("pass_at_1_stats"):
             continue
-        table = np.array([[np.nan if v is None else v for v in r["loss_per_t_bin"]] for r in runs])
-        centres = (np.arange(table.shape[1]) + 0.5) / table.shape[1]
-        seen = ~np.isnan(table).all(axis=0)  # a window or clipped sampler leaves bins empty
-        means = np.nanmean(table[:, seen], axis=0)
-        ax.plot(centres[seen], means, "-o", ms=3, color=f"C{k % 10}", label=label)
-    _save(fig, ax, path, xlabel="masking rate t (bin centre)",
-          ylabel="training loss l (per eligible token)",
-          title="Training loss per t-bin (second half of training, mean over seeds)")
+        vs = m.get("vs_standard", {})
+        diff = vs.get("pass_at_1", {}).get("difference")
+        is_base = m["method"] == BASELINE
+        delta = "" if is_base or not diff else \
+            f"{_ci(diff, _signed(_pct))} ({_p(diff['p'])})"
+        ratio, tests = ("", "") if is_base else _spread(vs.get("pass_at_1", {}), _pct)
+        wb = vs.get("worst_minus_standard_best")
+        lines.append(
+            f"| {label} | {_ci(m.get('pass_at_1_ci'), _pct)} | {delta} | "
+            f"{_sd_cell(m.get('pass_at_1_sd'), _pct)} | {_floor(m, 'pass_at_1', _pct)} | "
+            f"{ratio} | {tests} | {'' if is_base or wb is None else _signed(_pct)(wb)} | "
+            f"{vs.get('fwd_ratio', 1.0):.2f} |")
+    return lines
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
+def elbo_table(results: dict) -> list[str]:
+    """Test ELBO per method: mean, paired difference, seed sd, floor, spread, compute multiplier."""
+    lines = ["| method | test ELBO [95% CI] | Δ vs standard [95% CI] (p) | seed sd "
+             "[bootstrap 95% CI]; χ² CI | "
+             "eval floor: item SE; test-set share | sd ratio [95% CI] | BF / PM p | "
+             "compute multiplier [95% CI] |", "|---|---|---|---|---|---|---|---|"]
+    f4 = lambda x: _num(x, 4)  # noqa: E731
+    for label, m in results["methods"].items():
+        vs = m.get("vs_standard", {})
+        diff = vs.get("test_loss", {}).get("difference")
+        is_base = m["method"] == BASELINE
+        kind = "" if m["test_loss_kind"] == "ELBO" else f" ({m['test_loss_kind']})"
+        delta = "" if is_base or not diff or kind else f"{_ci(diff, _signed(f4))} ({_p(diff['p'])})"
+        ratio, tests = ("", "") if is_base or kind else _spread(vs.get("test_loss", {}), f4)
+        comp = vs.get("compute")
+        mult = "" if not comp or is_base else multiplier(comp)
+        fmt = f4 if not kind else (lambda x: "–" if x is None else f"{x:.2e}")
+        lines.append(
+            f"| {label} | {_ci(m.get('test_loss_ci'), fmt)}{kind} | {delta} | "
+            f"{_sd_cell(m.get('test_loss_sd'), fmt)} | "
+            f"{_floor(m, 'test_loss', fmt)} | {ratio} | {tests} | {mult} |")
+    return lines
+
+
+def noise_table(results: dict) -> list[str]:
+    """Gradient noise scale per method and the compute multiplier it predicts vs the measured."""
+    noise = results.get("grad_noise") or {}
+    rows = noise.get("methods") or {}
+    base = rows.get(BASELINE, {}).get("b_noise")
+    batch = results["config"]["batch_size"]
+    lines = [f"| method | tr Σ (per example) | B_noise = tr Σ / \\|G\\|² | predicted multiplier "
+             f"at batch {batch} | measured multiplier [95% CI] |", "|---|---|---|---|---|"]
+    for name, v in rows.items():
+        m = next((mm for mm in results["methods"].values()
+                  if mm["method"] == name and mm["task"] == results["task"]["name"]), {})
+        comp = m.get("vs_standard", {}).get("compute")
+        pred = (predicted_multiplier(base, v["b_noise"], batch, v["forward_passes"])
+                if base and v.get("b_noise") else None)
+        measured = "" if not comp or name == BASELINE else multiplier(comp)
+        lines.append(f"| {name} | {v['trace_cov']:.3g} ± {v['trace_cov_se']:.2g} | "
+                     f"{_num(v.get('b_noise'), 1)} | {_num(pred, 2)} | {measured} |")
+    return lines
+
+
+def _words_mean(label: str, diff: dict, unit: str, fmt, better_low: bool) -> str:
+    sig = diff["p"] < ALPHA
+    direction = (diff["mean"] < 0) == better_low
+    verdict = (f"**significantly {'better' if direction else 'worse'}** than standard"
+               if sig else "not significantly different from standard")
+    return (f"{label} {_signed(fmt)(diff['mean'])} [{_signed(fmt)(diff['lo'])}, "
+            f"{_signed(fmt)(diff['hi'])}]{unit} (paired t, {_p_eq(diff['p'])}): {verdict}")
+
+
+def _words_spread(sp: dict) -> str:
+    if not sp or sp.get("ratio") is None:
+        return ""
+    sig = min(sp["p_brown_forsythe"] or 1, sp["p_pitman_morgan"] or 1) < ALPHA
+    ci = "" if sp.get("lo") is None else f" [{sp['lo']:.2f}, {sp['hi']:.2f}]"
+    verdict = (f"the spread is **significantly {'smaller' if sp['ratio'] < 1 else 'larger'}**"
+               if sig else "the spread is not distinguishable from standard's")
+    return f"; sd ratio {sp['ratio']:.2f}{ci}: {verdict}"
+
+
+def words(results: dict) -> list[str]:
+    """One plain sentence per method and metric: the effect with its CI, significant or not."""
+    out = []
+    for label in paired_labels(results):
+        m = results["methods"][label]
+        vs = m["vs_standard"]
+        if m["test_loss_kind"] != "ELBO":
+            continue
+        parts = []
+        diff = vs.get("pass_at_1", {}).get("difference")
+        if diff:
+            parts.append(_words_mean("pass@1", diff, " points", _pct, False)
+                         + _words_spread(vs["pass_at_1"].get("spread")))
+        diff = vs.get("test_loss", {}).get("difference")
+        if diff:
+            parts.append(_words_mean("test ELBO", diff, "", lambda x: _num(x, 4), True)
+                         + _words_spread(vs["test_loss"].get("spread")))
+        comp = vs.get("compute")
+        if comp:
+            reached = comp.get("reached", comp["multiplier"] > 0)
+            parts.append(("does not reach standard's final validation ELBO within its budget "
+                          "(compute multiplier " if not reached else
+                          "compute multiplier to standard's final validation ELBO ")
+                         + multiplier(comp) + (")" if not reached else "")
+                         + ("" if not reached else
+                            (": **less compute** than standard" if comp["lo"] and comp["lo"] > 1
+                             else ": **more compute** than standard" if comp["hi"] and comp["hi"] < 1
+                             else ": not distinguishable from standard's")))
+        out.append(f"- **{label}** — " + "; ".join(parts) + ".")
+    return out
+
+
+def power_lines(results: dict) -> list[str]:
+    """The power calculation, in words."""
+    power = results.get("power") or {}
+    out = []
+    for key, unit, fmt in (("pass_at_1", "points", _pct), ("test_loss", "nats", lambda x: f"{x:.4f}")):
+        m = power.get("metrics", {}).get(key)
+        if not m:
+            continue
+        dd = ", ".join(f"{n} seeds: {fmt(v)}" for n, v in m["detectable_difference"].items())
+        out.append(f"- {key}: sd of a paired difference {fmt(m['sd_diff'])} {unit} (median over "
+                   f"methods); smallest difference detected with 80% power at 5% — {dd} {unit}.")
+    if power.get("detectable_sd_ratio"):
+        dr = ", ".join(f"{n} seeds: {v:.2f}" for n, v in power["detectable_sd_ratio"].items())
+        out.append(f"- spread: smallest sd ratio (either way) the F test detects with 80% power "
+                   f"— {dr}.")
+    return out
+
+
+def _header(results: dict) -> list[str]:
+    cfg, task = results["config"], results["task"]
+    dec = cfg["decoding"]
+    source = (f"your data `{task['train_file']}` ({task['n_train']} train / {task['n_val']} "
+              f"validation = test rows)" if task.get("train_file") else
+              f"task `{task['name']}` {task.get('difficulty') or cfg['difficulty']}")
+    decoder = ("the whole region after the prompt, one token per step" if not dec["gen_length"]
+               else f"{dec['gen_length']} positions, blocks of {dec['block_length']}, "
+                    f"{dec['steps']} steps")
+    return [
+        f"# maskdiff compare — preset `{results['preset']}`", "",
+        f"Task: {source}. Model d_model={cfg['model']['d_model']}, {cfg['model']['n_layers']} "
+        f"layers; starting checkpoint {cfg['pretrain_steps']} steps of the standard objective. "
+        f"Fine-tuning {cfg['finetune_steps']} steps × batch {cfg['batch_size']} (lr "
+        f"{cfg['lr']}), validation ELBO every {cfg['eval_every']} steps on {cfg['n_val']} "
+        f"examples, the best checkpoint scored. {len(results['seeds'])} paired seeds "
+        f"{results['seeds']} (seed s = the same data order, rates and masks streams for every "
+        f"method). pass@1 on {cfg['n_test']} test problems (greedy low-confidence decoding: "
+        f"{decoder}); test ELBO on {cfg['n_test_elbo']} test examples × {cfg['elbo_rates']} "
+        f"stratified rates, the same draws for every run.",
+        f"Machine: {results['machine']}; {_processes(results)}; "
+        f"{wall_time(results)}.", ""]
 
 
 def _processes(results: dict) -> str:
@@ -153,51 +259,98 @@ def _processes(results: dict) -> str:
     return how
 
 
+def wall_time(results: dict) -> str:
+    """The job's wall time, over its invocations (a resumed or re-summarised job adds one)."""
+    runs = results.get("invocations") or [results["seconds"]]
+    if len(runs) == 1:
+        return f"whole job {runs[0] / 60:.1f} min"
+    return (f"whole job {runs[0] / 60:.1f} min, then {len(runs) - 1} more invocation(s) of "
+            f"{sum(runs[1:]) / 60:.1f} min (finished runs reused)")
+
+
 def write_report(out_dir: Path, results: dict) -> None:
-    plot_pass_at_1(out_dir / "pass_at_1.png", results)
-    plot_val_curves(out_dir / "val_loss.png", results)
-    plot_loss_per_bin(out_dir / "loss_per_t_bin.png", results)
-    cfg = results["config"]
-    lines = [
-        f"# maskdiff compare — preset `{results['preset']}`", "",
-        f"Seeds {results['seeds']}; task `{cfg['task']}` {cfg['difficulty']}; model d_model="
-        f"{cfg['model']['d_model']}, {cfg['model']['n_layers']} layers; starting checkpoint "
-        f"{cfg['pretrain_steps']} steps of the standard objective on another sample of the task; "
-        f"fine-tuning {cfg['finetune_steps']} steps × batch {cfg['batch_size']} (early stopping on "
-        f"validation ELBO); pass@1 on {cfg['n_test']} test problems by low-confidence decoding.",
-        f"Machine: {results['machine']}; {_processes(results)}; whole job "
-        f"{results['seconds'] / 60:.1f} min (reused runs count as 0).", "",
-        "| method | pass@1 mean ± sd (%) | min | max | range | worst − standard best | "
-        "test loss (mean) | fwd / standard | train s (mean) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    images = write_plots(out_dir, results)
+    lines = _header(results)
+    if any(m.get("pass_at_1_stats") for m in results["methods"].values()):
+        lines += ["## pass@1", ""] + pass_table(results) + [""]
+    lines += ["## Test ELBO and compute to target", ""] + elbo_table(results) + [""]
+    lines += ["Δ: method − standard over the paired seeds (paired t interval and p; lower ELBO "
+              "is better). Seed sd: bootstrap (BCa) interval over seeds (too narrow with few seeds) and "
+              "the chi-square interval (exact for normal seeds). Eval floor: the "
+              "bootstrap SE over test items of one run's score, and the split-half estimate of "
+              "the share of the seed variance that the finite test set adds. sd ratio: "
+              "sd(method) / sd(standard) with the interval inverting the Pitman–Morgan test; "
+              "BF = Brown–Forsythe (independent samples), PM = Pitman–Morgan (paired). Compute "
+              "multiplier: forward passes standard needs to reach its own final validation ELBO "
+              "over those the method needs (> 1 = less compute; 'not reached' = not within the "
+              "budget, with the bound reaching it at the end would give), seeds resampled. Tests are two-sided at 5%, not adjusted for the number of methods.",
+              "", "## In words", ""] + words(results) + [""]
+    if results.get("grad_noise"):
+        lines += ["## Gradient noise scale on the starting checkpoint", ""] + noise_table(results)
+        lines += ["", "Predicted multiplier: (1 + B_std/B) / ((1 + B_m/B) · forward passes per "
+                  "example), from steps ∝ 1 + B_noise/B (McCandlish et al. 2018).", ""]
+    lines += ["## Power", ""] + power_lines(results) + [""]
+    lines += _per_seed(results) + _extras(results)
+    lines += [f"![{name}]({name})" for name in images]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _per_seed(results: dict) -> list[str]:
+    seeds = results["seeds"]
+    lines = ["## Per seed (pass@1 % / test loss)", "",
+             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]
     for label, m in results["methods"].items():
-        st = m["pass_at_1_stats"]
-        wb = m.get("worst_minus_standard_best")
-        lines.append(
-            f"| {label} | {_pct(st['mean'])} ± {_pct(st['sd'])} | {_pct(st['min'])} | {_pct(st['max'])} "
-            f"| {_pct(st['range'])} | {'' if wb is None else _pct(wb)} | "
-            f"{m['test_loss_stats']['mean']:.4f} ({m['test_loss_kind']}) | "
-            f"{m.get('fwd_ratio_to_standard', float('nan')):.2f} | {np.mean(m['train_seconds']):.0f} |")
-    lines += ["", "Per seed (pass@1 %):", "", "| method | " + " | ".join(f"seed {s}" for s in results["seeds"]) + " |",
-              "|---|" + "---|" * len(results["seeds"])]
-    for label, m in results["methods"].items():
-        by_seed = dict(zip(m["seeds"], m["pass_at_1"]))
-        lines.append(f"| {label} | " + " | ".join(
-            _pct(by_seed[s]) if s in by_seed else "" for s in results["seeds"]) + " |")
+        by_seed = dict(zip(m["seeds"], zip(m["pass_at_1"], m["test_loss"])))
+        cells = [f"{_pct(by_seed[s][0])} / {by_seed[s][1]:.4f}" if s in by_seed else ""
+                 for s in seeds]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _extras(results: dict) -> list[str]:
+    lines = []
     if results.get("ppots"):
         p = results["ppots"]
-        lines += ["", f"P-POTS: estimated once on the starting checkpoint in {p['seconds']:.1f} s "
-                      f"({p['forward_passes']} forward passes), EPR KL {p['epr']['kl']:.2e}, "
-                      f"poly7 KL {p['poly7']['kl']:.2e}; see `ppots/ppots.png`."]
+        line = (f"P-POTS: estimated once on the starting checkpoint in {p['seconds']:.1f} s "
+                f"({p['forward_passes']} forward passes), EPR KL {p['epr']['kl']:.2e}, "
+                f"poly7 KL {p['poly7']['kl']:.2e}; see `ppots/ppots.png`.")
         if p.get("cost_fraction") is not None:
-            lines[-1] += (f" Its cost is {100 * p['cost_fraction']:.1f}% of one P-POTS run's "
-                          "training time (it serves every P-POTS run of the job).")
+            line += (f" Its cost is {100 * p['cost_fraction']:.1f}% of one P-POTS run's "
+                     "training time (it serves every P-POTS run of the job).")
+        lines += [line, ""]
     if results.get("window"):
         lo, hi = results["window"]
-        lines += ["", f"Signal-rich window: U[{lo:.3f}, {hi:.3f}] (t* of the task's character n-grams)."]
-    lines += ["", "![pass@1 per seed](pass_at_1.png)", "", "![validation loss](val_loss.png)", "",
-              "![loss per t-bin](loss_per_t_bin.png)", "",
-              "A method helps only if its dots sit above standard's band and its spread is smaller; "
-              "with 3 seeds a difference of one or two test problems is noise."]
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+        lines += [f"Signal-rich window: U[{lo:.3f}, {hi:.3f}] (t* of the task's character "
+                  "n-grams).", ""]
+    return lines
+
+
+def headline(results: dict) -> list[str]:
+    """The README's pitch numbers: per method at equal steps, the test ELBO and pass@1
+    differences to standard, the pass@1 spread ratio and the compute multiplier, with CIs."""
+    f4 = lambda x: f"{x:+.4f}"  # noqa: E731
+    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
+    out = []
+    for label in paired_labels(results):
+        m = results["methods"][label]
+        vs = m["vs_standard"]
+        if m["test_loss_kind"] != "ELBO":
+            continue
+        d = vs["test_loss"].get("difference")
+        p1 = vs.get("pass_at_1", {})
+        parts = [f"test ELBO {f4(d['mean'])} [{f4(d['lo'])}, {f4(d['hi'])}] nats "
+                 f"({_p_eq(d['p'])})"] if d else []
+        if p1.get("difference"):
+            pd = p1["difference"]
+            parts.append(f"pass@1 {pts(pd['mean'])} [{pts(pd['lo'])}, {pts(pd['hi'])}] points "
+                         f"({_p_eq(pd['p'])})")
+        sp = p1.get("spread") or {}
+        if sp.get("ratio") is not None:
+            ci = "" if sp.get("lo") is None else f" [{sp['lo']:.2f}, {sp['hi']:.2f}]"
+            parts.append(f"pass@1 sd ratio {sp['ratio']:.2f}{ci} "
+                         f"(Pitman–Morgan {_p_eq(sp['p_pitman_morgan'])})")
+        if vs.get("compute"):
+            parts.append(f"compute multiplier {multiplier(vs['compute'])}")
+        out.append(f"- **{label}** vs standard: " + "; ".join(parts) + ".")
+    return out

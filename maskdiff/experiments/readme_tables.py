@@ -1,0 +1,105 @@
+"""The README's result tables, generated from the reference results under ``docs/results/``.
+
+A table in the README sits between two markers::
+
+    <!-- results:compare-demo:pass -->
+    ...generated lines...
+    <!-- /results -->
+
+``compare-demo`` names ``docs/results/compare-demo.json`` (a ``maskdiff compare`` job's
+``results.json``, or a sweep's ``sweep.json``); ``pass`` names the table (:data:`TABLES`).
+:func:`update` rewrites every marked block from its JSON; ``maskdiff readme-tables --check``
+(and ``tests/test_readme_results.py``) fails when the README and the JSON disagree, so a
+README number can only come from a results file in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from maskdiff.experiments import compare_report as report
+
+END = "<!-- /results -->"
+BLOCK = re.compile(r"(<!-- results:([\w.-]+):([\w-]+) -->\n)(.*?)(" + re.escape(END) + ")",
+                   re.DOTALL)
+
+
+def _sweep(results: dict) -> list[str]:
+    from maskdiff.experiments.compare_sweep import sweep_table
+
+    return sweep_table(results)
+
+
+def _setup(results: dict) -> list[str]:
+    cfg = results["config"]
+    return [f"Preset `{results['preset']}`: {len(results['seeds'])} paired seeds, "
+            f"{cfg['finetune_steps']} steps × batch {cfg['batch_size']}, pass@1 on "
+            f"{cfg['n_test']} problems, test ELBO on {cfg['n_test_elbo']} examples × "
+            f"{cfg['elbo_rates']} rates; {results['machine']}; "
+            f"{report.wall_time(results)}."]
+
+
+TABLES: dict[str, Callable[[dict], list[str]]] = {
+    "setup": _setup,
+    "pass": report.pass_table,
+    "elbo": report.elbo_table,
+    "noise": report.noise_table,
+    "words": report.words,
+    "headline": report.headline,
+    "power": report.power_lines,
+    "sweep": _sweep,
+}
+
+
+def render(results_dir: Path, name: str, table: str) -> str:
+    """The lines of one block, ending with a newline."""
+    if table not in TABLES:
+        raise ValueError(f"unknown README table {table!r}; known: {sorted(TABLES)}")
+    path = Path(results_dir) / f"{name}.json"
+    if not path.exists():
+        raise ValueError(f"README block {name}:{table}: no results file {path}")
+    return "\n".join(TABLES[table](json.loads(path.read_text()))) + "\n"
+
+
+def update(text: str, results_dir: Path) -> tuple[str, list[str]]:
+    """``text`` with every marked block regenerated, and the ``name:table`` of those changed."""
+    changed = []
+
+    def replace(match: re.Match) -> str:
+        head, name, table, body, end = match.groups()
+        new = render(results_dir, name, table)
+        if new != body:
+            changed.append(f"{name}:{table}")
+        return head + new + end
+
+    return BLOCK.sub(replace, text), changed
+
+
+def slim(results: dict) -> dict:
+    """A results file as kept under ``docs/results/``: the runs without their sample outputs."""
+    out = dict(results)
+    if "runs" in out:
+        out["runs"] = [{k: v for k, v in r.items() if k not in ("examples", "loss_per_t_bin")}
+                       for r in out["runs"]]
+    return out
+
+
+def add(results_dir: Path, name: str, source: Path) -> Path:
+    """Copy a job's results (``results.json`` / ``sweep.json``) to ``results_dir/NAME.json``."""
+    source = Path(source)
+    if not source.exists():
+        raise ValueError(f"--add {name}={source}: no such file")
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise ValueError(f"--add: the name must be letters, digits, '.', '_' or '-', got {name!r}")
+    target = Path(results_dir) / f"{name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(slim(json.loads(source.read_text())), indent=1) + "\n")
+    return target
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """The ``(name, table)`` of every marked block of ``text``."""
+    return [(m.group(2), m.group(3)) for m in BLOCK.finditer(text)]
