@@ -72,7 +72,8 @@ def test_evaluate_parity_and_fit_pots_record_the_threads(tmp_path, restore_threa
 
 
 def test_compare_threads_are_per_worker_and_recorded(tmp_path, restore_threads):
-    from maskdiff.experiments.compare import PRESETS, CompareJob, _pool
+    from maskdiff.experiments.compare import PRESETS, CompareJob
+    from maskdiff.experiments.pool import worker_pool
     from maskdiff.experiments.compare_report import _processes
 
     preset = PRESETS["smoke"]
@@ -81,7 +82,7 @@ def test_compare_threads_are_per_worker_and_recorded(tmp_path, restore_threads):
     assert CompareJob(preset, tmp_path, workers=3, threads=2).training_threads() == 2
     assert torch.get_num_threads() == 1  # workers' threads leave this process alone
     assert CompareJob(preset, tmp_path, workers=1).training_threads() == 1  # this process's
-    with _pool(2, 3) as pool:  # a spawned worker sets its threads before any run
+    with worker_pool(2, 3) as pool:  # a spawned worker sets its threads before any run
         assert pool.submit(torch.get_num_threads).result() == 3
     assert _processes({"workers": 3, "threads": 2}) == "3 worker processes × 2 thread(s) each"
     assert _processes({"workers": 1, "threads": 4}) == "one process, 4 thread(s)"

@@ -43,6 +43,7 @@ from maskdiff.data.setup import load_task
 from maskdiff.experiments.compare_eval import (
     finite, gradient_noise, mean_loss_per_bin, score_run,
 )
+from maskdiff.experiments.pool import worker_pool
 from maskdiff.experiments.compare_presets import (  # noqa: F401  (re-exported)
     DEFAULT_SEEDS, DEMO_METHODS, EQUAL_COMPUTE, PRESETS, SEEDS, START_DATA_OFFSET, ComparePreset,
     Decoding, finetune_config,
@@ -296,7 +297,7 @@ class CompareJob:
         starts = sorted({(s.task, get_method(s.method).causal) for s in specs})
         args = (self.preset, str(self.out_dir), self.device, str(self.shared_dir),
                 str(self.runs_root))
-        with _pool(self.workers, self.threads) as pool, tqdm(
+        with worker_pool(self.workers, self.threads) as pool, tqdm(
                 total=len(specs) + len(starts), desc=f"compare {self.preset.name}", unit="run",
                 disable=not self.progress, dynamic_ncols=True) as bar:
             bar.set_postfix_str("starting checkpoints")
@@ -343,38 +344,6 @@ class CompareJob:
     def _window_info(self, specs: list[RunSpec]) -> list[float] | None:
         return list(self.window()) if any("window" in get_method(s.method).needs
                                           for s in specs) else None
-
-
-class _Serial:
-    """The in-process stand-in for a process pool (``workers=1``)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    @staticmethod
-    def map(fn, items):
-        return map(fn, items)
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _pool(workers: int, threads: int | None = None):
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    if workers == 1:
-        return _Serial()
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(threads or 1,))
 
 
 def _prepare_start(args) -> None:

@@ -88,7 +88,9 @@ class HFCompareJob:
 
         return lambda items: hf_batch(tokenizer, [r for _, r in items], first_index=items[0][0])
 
-    def density(self) -> dict:
+    def density(self, target: str = "loss") -> dict:
+        """The method's fitted density on the model (``ppots/``, or ``gpots/`` for a
+        gradient-targeted one), as :meth:`CompareJob.density`."""
         from maskdiff.hf import hf_batch
         from maskdiff.ppots import cached_density, estimate_ppots
 
@@ -97,9 +99,9 @@ class HFCompareJob:
             a, b, c = self.preset.ppots_design
             batch = hf_batch(tok, self.train_rows[:a])
             return estimate_ppots(model, batch, mask_token_id=mask_id, n_rates=b, n_masks=c,
-                                  restarts=8, seed=0, progress=False)
+                                  restarts=8, seed=0, progress=False, target=target)
 
-        return cached_density(self.out_dir / "ppots", estimate)
+        return cached_density(self.out_dir / ("ppots" if target == "loss" else "gpots"), estimate)
 
     def run_one(self, spec: RunSpec) -> dict:
         run_dir = self.out_dir / "runs" / spec.dirname
@@ -110,7 +112,8 @@ class HFCompareJob:
 
         method, base = get_method(spec.method), self.preset.base
         name = method.base or method.name
-        density = self.density() if "density" in get_method(name).needs else None
+        density = (self.density(get_method(name).density_target)
+                   if "density" in get_method(name).needs else None)
         model, tok, mask_id = self.load()
         encode = lambda rows: [encode_row(tok, r) for r in rows]  # noqa: E731
         trainer = _trainer(model, tok, self.preset, spec, run_dir, encode(self.train_rows),
