@@ -24,8 +24,9 @@ from maskdiff.diagnostics.curves import ConditionalCurves
 from maskdiff.diagnostics.gradient import GradientVariance
 from maskdiff.diagnostics.measure import (
     decompose_estimator, estimator_batch_variance, estimator_curves, estimator_gradient_variance,
-    int_at_least, warm_up_control,
+    warm_up_control,
 )
+from maskdiff.diagnostics.nested import int_at_least
 from maskdiff.diagnostics.variance import BatchVariance, Decomposition
 
 __all__ = [

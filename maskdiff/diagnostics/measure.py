@@ -29,7 +29,6 @@ which sharpens the comparison between configurations.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +41,7 @@ from maskdiff.core.seeding import (
 )
 from maskdiff.diagnostics.curves import ConditionalCurves, conditional_curves
 from maskdiff.diagnostics.gradient import GradientVariance, GradientVarianceAccumulator
-from maskdiff.diagnostics.nested import RateDraw, nested_losses, rates_on_grid
+from maskdiff.diagnostics.nested import RateDraw, int_at_least, nested_losses, rates_on_grid
 from maskdiff.diagnostics.probe import estimator_loss_fn
 from maskdiff.diagnostics.variance import BatchVariance, Decomposition, batch_variance, decompose
 
@@ -51,13 +50,6 @@ __all__ = [
     "estimator_gradient_variance", "marginal_rate_draw", "select_parameters", "take_examples",
     "warm_up_control",
 ]
-
-
-def int_at_least(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as an int, or ValueError naming ``name`` unless it is an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def marginal_rate_draw(sampler: RateSampler) -> RateDraw:

@@ -34,7 +34,8 @@ RateDraw = Callable[[int, torch.Generator], Any]
 """``draw(n, generator) -> t`` or ``(t, w)``, both (n,): e.g. a rate sampler's ``sample``."""
 
 
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+def int_at_least(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int, or ValueError naming ``name`` unless it is an int >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
@@ -46,7 +47,7 @@ def rates_on_grid(b: int, eps: float = 1e-3, *, dtype: torch.dtype = torch.float
     Uniform on these points is the midpoint-rule quadrature of U[eps, 1]; decompose losses
     taken on it with ``rate_design="fixed"``.
     """
-    b = _positive_int(b, "b")
+    b = int_at_least(b, "b")
     if not (isinstance(eps, (int, float)) and 0.0 <= eps < 1.0):
         raise ValueError(f"eps must lie in [0, 1), got {eps!r}")
     j = torch.arange(1, b + 1, dtype=torch.float64)
@@ -69,9 +70,9 @@ def draw_rates(
     same ``seed``. For the random-rate design of :func:`maskdiff.diagnostics.variance.decompose`, ``draw``
     must return i.i.d. rates (Uniform, Importance without stratification; not Stratified).
     """
-    n_examples = _positive_int(n_examples, "n_examples")
-    n_rates = _positive_int(n_rates, "n_rates")
-    seed = _positive_int(seed, "seed", minimum=0)
+    n_examples = int_at_least(n_examples, "n_examples")
+    n_rates = int_at_least(n_rates, "n_rates")
+    seed = int_at_least(seed, "seed", minimum=0)
     rows_t, rows_w = [], []
     for i in range(n_examples):
         out = draw(n_rates, generator_for(seed, STREAM_RATE, i))
@@ -143,10 +144,10 @@ def nested_losses(
         seed: root seed; triple (i, j, k) gets mask seed ``derive_seed(seed, i, j, k)``.
         progress: show a tqdm bar (only when stderr is a terminal).
     """
-    a = _positive_int(n_examples, "n_examples")
-    c = _positive_int(n_masks, "n_masks")
-    batch_size = _positive_int(batch_size, "batch_size")
-    seed = _positive_int(seed, "seed", minimum=0)
+    a = int_at_least(n_examples, "n_examples")
+    c = int_at_least(n_masks, "n_masks")
+    batch_size = int_at_least(batch_size, "batch_size")
+    seed = int_at_least(seed, "seed", minimum=0)
     if callable(rates) and not isinstance(rates, (torch.Tensor, np.ndarray)):
         if n_rates is None:
             raise ValueError("n_rates is required when rates is a callable")

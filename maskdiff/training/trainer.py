@@ -35,14 +35,14 @@ from maskdiff.core.control import VarianceProxy
 from maskdiff.data import TaskData
 from maskdiff.data.setup import load_task
 from maskdiff.training.evaluate import EvalResult, causal_nll, elbo
-from maskdiff.training.needs import resolve_estimator  # noqa: F401  (re-exported)
+from maskdiff.training.needs import resolve_estimator
 from maskdiff.models import TransformerConfig, build_model
-from maskdiff.training.objective import CausalObjective, build_objective  # noqa: F401
+from maskdiff.training.objective import build_objective
 from maskdiff.training.runs import (
     TOKENIZER_FILE, check_step_memory, make_collator, truncation_counts, truncation_line,
 )
 from maskdiff.training.metrics_log import LogWindow, open_metrics, plain_line, truncate_metrics
-from maskdiff.training.stats import T_BINS, StepStats, finish_step  # noqa: F401
+from maskdiff.training.stats import StepStats, finish_step
 from maskdiff.core.seeding import STREAM_DATA_ORDER, BatchRandomness, generator_for
 
 
