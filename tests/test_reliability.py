@@ -451,3 +451,16 @@ def test_a_failed_tokenizer_write_keeps_the_previous_file(tmp_path, kind):
     with pytest.raises(UnicodeEncodeError):
         bad.save(tmp_path / "fresh.json")
     assert not (tmp_path / "fresh.json").exists()  # never a 0-byte file
+
+
+def test_every_output_file_is_written_atomically():
+    """No module writes a results/record/report file with a bare ``write_text``: a job killed
+    mid-write would leave a half-written JSON that the resumed job cannot read. The one exception
+    writes into a checkpoint's staging directory, which is renamed into place as a whole."""
+    root = Path(__file__).resolve().parents[1] / "maskdiff"
+    bare = sorted(f"{path.relative_to(root)}:{number}: {line.strip()}"
+                  for path in root.rglob("*.py")
+                  for number, line in enumerate(path.read_text().splitlines(), 1)
+                  if ".write_text(" in line and "atomic_write_text" not in line
+                  and not (path.name == "checkpoint.py" and "(tmp / " in line))
+    assert bare == [], bare

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from maskdiff.commands import add_threads_argument, apply_threads, parse_ints
+from maskdiff.fileio import atomic_write_text
 
 _RUN_FIELDS = ("n", "k", "n_train", "n_val", "data_seed", "lr", "weight_decay", "batch_size",
                "max_steps", "eval_every", "grad_clip")
@@ -120,7 +121,7 @@ def run(args) -> int:
               + ("         —" if row["objective"] is None else f"{row['objective']:>10.4f}"))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({**result.to_dict(), "threads": threads},
+        atomic_write_text(args.out, json.dumps({**result.to_dict(), "threads": threads},
                                              indent=1) + "\n")
         print(f"history written to {args.out}")
     return 0

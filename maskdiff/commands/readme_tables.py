@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from maskdiff.fileio import atomic_write_text
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -43,6 +45,6 @@ def run(args) -> int:
             return 1
         print(f"{readme}: {len(blocks(text))} result blocks agree with {args.results}")
         return 0
-    readme.write_text(new)
+    atomic_write_text(readme, new)
     print(f"{readme}: {len(changed)} of {len(blocks(text))} result blocks rewritten")
     return 0

@@ -21,6 +21,7 @@ from maskdiff.core.control import CONTROLS, build_control
 from maskdiff.core.masking import MASKERS, build_masker
 from maskdiff.core.objective import GRAD_PROXIES, NORMALIZERS, Estimator
 from maskdiff.core.samplers import SAMPLERS, build_sampler
+from maskdiff.fileio import atomic_write_text
 
 C = TypeVar("C")
 
@@ -63,7 +64,7 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
 
 
 def save_json(config: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
 
 
 def load_json(cls: type[C], path: str | Path) -> C:

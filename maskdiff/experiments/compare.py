@@ -49,6 +49,7 @@ from maskdiff.experiments.compare_presets import (  # noqa: F401  (re-exported)
     Decoding, finetune_config,
 )
 from maskdiff.training.config import DataConfig, TrainConfig, to_dict
+from maskdiff.fileio import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ class CompareJob:
         pool = example_batch(self.preset.base, task, min(256, len(task.train)))
         doc = gradient_noise(self._start_model(task_name), pool, estimators, n_draws=n)
         doc.update(n_draws=n, seconds=time.perf_counter() - t0)
-        path.write_text(json.dumps(doc, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
         return doc
 
     def window(self) -> tuple[float, float]:
@@ -275,7 +276,7 @@ class CompareJob:
             "history": [{**h, "fwd": h["step"] * fwd_per_step} for h in result.history],
             "loss_per_t_bin": mean_loss_per_bin(run_dir / "metrics.jsonl"),
         }
-        done.write_text(json.dumps(record, indent=1) + "\n")
+        atomic_write_text(done, json.dumps(record, indent=1) + "\n")
         return record
 
     def run(self) -> dict:
@@ -319,7 +320,7 @@ class CompareJob:
                             grad_noise=noise, task=self._task_info(),
                             workers=self.workers, threads=self.training_threads())
         results["invocations"] = _invocations(self.out_dir / "results.json", results["seconds"])
-        (self.out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results)
         return results
 

@@ -26,6 +26,7 @@ from maskdiff.experiments.compare_presets import ComparePreset
 from maskdiff.training.answers import answers_match, extract_answer, gold_answer
 from maskdiff.training.evaluate import per_example_elbo
 from maskdiff.training.generate import generate_diffusion
+from maskdiff.fileio import atomic_write_text
 
 HOLDOUT = 0.1
 
@@ -135,7 +136,7 @@ class HFCompareJob:
                   "fwd_per_step": fwd_step, "train_seconds": seconds,
                   "threads": torch.get_num_threads(), "history": history, "loss_per_t_bin": []}
         run_dir.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps(record, indent=1) + "\n")
+        atomic_write_text(done, json.dumps(record, indent=1) + "\n")
         return record
 
     def score(self, model, tok, mask_id: int) -> dict:
@@ -172,7 +173,7 @@ class HFCompareJob:
                 "n_val": len(self.test_rows), "n_test": len(self.test_rows)}
         results = summarise(self.preset, records, seconds=time.perf_counter() - started,
                             ppots=None, window=None, task=task, threads=torch.get_num_threads())
-        (self.out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results)
         return results
 

@@ -13,6 +13,7 @@ from maskdiff.core.methods import BASELINE
 from maskdiff.experiments.compare_plots import write_plots
 from maskdiff.experiments.compare_summary import paired_labels
 from maskdiff.experiments.compare_eval import predicted_multiplier
+from maskdiff.fileio import atomic_write_text
 
 ALPHA = 0.05
 
@@ -292,7 +293,7 @@ def write_report(out_dir: Path, results: dict) -> None:
     lines += ["## Power", ""] + power_lines(results) + [""]
     lines += _per_seed(results) + _extras(results)
     lines += [f"![{name}]({name})" for name in images]
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
 
 
 def _per_seed(results: dict) -> list[str]:

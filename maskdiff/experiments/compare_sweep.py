@@ -25,6 +25,7 @@ from maskdiff.experiments.compare_eval import predicted_multiplier
 from maskdiff.experiments.compare_presets import ComparePreset, with_base
 from maskdiff.experiments.compare_report import multiplier
 from maskdiff.plotting import pyplot
+from maskdiff.fileio import atomic_write_text
 
 SWEEP_METHODS = ("standard", "mirror", "ppots", "ppots_mirror")
 
@@ -74,9 +75,9 @@ class SweepJob:
                "examples": self.preset.base.optim.max_steps * self.preset.base.optim.batch_size,
                "seconds": time.perf_counter() - started}
         _add_predictions(doc)
-        (out / "sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
+        atomic_write_text(out / "sweep.json", json.dumps(doc, indent=1) + "\n")
         plot_sweep(out / "sweep.png", doc)
-        (out / "sweep.md").write_text("\n".join(
+        atomic_write_text(out / "sweep.md", "\n".join(
             [f"# compare sweep over the batch size — preset `{self.preset.name}`", ""]
             + sweep_table(doc) + ["", "![sweep](sweep.png)"]) + "\n")
         return doc

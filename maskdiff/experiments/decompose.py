@@ -27,6 +27,7 @@ from maskdiff.diagnostics.estimators import DiagnosticsDesign, EstimatorDiagnost
 from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
 from maskdiff.core.objective import Estimator
 from maskdiff.training.sources import ModelSource, load_model_source  # noqa: F401  (re-exported)
+from maskdiff.fileio import atomic_write_text
 
 __all__ = [
     "DEFAULT_METHODS", "DESIGN_DEFAULTS", "DecomposeSettings", "ModelSource", "build_method",
@@ -61,7 +62,7 @@ def ppots_density(source: ModelSource, batch: Batch, *, out: Path, n_rates: int,
                                 n_rates=n_rates, n_masks=n_masks, seed=seed,
                                 normalizer=settings["normalizer"], progress=progress)
         save_ppots_json(cache, result)
-        meta_path.write_text(json.dumps(settings) + "\n")
+        atomic_write_text(meta_path, json.dumps(settings) + "\n")
     return density_from_ppots(cache), {"source": str(cache), **settings}
 
 
@@ -308,7 +309,7 @@ def write_outputs(out: str | Path, doc: dict[str, Any]) -> None:
     (also regenerates the plots and report of an earlier ``decompose.json``)."""
     out = Path(out)
     doc = _finite(doc)
-    (out / "decompose.json").write_text(json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(out / "decompose.json", json.dumps(doc, indent=1) + "\n")
     if doc["configurations"]:
         plot_components(out / "components.png", doc["configurations"])
     if doc.get("curves"):
@@ -395,4 +396,4 @@ def write_report(path: str | Path, doc: dict[str, Any]) -> None:
         from maskdiff.experiments.gradient_targets import report_lines
 
         lines += report_lines(doc["gpots"])
-    Path(path).write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))

@@ -30,6 +30,7 @@ from maskdiff.diagnostics.gradient import paired_difference
 from maskdiff.diagnostics.measure import _eval_mode, estimator_gradient_variance
 from maskdiff.diagnostics.nested import nested_losses, rates_on_grid
 from maskdiff.diagnostics.probe import estimator_gradient_fn, estimator_loss_fn
+from maskdiff.fileio import atomic_write_text
 
 __all__ = ["STATISTICS", "GradientTargets", "measure_gradient_targets", "gradient_density",
            "density_gradient_variance", "plot_densities", "report_lines"]
@@ -152,7 +153,7 @@ def gradient_density(model, batch: Batch, *, out: Path, mask_token_id: int, norm
               "correlation": {p: targets.correlation(p) for p in PROXIES},
               "epr_kl": {s: r.epr.kl for s, r in fits.items()},
               "gradient_variance": variance, "seconds": targets.seconds}
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
     plot_densities(out / "densities.png", targets, fits)
     return density_from_ppots(out / "gpots.json"), record
 

@@ -48,6 +48,7 @@ from maskdiff.data.digits import (
 from maskdiff.experiments.image_eval import ClassifierConfig, DigitEvaluator
 from maskdiff.experiments.image_sampling import sample_images
 from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
+from maskdiff.fileio import atomic_write_text
 
 DEFAULT_SEEDS = (42, 731, 20231)
 EQUAL_COMPUTE = "standard@2x"  # standard with twice the batch: the two-forward methods' compute
@@ -271,7 +272,7 @@ class ImageJob:
             "generate_seconds": gen_seconds, "history": result.history,
             "labels": labels.tolist(), "samples": [image_to_text(im, p.levels) for im in images],
         }
-        done.write_text(json.dumps(record, indent=1) + "\n")
+        atomic_write_text(done, json.dumps(record, indent=1) + "\n")
         return record
 
     def run(self) -> dict:
@@ -291,7 +292,7 @@ class ImageJob:
                 bar.update(1)
         results = summarise(p, records, self.evaluator, seconds=time.perf_counter() - started,
                             ppots=self._ppots_info(), start=self._start_info())
-        (self.out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results, records, self.task)
         return results
 

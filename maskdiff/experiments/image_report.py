@@ -10,6 +10,7 @@ import numpy as np
 
 from maskdiff.core.methods import BASELINE
 from maskdiff.data.digits import CLASS_WORDS, examples_to_arrays, image_to_text, text_to_image
+from maskdiff.fileio import atomic_write_text
 
 BASELINES = (BASELINE, "standard@2x")  # the accuracy differences are taken against each
 
@@ -127,7 +128,7 @@ def write_report(out_dir: Path, results: dict, records: list[dict], task) -> Non
     out_dir = Path(out_dir)
     write_pictures(out_dir, results, records, task)
     lines = _setup_lines(results) + _score_tables(results) + _picture_lines(results)
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
 
 
 def write_pictures(out_dir: Path, results: dict, records: list[dict], task) -> None:

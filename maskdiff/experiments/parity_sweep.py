@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from maskdiff.experiments.report_md import write_report_md
 from maskdiff.labs.parity import ParityModelConfig, ParityRunConfig, steps_to_accuracy, train_parity
 from maskdiff.labs.theory import ps_optimal_t1, signal_optimal_rate, signal_probability
+from maskdiff.fileio import atomic_write_text
 
 __all__ = [
     "PRESETS", "ParitySetting", "ParitySweepPreset", "curves_on_grid", "paper_settings",
@@ -203,7 +204,7 @@ def run_parity_sweep(preset: ParitySweepPreset, out_dir: str | Path, *,
             else:
                 bar.set_postfix_str(f"{setting.label} seed {seed}")
                 record = train_parity(config, data, progress=advance).to_dict()
-                path.write_text(json.dumps(record) + "\n")
+                atomic_write_text(path, json.dumps(record) + "\n")
             bar.update(base.max_steps - done[0])  # skipped or stopped early: the rest at once
             runs[setting.label].append(record)
     summary = {s.label: summarise_setting(s, runs[s.label], base.k) for s in settings}
@@ -222,7 +223,7 @@ def run_parity_sweep(preset: ParitySweepPreset, out_dir: str | Path, *,
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
     }
-    (out_dir / "results.json").write_text(json.dumps(results) + "\n")
+    atomic_write_text(out_dir / "results.json", json.dumps(results) + "\n")
     write_plots(results, out_dir)
     write_report(results, out_dir)
     return results

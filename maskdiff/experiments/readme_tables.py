@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from maskdiff.experiments import compare_report as report
+from maskdiff.fileio import atomic_write_text
 
 END = "<!-- /results -->"
 BLOCK = re.compile(r"(<!-- results:([\w.-]+):([\w-]+) -->\n)(.*?)(" + re.escape(END) + ")",
@@ -96,7 +97,7 @@ def add(results_dir: Path, name: str, source: Path) -> Path:
         raise ValueError(f"--add: the name must be letters, digits, '.', '_' or '-', got {name!r}")
     target = Path(results_dir) / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(slim(json.loads(source.read_text())), indent=1) + "\n")
+    atomic_write_text(target, json.dumps(slim(json.loads(source.read_text())), indent=1) + "\n")
     return target
 
 

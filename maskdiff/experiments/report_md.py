@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from maskdiff.fileio import atomic_write_text
+
 
 def write_report_md(out_dir: Path, lines: list[str]) -> Path:
     """Write ``out_dir/report.md`` from ``lines``, followed by the hand-written ``notes.md`` of
@@ -12,5 +14,5 @@ def write_report_md(out_dir: Path, lines: list[str]) -> Path:
     if notes.exists():
         lines = [*lines, "## Notes", "", notes.read_text().strip(), ""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

@@ -34,6 +34,7 @@ from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimC
 from maskdiff.training.evaluate import per_example_elbo
 from maskdiff.core.methods import method_config
 from maskdiff.experiments.window_sweep_report import write_plots, write_report
+from maskdiff.fileio import atomic_write_text
 
 __all__ = [
     "PRESETS", "Setting", "WindowSweepPreset", "paired_delta", "per_example_elbo",
@@ -163,7 +164,7 @@ def _predict(preset: WindowSweepPreset, task, out_dir: Path, t_star: float | Non
     path = out_dir / "prediction.json"
     if t_star is not None:
         record = {"t_star": float(t_star), "source": "given", "weights": None}
-        path.write_text(json.dumps(record, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
         return record
     if path.exists():
         record = json.loads(path.read_text())
@@ -183,7 +184,7 @@ def _predict(preset: WindowSweepPreset, task, out_dir: Path, t_star: float | Non
         "n_tokens": prediction.n_tokens,
         "weights": {str(k): v for k, v in prediction.weights.items()},
     }
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -206,7 +207,7 @@ def _run_one(setting: Setting, seed: int, preset: WindowSweepPreset, task, out_d
                 make_collator(loaded.config, task), mask_token_id=task.tokenizer.mask_id,
                 rates_per_example=preset.test_rates, seed=preset.test_seed,
                 normalizer=loaded.config.estimator.normalizer, device=device).tolist()
-            done.write_text(json.dumps(record, indent=1) + "\n")
+            atomic_write_text(done, json.dumps(record, indent=1) + "\n")
         return record
     config = replace(preset.train, seed=seed, estimator=setting.estimator(),
                      out_dir=str(run_dir), device=device)
@@ -228,7 +229,7 @@ def _run_one(setting: Setting, seed: int, preset: WindowSweepPreset, task, out_d
         "val_history": result.history, "n_parameters": result.n_parameters,
         "test_per_example": per_example.tolist(),
     }
-    done.write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(done, json.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -333,7 +334,7 @@ def run_window_sweep(preset: WindowSweepPreset, out_dir: str | Path, *,
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
     write_plots(results, out_dir)
     write_report(results, out_dir, preset)
     return results

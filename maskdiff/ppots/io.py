@@ -14,6 +14,7 @@ import numpy as np
 
 from maskdiff.ppots.estimate import PPotsResult
 from maskdiff.ppots.fit import EPRFit, PolyFit, epr_log_p
+from maskdiff.fileio import atomic_write_text
 
 JSON_FORMAT = "maskdiff.ppots"
 JSON_VERSION = 1
@@ -55,7 +56,7 @@ def save_ppots_json(path: str | Path, result: PPotsResult) -> None:
         doc["forward_passes"] = int(result.forward_passes)
     if result.seconds is not None:
         doc["seconds"] = float(result.seconds)
-    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
 def load_ppots_json(path: str | Path) -> PPotsResult:
