@@ -164,6 +164,35 @@ def test_cycle_allow_list_is_not_stale():
             f"imports that only dodged it")
 
 
+# The layers of docs/architecture.md §2, lowest first: a module may import (at module level or
+# inside a function) only from its own layer and the layers before it. The utilities import
+# nothing of maskdiff; the package root only re-exports.
+LAYERS = [
+    {"fileio", "memory", "plotting"},
+    {"core"}, {"diagnostics"}, {"ppots"}, {"data", "models"}, {"training"}, {"hf"}, {"labs"},
+    {"evaluation"}, {"experiments"}, {"commands", "cli"}, {"maskdiff"},
+]
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "maskdiff"
+    return next(rank for rank, names in enumerate(LAYERS) if top in names)
+
+
+def test_every_module_is_in_a_layer():
+    for module in MODULES:
+        _layer(module)  # StopIteration names a new top-level module missing from LAYERS
+
+
+def test_no_layer_imports_a_later_one():
+    upward = sorted(f"{module} -> {target}"
+                    for module, targets in _graph(with_functions=True).items()
+                    for target in targets if _layer(target) > _layer(module))
+    assert upward == [], "imports against the layer order of docs/architecture.md §2: " + (
+        ", ".join(upward))
+
+
 def test_every_module_imports_alone():
     """Each module imported first, in one interpreter: heavy third-party packages are imported
     once up front, then every ``maskdiff`` module is dropped from ``sys.modules`` before the

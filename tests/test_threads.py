@@ -33,7 +33,7 @@ COMMANDS = [
     (["decompose", "--preset", "smoke", "--out", "OUT"],
      "maskdiff.experiments.decompose.load_model_source"),
     (["fit-pots", "--preset", "smoke", "--out", "OUT"],
-     "maskdiff.training.sources.load_model_source"),
+     "maskdiff.experiments.sources.load_model_source"),
     (["evaluate", "--run", "R"], "maskdiff.commands.evaluate.load_run"),
     (["generate", "--run", "R", "--prompt", "p"], "maskdiff.commands.generate.load_run"),
     (["compare", "--preset", "smoke", "--workers", "1"],

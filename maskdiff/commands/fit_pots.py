@@ -65,12 +65,12 @@ def table_from_file(args: argparse.Namespace) -> TableInput | None:
 def table_from_model(args: argparse.Namespace) -> TableInput | None:
     """Sources ``--run`` / ``--preset`` / ``--hf``: p̂ from the model's nested losses (docs/method.md §4).
 
-    The model is loaded as ``maskdiff decompose`` loads it (:func:`maskdiff.training.sources.load_model_source`:
+    The model is loaded as ``maskdiff decompose`` loads it (:func:`maskdiff.experiments.sources.load_model_source`:
     a preset is trained once into ``OUT/model`` and reused)."""
     if args.run is None and args.preset is None and args.hf is None:
         return None
     from maskdiff.ppots import model_p_hat
-    from maskdiff.training.sources import load_model_source
+    from maskdiff.experiments.sources import load_model_source
 
     source = load_model_source(run=args.run, preset=args.preset, hf=args.hf, data=args.data,
                                mask_token_id=args.mask_token_id,

@@ -1,7 +1,7 @@
 """The variance-diagnostics experiment (docs/method.md §2): A/B/C, batch and gradient variance of every
 training method on one model, written as ``decompose.json`` + ``report.md`` + PNG plots.
 
-The model comes from :func:`maskdiff.training.sources.load_model_source` (a run directory, a preset
+The model comes from :func:`maskdiff.experiments.sources.load_model_source` (a run directory, a preset
 trained once into the output directory, or a Hugging Face model); the methods are the named estimator configurations of
 :mod:`maskdiff.core.methods`; the P-POTS density of the methods that need one is estimated once
 from the model itself (:func:`maskdiff.ppots.estimate_ppots`, cached as ``ppots.json``). Every
@@ -26,7 +26,7 @@ from maskdiff.core.batch import Batch
 from maskdiff.diagnostics.estimators import DiagnosticsDesign, EstimatorDiagnostics, run_diagnostics, with_extra
 from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
 from maskdiff.core.objective import Estimator
-from maskdiff.training.sources import ModelSource, load_model_source  # noqa: F401  (re-exported)
+from maskdiff.experiments.sources import ModelSource, load_model_source  # noqa: F401  (re-exported)
 from maskdiff.fileio import atomic_write_text
 
 __all__ = [
