@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from maskdiff.core.registry import Registry
+
 
 @dataclass(frozen=True)
 class View:
@@ -87,22 +89,17 @@ class Masker(ABC):
         return f"{type(self).__name__}({args})"
 
 
-MASKERS: dict[str, type[Masker]] = {}
+MASKERS: Registry[Masker] = Registry("masker")
 
 
 def register_masker(cls: type[Masker]) -> type[Masker]:
     """Class decorator: make ``cls`` buildable by its ``name`` through :func:`build_masker`."""
-    if cls.name in MASKERS:
-        raise ValueError(f"a masker named {cls.name!r} is already registered")
-    MASKERS[cls.name] = cls
-    return cls
+    return MASKERS.register(cls)
 
 
 def build_masker(name: str, **kwargs: Any) -> Masker:
     """Build a registered masker by name, e.g. ``build_masker("isad", token_ids=[5], delta=0.2)``."""
-    if name not in MASKERS:
-        raise ValueError(f"unknown masker name={name!r}; registered: {sorted(MASKERS)}")
-    return MASKERS[name](**kwargs)
+    return MASKERS.build(name, **kwargs)
 
 
 def _rates(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

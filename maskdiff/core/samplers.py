@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from maskdiff.core.registry import Registry
+
 DEFAULT_EPS = 1e-3
 
 Density = Callable[[torch.Tensor], torch.Tensor] | tuple[Sequence[float], Sequence[float]]
@@ -83,22 +85,17 @@ def _as_output(t: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return t.to(torch.float32), w.to(torch.float32)
 
 
-SAMPLERS: dict[str, type[RateSampler]] = {}
+SAMPLERS: Registry[RateSampler] = Registry("sampler")
 
 
 def register_sampler(cls: type[RateSampler]) -> type[RateSampler]:
     """Class decorator: make ``cls`` buildable by its ``name`` through :func:`build_sampler`."""
-    if cls.name in SAMPLERS:
-        raise ValueError(f"a sampler named {cls.name!r} is already registered")
-    SAMPLERS[cls.name] = cls
-    return cls
+    return SAMPLERS.register(cls)
 
 
 def build_sampler(name: str, **kwargs: Any) -> RateSampler:
     """Build a registered sampler by name, e.g. ``build_sampler("window", t_min=0.4, t_max=0.5)``."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler name={name!r}; registered: {sorted(SAMPLERS)}")
-    return SAMPLERS[name](**kwargs)
+    return SAMPLERS.build(name, **kwargs)
 
 
 @register_sampler
