@@ -1,5 +1,7 @@
 """Configuration round trips and validation (docs/architecture.md §3)."""
 
+import re
+
 import pytest
 import torch
 
@@ -55,3 +57,21 @@ def test_syrm_needs_a_syntax_mask():
                   attention_mask=torch.ones_like(x0, dtype=torch.bool), example_index=torch.arange(1))
     with pytest.raises(ValueError, match="syntax"):
         est.eligible(batch)
+
+
+@pytest.mark.parametrize("value", [True, 0, 2.0, "3", None, -1])
+def test_int_at_least_refuses_what_is_not_a_count(value):
+    from maskdiff.core.checks import int_at_least
+
+    with pytest.raises(ValueError, match=rf"^n must be an integer >= 1, got {re.escape(repr(value))}$"):
+        int_at_least(value, "n")
+
+
+def test_int_at_least_returns_a_plain_int():
+    import numpy as np
+
+    from maskdiff.core.checks import int_at_least
+
+    value = int_at_least(np.int64(3), "n", minimum=3)
+    assert value == 3 and type(value) is int
+    assert int_at_least(0, "seed", minimum=0) == 0

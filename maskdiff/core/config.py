@@ -22,6 +22,7 @@ from maskdiff.core.masking import MASKERS, build_masker
 from maskdiff.core.objective import GRAD_PROXIES, NORMALIZERS, Estimator
 from maskdiff.core.samplers import SAMPLERS, build_sampler
 from maskdiff.fileio import atomic_write_text
+from maskdiff.core.checks import int_at_least
 
 C = TypeVar("C")
 
@@ -118,11 +119,6 @@ def check_fields(config: Any, owner: str) -> None:
             raise ValueError(f"{owner}.{f.name} must be finite, got {value!r}")
 
 
-def positive_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
-
-
 REFIT_STATISTICS = ("loss",) + GRAD_PROXIES
 
 
@@ -151,9 +147,9 @@ class RefitConfig:
         if self.statistic not in REFIT_STATISTICS:
             raise ValueError(f"estimator.refit.statistic must be one of {REFIT_STATISTICS}, "
                              f"got {self.statistic!r}")
-        positive_int("estimator.refit", "refit_every", self.refit_every)
-        positive_int("estimator.refit", "n_bins", self.n_bins, minimum=8)
-        positive_int("estimator.refit", "restarts", self.restarts)
+        int_at_least(self.refit_every, "estimator.refit.refit_every")
+        int_at_least(self.n_bins, "estimator.refit.n_bins", minimum=8)
+        int_at_least(self.restarts, "estimator.refit.restarts")
         if not self.min_count > 0:
             raise ValueError(f"estimator.refit.min_count must be > 0, got {self.min_count!r}")
         if not 0.0 < self.decay <= 1.0:

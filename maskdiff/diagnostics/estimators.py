@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from maskdiff.core.checks import int_at_least
 from maskdiff.core.batch import Batch
 from maskdiff.core.objective import Estimator
 from maskdiff.diagnostics.curves import ConditionalCurves
@@ -26,7 +27,6 @@ from maskdiff.diagnostics.measure import (
     decompose_estimator, estimator_batch_variance, estimator_curves, estimator_gradient_variance,
     warm_up_control,
 )
-from maskdiff.diagnostics.nested import int_at_least
 from maskdiff.diagnostics.variance import BatchVariance, Decomposition
 
 __all__ = [

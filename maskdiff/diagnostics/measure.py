@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from maskdiff.core.checks import int_at_least
 from maskdiff.core.batch import Batch
 from maskdiff.core.objective import Estimator
 from maskdiff.core.samplers import RateSampler
@@ -41,7 +42,7 @@ from maskdiff.core.seeding import (
 )
 from maskdiff.diagnostics.curves import ConditionalCurves, conditional_curves
 from maskdiff.diagnostics.gradient import GradientVariance, GradientVarianceAccumulator
-from maskdiff.diagnostics.nested import RateDraw, int_at_least, nested_losses, rates_on_grid
+from maskdiff.diagnostics.nested import RateDraw, nested_losses, rates_on_grid
 from maskdiff.diagnostics.probe import estimator_loss_fn
 from maskdiff.diagnostics.variance import BatchVariance, Decomposition, batch_variance, decompose
 

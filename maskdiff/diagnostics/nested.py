@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff.core.checks import int_at_least
 from maskdiff.core.seeding import STREAM_RATE, derive_seed, generator_for
 
 __all__ = ["LossFn", "RateDraw", "draw_rates", "nested_losses", "rates_on_grid"]
@@ -32,13 +33,6 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 RateDraw = Callable[[int, torch.Generator], Any]
 """``draw(n, generator) -> t`` or ``(t, w)``, both (n,): e.g. a rate sampler's ``sample``."""
-
-
-def int_at_least(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as an int, or ValueError naming ``name`` unless it is an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def rates_on_grid(b: int, eps: float = 1e-3, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:

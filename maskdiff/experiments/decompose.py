@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff.core.checks import int_at_least
 from maskdiff.core.batch import Batch
 from maskdiff.diagnostics.estimators import DiagnosticsDesign, EstimatorDiagnostics, run_diagnostics, with_extra
 from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
@@ -125,15 +126,11 @@ class DecomposeSettings:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods has duplicates: {list(self.methods)}")
-        if isinstance(self.n_examples, bool) or not isinstance(self.n_examples, int) \
-                or self.n_examples < 2:
-            raise ValueError(f"n_examples (a) must be an int >= 2, got {self.n_examples!r}")
+        int_at_least(self.n_examples, "n_examples (a)", minimum=2)
         from maskdiff.ppots import MIN_TABLE_POINTS  # the EPR fit needs this many grid rates
 
         for name, minimum in (("ppots_rates", MIN_TABLE_POINTS), ("ppots_masks", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+            int_at_least(getattr(self, name), name, minimum=minimum)
 
 
 def run_decompose(source: ModelSource, settings: DecomposeSettings, out: str | Path, *,

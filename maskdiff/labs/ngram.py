@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from maskdiff.core.checks import int_at_least
 from maskdiff.labs.theory import window_signal_curve, window_t_star
 
 __all__ = [
@@ -62,12 +63,6 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def tokenize(text: str, level: str = "word") -> list[str]:
@@ -130,7 +125,7 @@ def ngram_tables(ids: np.ndarray, max_order: int = 6) -> list[NGramTable]:
     pair (dense id of its (n-1)-gram prefix, last token): codes stay below ``N·V``, at the price of
     the inverse index ``np.unique`` builds to give the next order its prefix ids.
     """
-    max_order = _check_int("max_order", max_order, 1)
+    max_order = int_at_least(max_order, "max_order", minimum=1)
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     if ids.size and ids.min() < 0:
         raise ValueError(f"ids must be non-negative, got minimum {int(ids.min())}")
@@ -180,7 +175,7 @@ def conditional_entropies(
     ids: np.ndarray, *, max_order: int = 6, min_count: int = 5
 ) -> dict[int, float]:
     """``{n: H_n}`` for n = 1..max_order (see the module docstring); NaN where nothing is kept."""
-    min_count = _check_int("min_count", min_count, 1)
+    min_count = int_at_least(min_count, "min_count", minimum=1)
     return {
         table.order: _conditional_entropy(table, min_count)
         for table in ngram_tables(ids, max_order)
@@ -221,8 +216,8 @@ def dependency_shares(
 def _shares(text: str, *, level: str, min_count: int, max_order: int, estimator: str):
     _check_choice("level", level, LEVELS)
     _check_choice("estimator", estimator, ESTIMATORS)
-    min_count = _check_int("min_count", min_count, 1)
-    max_order = _check_int("max_order", max_order, 2)
+    min_count = int_at_least(min_count, "min_count", minimum=1)
+    max_order = int_at_least(max_order, "max_order", minimum=2)
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text must be a non-empty string (the corpus is empty)")
     ids = token_ids(text, level)

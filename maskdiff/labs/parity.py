@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from maskdiff.core.checks import int_at_least
 from maskdiff.core.batch import Batch
 from maskdiff.labs.parity_data import (
     MASK_ID, MINUS_ID, PLUS_ID, VOCAB_SIZE, ParityData, make_parity_data, parity_labels,
@@ -208,12 +209,8 @@ class ParityRunConfig:
         if self.objective == "md" and not (0.0 <= self.t0 <= self.t1 <= 1.0 and self.t1 > 0.0):
             raise ValueError(f"need 0 <= t0 <= t1 <= 1 and t1 > 0, got t0={self.t0}, t1={self.t1}")
         for name in ("max_steps", "eval_every", "eval_train_max"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        batch = self.batch_size
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
-            raise ValueError(f"batch_size must be an integer >= 0 (0: full batch), got {batch!r}")
+            int_at_least(getattr(self, name), name)
+        int_at_least(self.batch_size, "batch_size (0: full batch)", minimum=0)
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.weight_decay < 0:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from maskdiff.core.checks import int_at_least
+
 MINUS_ID, PLUS_ID, MASK_ID = 0, 1, 2
 VOCAB_SIZE = 3
 
@@ -67,8 +69,7 @@ def make_parity_data(*, n: int, k: int, n_train: int, n_val: int,
     """A random secret of size ``k`` among ``n`` bits, ``n_train`` distinct training inputs and
     ``n_val`` distinct validation inputs none of which is a training input (docs/method.md §9)."""
     for name, value in (("n", n), ("k", k), ("n_train", n_train), ("n_val", n_val)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        int_at_least(value, name)
     if k > n:
         raise ValueError(f"k must be <= n, got k={k}, n={n}")
     if n > 62:

@@ -25,6 +25,7 @@ from typing import Union
 import numpy as np
 from scipy.optimize import brentq
 
+from maskdiff.core.checks import int_at_least
 from maskdiff.memory import require
 
 __all__ = [
@@ -49,12 +50,6 @@ _NARROW_WINDOW = 1e-3
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
-
-
-def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    return int(k)
 
 
 def _check_window(t0: float, t1: float) -> tuple[float, float]:
@@ -124,7 +119,7 @@ def signal_probability(k: int, t0: float = 0.0, t1: float = 1.0) -> float:
 
     ``t0 == t1`` is the fixed rate ``t0``. Over ``U[0,1]``: ``(k+1) B(2, k+1) = 1/(k+2)``.
     """
-    k = _check_k(k)
+    k = int_at_least(k, "k")
     t0, t1 = _check_window(t0, t1)
     return (k + 1) * _mean_t_one_minus_t_pow(k, t0, t1)
 
@@ -135,7 +130,7 @@ def signal_optimal_rate(k: int) -> float:
     Cor. 4.8 states the optimum over all ``U[t0, t1]`` as the degenerate window
     ``t0 = t1 = 1/(k+1)``: a fixed rate, where ``P_S = (k/(k+1))^k`` (→ 1/e as k → ∞).
     """
-    k = _check_k(k)
+    k = int_at_least(k, "k")
     return 1.0 / (k + 1)
 
 
@@ -175,7 +170,7 @@ def ps_optimal_t1_polynomial(k: int) -> list[int]:
 
         p(y) = (k+1)^2 y^{k+2} - (k+2)(2k+1) y^{k+1} + (k+1)(k+2) y^k - 1 = 0.
     """
-    k = _check_k(k)
+    k = int_at_least(k, "k")
     coefficients = [0] * (k + 3)
     coefficients[0] = (k + 1) ** 2
     coefficients[1] = -(k + 2) * (2 * k + 1)
@@ -193,7 +188,7 @@ def ps_optimal_t1(k: int) -> float:
     in (0, 1) and is found by bracketing to ~1e-15. Closed forms: ``k=1``: 3/4;
     ``k=2``: ``1 - (1+√10)/9``. The paper quotes 0.246 for ``k = 6``.
     """
-    k = _check_k(k)
+    k = int_at_least(k, "k")
     deflated = _deflate_at_one(ps_optimal_t1_polynomial(k), times=2)
     return 1.0 - _root_in_unit_interval(deflated)
 
@@ -205,7 +200,7 @@ def ps_optimal_t1(k: int) -> float:
 
 def sample_complexity_polynomial(k: int) -> list[int]:
     """``(2k+1) y^{k+1} - (2k+2) y^k + 1`` of Cor. 4.7 (highest degree first), ``y = 1 - t1``."""
-    k = _check_k(k)
+    k = int_at_least(k, "k")
     coefficients = [0] * (k + 2)
     coefficients[0] = 2 * k + 1
     coefficients[1] = -(2 * k + 2)
@@ -224,7 +219,7 @@ def sample_complexity_t1(k: int) -> float:
     ``U[t0, t1]`` with ``t0 + t1 = 2/3`` is optimal there. For ``k > 1`` the paper proves the
     optimal window is anchored at ``t0 = 0``.
     """
-    k = _check_k(k)
+    k = int_at_least(k, "k")
     deflated = _deflate_at_one(sample_complexity_polynomial(k), times=1)
     return 1.0 - _root_in_unit_interval(deflated)
 
@@ -234,7 +229,7 @@ def sample_complexity_objective(k: int, t0: float = 0.0, t1: float = 1.0) -> flo
 
     The Thm. 4.2 bound is ``4 ln(4n/δ) / J``: larger ``J`` means fewer samples needed.
     """
-    k = _check_k(k)
+    k = int_at_least(k, "k")
     t0, t1 = _check_window(t0, t1)
     return 0.5 * (t0 + t1) * _mean_one_minus_t_pow(k, t0, t1) ** 2
 
@@ -250,7 +245,7 @@ def sample_complexity_bound(
     parameters. Returns ``math.inf`` when ``E[t] = 0`` or ``E[(1-t)^k] = 0`` (never identifiable).
     This is the paper's sufficient condition for identification from the marginal loss gap.
     """
-    k = _check_k(k)
+    k = int_at_least(k, "k")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < k:
         raise ValueError(f"n must be an integer >= k = {k}, got {n!r}")
     if not (isinstance(delta, (int, float, np.floating)) and 0.0 < float(delta) < 1.0):
@@ -291,12 +286,6 @@ def _orders_and_weights(weights: WindowWeights) -> tuple[np.ndarray, np.ndarray]
     return np.asarray(orders, dtype=np.int64), array / array.sum()
 
 
-def _check_power(power: int) -> int:
-    if isinstance(power, bool) or not isinstance(power, (int, np.integer)) or power < 1:
-        raise ValueError(f"power must be an integer >= 1, got {power!r}")
-    return int(power)
-
-
 def window_signal(weights: WindowWeights, t, *, power: int = 1):
     """``Signal(t) = Σ_i w_i (t (1-t)^{i-1})^power`` with weights normalised to sum 1 (docs/method.md §10).
 
@@ -307,7 +296,7 @@ def window_signal(weights: WindowWeights, t, *, power: int = 1):
     [0, 1]; the result has its shape.
     """
     orders, values = _orders_and_weights(weights)
-    power = _check_power(power)
+    power = int_at_least(power, "power")
     t_array = np.asarray(t, dtype=np.float64)
     if not np.all((t_array >= 0.0) & (t_array <= 1.0)):
         raise ValueError(f"t must lie in [0, 1], got {t!r}")
@@ -334,7 +323,7 @@ def window_t_star(weights: WindowWeights, *, power: int = 1) -> float:
     inside, so the maximum is interior.
     """
     orders, values = _orders_and_weights(weights)
-    power = _check_power(power)
+    power = int_at_least(power, "power")
     active = values > 0
     if active.sum() == 1:
         return 1.0 / float(orders[active][0])
@@ -356,7 +345,5 @@ def window_signal_curve(
     weights: WindowWeights, *, num: int = 101, power: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(t, Signal(t))`` on ``num`` evenly spaced points of [0, 1] (for tables and plots)."""
-    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 2:
-        raise ValueError(f"num must be an integer >= 2, got {num!r}")
-    t = np.linspace(0.0, 1.0, int(num))
+    t = np.linspace(0.0, 1.0, int_at_least(num, "num", minimum=2))
     return t, np.asarray(window_signal(weights, t, power=power), dtype=np.float64)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from maskdiff.core.checks import int_at_least
 from maskdiff.ppots.fit import (
     MIN_GRID_POINTS, MIN_TABLE_POINTS, DensityTable, EPRFit, check_table, epr_density, fit_epr,
 )
@@ -64,8 +65,7 @@ class SecondMomentTracker:
     _ROWS = 4  # count, Σw, Σw·l, Σw·l²
 
     def __init__(self, n_bins: int = 50, eps: float = 1e-3, decay: float = 1.0) -> None:
-        if int(n_bins) != n_bins or n_bins < MIN_TABLE_POINTS:
-            raise ValueError(f"n_bins must be an integer >= {MIN_TABLE_POINTS}, got {n_bins}")
+        int_at_least(n_bins, "n_bins", minimum=MIN_TABLE_POINTS)
         if not 0.0 < eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {eps}")
         if not 0.0 < decay <= 1.0:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from maskdiff.core.checks import int_at_least
 from maskdiff.core.config import (  # noqa: F401  (re-exported: a run's config nests them)
     ComponentConfig,
     EstimatorConfig,
@@ -19,11 +20,9 @@ from maskdiff.core.config import (  # noqa: F401  (re-exported: a run's config n
     diff_configs,
     from_dict,
     load_json,
-    positive_int,
     save_json,
     to_dict,
 )
-
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +40,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_fields(self, "model")
         for name in ("d_model", "n_layers", "n_heads", "mlp_ratio"):
-            positive_int("model", name, getattr(self, name))
+            int_at_least(getattr(self, name), f"model.{name}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout!r}")
 
@@ -72,9 +71,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_fields(self, "data")
         for name in ("n_train", "max_len"):
-            positive_int("data", name, getattr(self, name))
+            int_at_least(getattr(self, name), f"data.{name}")
         for name in ("n_val", "n_test", "data_seed"):
-            positive_int("data", name, getattr(self, name), minimum=0)
+            int_at_least(getattr(self, name), f"data.{name}", minimum=0)
         if self.tokenizer not in ("char", "bpe"):
             raise ValueError(f"data.tokenizer must be 'char' or 'bpe', got {self.tokenizer!r}")
 
@@ -103,10 +102,10 @@ class OptimConfig:
         for name in ("beta1", "beta2"):
             if not (0 <= getattr(self, name) < 1):
                 raise ValueError(f"optim.{name} must lie in [0, 1), got {getattr(self, name)!r}")
-        positive_int("optim", "warmup_steps", self.warmup_steps, minimum=0)
-        positive_int("optim", "max_steps", self.max_steps)
-        positive_int("optim", "batch_size", self.batch_size)
-        positive_int("optim", "grad_accum", self.grad_accum)
+        int_at_least(self.warmup_steps, "optim.warmup_steps", minimum=0)
+        int_at_least(self.max_steps, "optim.max_steps")
+        int_at_least(self.batch_size, "optim.batch_size")
+        int_at_least(self.grad_accum, "optim.grad_accum")
         if not (0 <= self.min_lr_ratio <= 1):
             raise ValueError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
         if self.grad_clip < 0:
@@ -139,8 +138,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check_fields(self, "eval")
         for name in ("every", "n_examples", "rates_per_example", "batch_size"):
-            positive_int("eval", name, getattr(self, name))
-        positive_int("eval", "patience", self.patience, minimum=0)
+            int_at_least(getattr(self, name), f"eval.{name}")
+        int_at_least(self.patience, "eval.patience", minimum=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,9 +161,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "train")
-        positive_int("train", "seed", self.seed, minimum=0)
-        positive_int("train", "log_every", self.log_every)
-        positive_int("train", "checkpoint_every", self.checkpoint_every, minimum=0)
+        int_at_least(self.seed, "train.seed", minimum=0)
+        int_at_least(self.log_every, "train.log_every")
+        int_at_least(self.checkpoint_every, "train.checkpoint_every", minimum=0)
         if not isinstance(self.tensorboard, bool):
             raise ValueError(f"train.tensorboard must be true or false, got {self.tensorboard!r}")
         try:

@@ -33,6 +33,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from maskdiff.core.checks import int_at_least
+
 
 def transfer_schedule(n_masked: int, steps: int) -> list[int]:
     """Tokens unmasked at each of ``steps`` steps when ``n_masked`` are to be filled.
@@ -40,10 +42,8 @@ def transfer_schedule(n_masked: int, steps: int) -> list[int]:
     LLaDA's ``get_num_transfer_tokens``: the linear schedule unmasks the same expected number per
     step, so ``base = n_masked // steps`` each, and the first ``n_masked % steps`` steps one more.
     """
-    if isinstance(n_masked, bool) or not isinstance(n_masked, int) or n_masked < 0:
-        raise ValueError(f"n_masked must be a non-negative integer, got {n_masked!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    int_at_least(n_masked, "n_masked", minimum=0)
+    int_at_least(steps, "steps")
     base, remainder = divmod(n_masked, steps)
     return [base + 1 if step < remainder else base for step in range(steps)]
 
@@ -79,12 +79,6 @@ def _check_prompt(
     return int(prompt_ids.shape[0]), int(prompt_ids.shape[1])
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def _extend_attention(attention: torch.Tensor | None, n_new: int) -> torch.Tensor | None:
     """Append ``n_new`` real (True) columns to a (B, P) attention mask; None stays None."""
     if attention is None:
@@ -118,9 +112,9 @@ def generate_diffusion(
         (B, P + gen_length) long: the prompt followed by the generated tokens (none left masked).
     """
     batch, prompt_length = _check_prompt(prompt_ids, prompt_attention)
-    gen_length = _positive_int("gen_length", gen_length)
-    steps = _positive_int("steps", steps)
-    block_length = _positive_int("block_length", block_length)
+    gen_length = int_at_least(gen_length, "gen_length")
+    steps = int_at_least(steps, "steps")
+    block_length = int_at_least(block_length, "block_length")
     if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int) or mask_token_id < 0:
         raise ValueError(f"mask_token_id must be a non-negative integer, got {mask_token_id!r}")
     if gen_length % block_length != 0:
@@ -194,7 +188,7 @@ def generate_causal(
     batch, prompt_length = _check_prompt(prompt_ids, prompt_attention)
     if prompt_length < 1:
         raise ValueError("prompt_ids must hold at least one token per row for causal decoding")
-    max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+    max_new_tokens = int_at_least(max_new_tokens, "max_new_tokens")
     if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or eos_id < 0):
         raise ValueError(f"eos_id must be None or a non-negative integer, got {eos_id!r}")
 
