@@ -174,14 +174,19 @@ def _words_spread(sp: dict) -> str:
     return f"; sd ratio {sp['ratio']:.2f}{ci}: {verdict}"
 
 
+def _paired_elbo_methods(results: dict):
+    """``(label, vs_standard)`` of each method compared with standard on the same ELBO (the
+    causal twin, scored by its NLL, is left out)."""
+    for label in paired_labels(results):
+        m = results["methods"][label]
+        if m["test_loss_kind"] == "ELBO":
+            yield label, m["vs_standard"]
+
+
 def words(results: dict) -> list[str]:
     """One plain sentence per method and metric: the effect with its CI, significant or not."""
     out = []
-    for label in paired_labels(results):
-        m = results["methods"][label]
-        vs = m["vs_standard"]
-        if m["test_loss_kind"] != "ELBO":
-            continue
+    for label, vs in _paired_elbo_methods(results):
         parts = []
         diff = vs.get("pass_at_1", {}).get("difference")
         if diff:
@@ -333,11 +338,7 @@ def headline(results: dict) -> list[str]:
     f4 = lambda x: f"{x:+.4f}"  # noqa: E731
     pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
     out = []
-    for label in paired_labels(results):
-        m = results["methods"][label]
-        vs = m["vs_standard"]
-        if m["test_loss_kind"] != "ELBO":
-            continue
+    for label, vs in _paired_elbo_methods(results):
         d = vs["test_loss"].get("difference")
         p1 = vs.get("pass_at_1", {})
         parts = [f"test ELBO {f4(d['mean'])} [{f4(d['lo'])}, {f4(d['hi'])}] nats "
