@@ -140,3 +140,15 @@ def test_single_token_ids_rejects_split_tags():
     with pytest.raises(ValueError, match="not a single token"):
         syntax_token_ids(CharTokenizer("<>/tabledrh"))
     assert len(syntax_token_ids(CharTokenizer("ab", extra_tokens=MARKUP_TAGS))) == 8
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_decoding_an_id_outside_the_vocabulary_names_its_position(kind):
+    tok = (CharTokenizer("abc") if kind == "char"
+           else BPETokenizer.train(["hello world", "abc abd"] * 4, vocab_size=270))
+    good = tok.encode("abc")
+    assert tok.decode(good) == "abc"
+    for bad in (tok.vocab_size, -1):
+        with pytest.raises(ValueError, match=rf"^token id {bad} at position {len(good)} is "
+                                             rf"outside \[0, vocab_size={tok.vocab_size}\)$"):
+            tok.decode(good + [bad])

@@ -17,7 +17,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from maskdiff.fileio import atomic_write_text
-from maskdiff.data.tokenizer import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
+from maskdiff.data.tokenizer import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, checked_id
 
 _N_BYTES = 256
 
@@ -104,12 +104,7 @@ class BPETokenizer:
         pieces: list[str] = []
         run: list[int] = []
         for position, token_id in enumerate(ids):
-            token_id = int(token_id)
-            if not 0 <= token_id < self.vocab_size:
-                raise ValueError(
-                    f"token id {token_id} at position {position} is outside "
-                    f"[0, vocab_size={self.vocab_size})"
-                )
+            token_id = checked_id(token_id, position, self.vocab_size)
             if token_id < self._base:
                 run.append(token_id)
                 continue

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from maskdiff.fileio import atomic_write_text
-from maskdiff.data.tokenizer import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
+from maskdiff.data.tokenizer import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, checked_id
 
 
 class CharTokenizer:
@@ -110,12 +110,7 @@ class CharTokenizer:
         """The text of ``ids``; control tokens render as ``"<eos>"`` etc. unless skipped."""
         pieces = []
         for position, token_id in enumerate(ids):
-            token_id = int(token_id)
-            if not 0 <= token_id < self.vocab_size:
-                raise ValueError(
-                    f"token id {token_id} at position {position} is outside "
-                    f"[0, vocab_size={self.vocab_size})"
-                )
+            token_id = checked_id(token_id, position, self.vocab_size)
             if skip_special and token_id < self._n_controls:
                 continue
             pieces.append(self._id_to_token[token_id])

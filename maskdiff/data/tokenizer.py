@@ -57,6 +57,16 @@ class Tokenizer(Protocol):
     def save(self, path: str | Path) -> None: ...
 
 
+def checked_id(token_id: int, position: int, vocab_size: int) -> int:
+    """``token_id`` as an int, or ValueError naming its position when it is not a vocabulary id
+    (a decoder must not turn a bad id into text silently)."""
+    token_id = int(token_id)
+    if not 0 <= token_id < vocab_size:
+        raise ValueError(f"token id {token_id} at position {position} is outside "
+                         f"[0, vocab_size={vocab_size})")
+    return token_id
+
+
 def control_ids(tokenizer: Tokenizer) -> frozenset[int]:
     """The ids of pad, eos, mask and (if any) bos."""
     ids = {tokenizer.pad_id, tokenizer.eos_id, tokenizer.mask_id}
