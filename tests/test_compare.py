@@ -59,6 +59,34 @@ def test_summary_statistics_are_the_closed_form_ones():
     assert std["pass_at_1_ci"]["hi"] - 0.3 == pytest.approx(4.302653 * 0.1 / 3 ** 0.5)
 
 
+def test_two_view_methods_are_paired_with_standard_at_twice_the_batch():
+    from scipy import stats as scipy_stats
+
+    from maskdiff.experiments.compare_report import equal_compute_table, equal_compute_words
+
+    seeds, std, mir, big = (1, 2, 3, 4), (0.2, 0.4, 0.3, 0.35), (0.5, 0.45, 0.35, 0.4), (
+        0.3, 0.5, 0.3, 0.4)
+    records = [_record("standard", s, p) for s, p in zip(seeds, std)]
+    records += [_record("mirror", s, p, fwd=200) for s, p in zip(seeds, mir)]
+    records += [_record(EQUAL_COMPUTE, s, p, fwd=200) for s, p in zip(seeds, big)]
+    records += [_record("ppots", s, p) for s, p in zip(seeds, std)]
+    out = summarise(PRESETS["smoke"], records, seconds=1.0, ppots=None, window=None)
+    vs = out["methods"]["mirror"]["vs_equal_compute"]
+    assert vs["baseline"] == EQUAL_COMPUTE and vs["paired_seeds"] == list(seeds)
+    assert vs["fwd_ratio"] == 1.0
+    diff = vs["pass_at_1"]["difference"]
+    expected = scipy_stats.ttest_rel(mir, big)
+    assert diff["mean"] == pytest.approx(sum(mir) / 4 - sum(big) / 4)
+    assert diff["p"] == pytest.approx(expected.pvalue)
+    # one-view methods and the control itself have no equal-compute comparison
+    assert all("vs_equal_compute" not in out["methods"][k] for k in ("standard", "ppots",
+                                                                    EQUAL_COMPUTE))
+    table, words = equal_compute_table(out), equal_compute_words(out)
+    assert len(table) == 3 and table[2].startswith(f"| mirror | {EQUAL_COMPUTE} | +5.0 [")
+    assert words[0].startswith(f"- **mirror** at equal compute — pass@1 +5.0 [")
+    assert f"not significantly different from {EQUAL_COMPUTE}" in words[0]
+
+
 def test_smoke_job_end_to_end_and_restart_reuses_finished_runs(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--preset", "smoke", "--out", str(out), "--quiet"]) == 0

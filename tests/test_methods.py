@@ -163,3 +163,11 @@ def test_hf_trainer_arguments_come_from_the_registry():
     assert method_trainer_kwargs("isad", delimiter_ids=[9, 7])["masker"].token_ids == [7, 9]
     with pytest.raises(ValueError, match="answer-delimiter token ids: pass delimiter_ids"):
         method_trainer_kwargs("isad")
+
+
+def test_docs_method_table_lists_every_registered_method():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    section = text[text.index("## 11. The baselines"):]
+    assert [name for name in METHODS if f"| `{name}` |" not in section] == []

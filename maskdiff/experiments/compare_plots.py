@@ -47,12 +47,33 @@ def plot_pass_at_1(path: Path, results: dict) -> None:
     plt.close(fig)
 
 
-def _band(ax, x, grid, colour, label) -> None:
+def _band(ax, x, grid, style: dict, label) -> None:
     mean = grid.mean(0)
     n = grid.shape[0]
     half = (st.t.ppf(0.975, n - 1) * grid.std(0, ddof=1) / np.sqrt(n)) if n > 1 else 0 * mean
-    ax.plot(x, mean, "-o", ms=2.5, color=colour, label=label)
-    ax.fill_between(x, mean - half, mean + half, color=colour, alpha=0.15)
+    ax.plot(x, mean, marker="o", ms=2.5, label=label, **style)
+    ax.fill_between(x, mean - half, mean + half, color=style["color"], alpha=0.12)
+
+
+def _curve_methods(results: dict) -> tuple[list[tuple[str, dict, dict]], list[str]]:
+    """``(label, method, line style)`` of the ELBO methods on the job's main task, and the
+    labels left out because they ran another task (their losses are on another scale).
+    Standard is the thick black line; the others take a 20-colour map, dashed when they spend
+    several forward passes per example."""
+    main = results["task"]["name"]
+    cmap = pyplot().get_cmap("tab20")
+    shown, others = [], []
+    for label, m in results["methods"].items():
+        if m["test_loss_kind"] != "ELBO":
+            continue
+        if m["task"] != main:
+            others.append(label)
+            continue
+        multi = m.get("fwd_ratio_to_standard", 1.0) > 1.0
+        style = ({"color": "k", "ls": "-", "lw": 2.2, "zorder": 5} if label == BASELINE else
+                 {"color": cmap(len(shown) % 20), "ls": "--" if multi else "-"})
+        shown.append((label, m, style))
+    return shown, others
 
 
 def plot_val_curves(path: Path, results: dict) -> None:
@@ -60,15 +81,16 @@ def plot_val_curves(path: Path, results: dict) -> None:
     view) and against cumulative forward passes (equal-compute view), with standard's final
     value as the compute-to-target line."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.0), constrained_layout=True, sharey=True)
     target = None
-    for k, (label, m) in enumerate(results["methods"].items()):
+    shown, others = _curve_methods(results)
+    for label, m, style in shown:
         runs = [r for r in results["runs"] if r["label"] == label and r["history"]]
-        if m["test_loss_kind"] != "ELBO" or not runs:
+        if not runs:
             continue
         steps, fwd, grid = curves(runs)
-        _band(axes[0], steps, grid, f"C{k % 10}", label)
-        _band(axes[1], fwd, grid, f"C{k % 10}", label)
+        _band(axes[0], steps, grid, style, label)
+        _band(axes[1], fwd, grid, style, label)
         if m["method"] == BASELINE and target is None:
             target = float(grid.mean(0)[-1])
     for ax, xlabel in zip(axes, ("fine-tuning step (equal steps)",
@@ -78,28 +100,33 @@ def plot_val_curves(path: Path, results: dict) -> None:
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation ELBO, best so far (nats / token)")
-    axes[1].legend(fontsize=8)
-    fig.suptitle("Validation loss: mean over seeds, band = 95% CI", fontsize=10)
+    axes[1].legend(fontsize=7, ncol=2 if len(shown) > 8 else 1)
+    fig.suptitle("Validation loss: mean over seeds, band = 95% CI; dashed = two views per example"
+                 + (f"; not shown (another task): {', '.join(others)}" if others else ""),
+                 fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_loss_per_bin(path: Path, results: dict) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
-    for k, (label, m) in enumerate(results["methods"].items()):
+    fig, ax = plt.subplots(figsize=(8.5, 5.0), constrained_layout=True)
+    shown, others = _curve_methods(results)
+    for label, m, style in shown:
         runs = [r for r in results["runs"] if r["label"] == label and r.get("loss_per_t_bin")]
-        if m["test_loss_kind"] != "ELBO" or not runs:
+        if not runs:
             continue
         table = np.array([[np.nan if v is None else v for v in r["loss_per_t_bin"]] for r in runs])
         centres = (np.arange(table.shape[1]) + 0.5) / table.shape[1]
         seen = ~np.isnan(table).all(axis=0)  # a window or clipped sampler leaves bins empty
-        ax.plot(centres[seen], np.nanmean(table[:, seen], axis=0), "-o", ms=3,
-                color=f"C{k % 10}", label=label)
-    ax.set(xlabel="masking rate t (bin centre)", ylabel="training loss l (per eligible token)",
-           title="Training loss per t-bin (second half of training, mean over seeds)")
+        ax.plot(centres[seen], np.nanmean(table[:, seen], axis=0), marker="o", ms=3,
+                label=label, **style)
+    ax.set(xlabel="masking rate t (bin centre)", ylabel="training loss l (per eligible token)")
+    ax.set_title("Training loss per t-bin (second half of training, mean over seeds)"
+                 + (f"\nnot shown (another task): {', '.join(others)}" if others else ""),
+                 fontsize=10)
     if ax.lines:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2 if len(shown) > 8 else 1)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
     plt.close(fig)

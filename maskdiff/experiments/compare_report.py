@@ -32,7 +32,7 @@ def _p(p) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
 
-def _p_eq(p) -> str:
+def p_eq(p) -> str:
     """``p = 0.12`` / ``p < 0.001``."""
     text = _p(p)
     return f"p {text[0]} {text[1:]}" if text.startswith("<") else f"p = {text}"
@@ -155,26 +155,32 @@ def noise_table(results: dict) -> list[str]:
     return lines
 
 
-def _words_mean(label: str, diff: dict, unit: str, fmt, better_low: bool) -> str:
+# (key, name, unit, format, lower is better) of the two scores every comparison reports.
+_METRICS = (("pass_at_1", "pass@1", " points", _pct, False),
+            ("test_loss", "test ELBO", "", lambda x: _num(x, 4), True))
+
+
+def _words_mean(label: str, diff: dict, unit: str, fmt, better_low: bool,
+                than: str = BASELINE) -> str:
     sig = diff["p"] < ALPHA
     direction = (diff["mean"] < 0) == better_low
-    verdict = (f"**significantly {'better' if direction else 'worse'}** than standard"
-               if sig else "not significantly different from standard")
+    verdict = (f"**significantly {'better' if direction else 'worse'}** than {than}"
+               if sig else f"not significantly different from {than}")
     return (f"{label} {_signed(fmt)(diff['mean'])} [{_signed(fmt)(diff['lo'])}, "
-            f"{_signed(fmt)(diff['hi'])}]{unit} (paired t, {_p_eq(diff['p'])}): {verdict}")
+            f"{_signed(fmt)(diff['hi'])}]{unit} (paired t, {p_eq(diff['p'])}): {verdict}")
 
 
-def _words_spread(sp: dict) -> str:
+def _words_spread(sp: dict, than: str = BASELINE) -> str:
     if not sp or sp.get("ratio") is None:
         return ""
     sig = min(sp["p_brown_forsythe"] or 1, sp["p_pitman_morgan"] or 1) < ALPHA
     ci = "" if sp.get("lo") is None else f" [{sp['lo']:.2f}, {sp['hi']:.2f}]"
     verdict = (f"the spread is **significantly {'smaller' if sp['ratio'] < 1 else 'larger'}**"
-               if sig else "the spread is not distinguishable from standard's")
+               if sig else f"the spread is not distinguishable from {than}'s")
     return f"; sd ratio {sp['ratio']:.2f}{ci}: {verdict}"
 
 
-def _paired_elbo_methods(results: dict):
+def paired_elbo_methods(results: dict):
     """``(label, vs_standard)`` of each method compared with standard on the same ELBO (the
     causal twin, scored by its NLL, is left out)."""
     for label in paired_labels(results):
@@ -183,19 +189,22 @@ def _paired_elbo_methods(results: dict):
             yield label, m["vs_standard"]
 
 
+def _metric_words(vs: dict, than: str = BASELINE) -> list[str]:
+    """pass@1 and test ELBO against ``than`` in words (and their spreads)."""
+    parts = []
+    for key, name, unit, fmt, low in _METRICS:
+        diff = (vs.get(key) or {}).get("difference")
+        if diff:
+            parts.append(_words_mean(name, diff, unit, fmt, low, than)
+                         + _words_spread(vs[key].get("spread"), than))
+    return parts
+
+
 def words(results: dict) -> list[str]:
     """One plain sentence per method and metric: the effect with its CI, significant or not."""
     out = []
-    for label, vs in _paired_elbo_methods(results):
-        parts = []
-        diff = vs.get("pass_at_1", {}).get("difference")
-        if diff:
-            parts.append(_words_mean("pass@1", diff, " points", _pct, False)
-                         + _words_spread(vs["pass_at_1"].get("spread")))
-        diff = vs.get("test_loss", {}).get("difference")
-        if diff:
-            parts.append(_words_mean("test ELBO", diff, "", lambda x: _num(x, 4), True)
-                         + _words_spread(vs["test_loss"].get("spread")))
+    for label, vs in paired_elbo_methods(results):
+        parts = _metric_words(vs)
         comp = vs.get("compute")
         if comp:
             reached = comp.get("reached", comp["multiplier"] > 0)
@@ -208,6 +217,39 @@ def words(results: dict) -> list[str]:
                              else ": **more compute** than standard" if comp["hi"] and comp["hi"] < 1
                              else ": not distinguishable from standard's")))
         out.append(f"- **{label}** — " + "; ".join(parts) + ".")
+    return out
+
+
+def equal_compute_table(results: dict) -> list[str]:
+    """Each k-view method against standard with k times the batch: the same forward passes per
+    step, so a difference here is what the estimator buys at equal compute."""
+    rows = [(label, m["vs_equal_compute"]) for label, m in results["methods"].items()
+            if m.get("vs_equal_compute")]
+    if not rows:
+        return []
+    lines = ["| method | against | pass@1 Δ, points [95% CI] (p) | test ELBO Δ [95% CI] (p) | "
+             "test ELBO sd ratio [95% CI] | compute multiplier to its final validation ELBO "
+             "[95% CI] |", "|---|---|---|---|---|---|"]
+    for label, vs in rows:
+        cells = []
+        for key, _, _, fmt, _ in _METRICS:
+            d = (vs.get(key) or {}).get("difference")
+            cells.append("–" if not d else f"{_ci(d, _signed(fmt))} ({_p(d['p'])})")
+        ratio = _spread(vs.get("test_loss") or {}, None)[0]
+        lines.append(f"| {label} | {vs['baseline']} | {cells[0]} | {cells[1]} | {ratio} | "
+                     f"{multiplier(vs.get('compute'))} |")
+    return lines
+
+
+def equal_compute_words(results: dict) -> list[str]:
+    """The equal-compute table in words: better, worse or not distinguishable, per metric."""
+    out = []
+    for label, m in results["methods"].items():
+        vs = m.get("vs_equal_compute")
+        if not vs:
+            continue
+        parts = _metric_words(vs, than=vs["baseline"])
+        out.append(f"- **{label}** at equal compute — " + "; ".join(parts) + ".")
     return out
 
 
@@ -291,6 +333,10 @@ def write_report(out_dir: Path, results: dict) -> None:
               "over those the method needs (> 1 = less compute; 'not reached' = not within the "
               "budget, with the bound reaching it at the end would give), seeds resampled. Tests are two-sided at 5%, not adjusted for the number of methods.",
               "", "## In words", ""] + words(results) + [""]
+    if equal := equal_compute_table(results):
+        lines += ["## Equal compute", "", "Each two-view method against standard with twice the "
+                  "batch (the same forward passes), paired by seed:", "", *equal, "",
+                  *equal_compute_words(results), ""]
     if results.get("grad_noise"):
         lines += ["## Gradient noise scale on the starting checkpoint", ""] + noise_table(results)
         lines += ["", "Predicted multiplier: (1 + B_std/B) / ((1 + B_m/B) · forward passes per "
@@ -330,29 +376,3 @@ def _extras(results: dict) -> list[str]:
         lines += [f"Signal-rich window: U[{lo:.3f}, {hi:.3f}] (t* of the task's character "
                   "n-grams).", ""]
     return lines
-
-
-def headline(results: dict) -> list[str]:
-    """The README's pitch numbers: per method at equal steps, the test ELBO and pass@1
-    differences to standard, the pass@1 spread ratio and the compute multiplier, with CIs."""
-    f4 = lambda x: f"{x:+.4f}"  # noqa: E731
-    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
-    out = []
-    for label, vs in _paired_elbo_methods(results):
-        d = vs["test_loss"].get("difference")
-        p1 = vs.get("pass_at_1", {})
-        parts = [f"test ELBO {f4(d['mean'])} [{f4(d['lo'])}, {f4(d['hi'])}] nats "
-                 f"({_p_eq(d['p'])})"] if d else []
-        if p1.get("difference"):
-            pd = p1["difference"]
-            parts.append(f"pass@1 {pts(pd['mean'])} [{pts(pd['lo'])}, {pts(pd['hi'])}] points "
-                         f"({_p_eq(pd['p'])})")
-        sp = p1.get("spread") or {}
-        if sp.get("ratio") is not None:
-            ci = "" if sp.get("lo") is None else f" [{sp['lo']:.2f}, {sp['hi']:.2f}]"
-            parts.append(f"pass@1 sd ratio {sp['ratio']:.2f}{ci} "
-                         f"(Pitman–Morgan {_p_eq(sp['p_pitman_morgan'])})")
-        if vs.get("compute"):
-            parts.append(f"compute multiplier {multiplier(vs['compute'])}")
-        out.append(f"- **{label}** vs standard: " + "; ".join(parts) + ".")
-    return out

@@ -119,6 +119,25 @@ def _method_summary(rows: list[dict]) -> dict:
     }
 
 
+def _equal_compute(methods: dict, by_label: dict[str, list[dict]]) -> None:
+    """The equal-compute view: each k-view method against standard with k times the batch
+    (``standard@kx``, when the job ran it on the same task), paired over the seeds both ran, as
+    ``vs_equal_compute`` = ``{"baseline": label, ...the fields of vs_standard}``."""
+    for control, cm in methods.items():
+        spec = get_method(cm["method"])
+        if spec.base != BASELINE:
+            continue
+        for label, m in methods.items():
+            method = get_method(m["method"])
+            if (label == control or m["task"] != cm["task"] or m["test_loss_kind"] != "ELBO"
+                    or method.batch_factor != 1
+                    or method.forward_passes != spec.batch_factor):
+                continue
+            vs = _versus(by_label[label], by_label[control],
+                         m["has_pass_at_1"] and cm["has_pass_at_1"])
+            m["vs_equal_compute"] = {"baseline": control, **vs}
+
+
 def power_analysis(methods: dict, n_seeds: int) -> dict:
     """What this many seeds can detect, from the measured sd of the paired differences to
     standard (median over the methods): the 80%-power detectable difference of the paired
@@ -161,6 +180,7 @@ def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None
             m["worst_minus_standard_best"] = st["min"] - bst["max"]
             m["mean_minus_standard"] = st["mean"] - bst["mean"]
             m["sd_ratio_to_standard"] = st["sd"] / bst["sd"] if bst["sd"] > 0 else None
+    _equal_compute(methods, by_label)
     if ppots is not None and ppots.get("seconds"):
         served = [r["train_seconds"] for r in records if "density" in get_method(r["method"]).needs]
         if served:
