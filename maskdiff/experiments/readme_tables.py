@@ -136,11 +136,23 @@ def update(text: str, results_dir: Path) -> tuple[str, list[str]]:
     return BLOCK.sub(replace, text), changed
 
 
+CURVE = ("step", "fwd", "val_loss")  # what compare_summary.curves reads of a history
+
+
+def _round(value, digits: int = 6):
+    return float(f"{value:.{digits}g}") if isinstance(value, float) else value
+
+
 def slim(results: dict) -> dict:
-    """A results file as kept under ``docs/results/``: the runs without their sample outputs."""
+    """A results file as kept under ``docs/results/``: the runs without their sample outputs,
+    their validation histories (which only the plots read) cut to the curve (step, forward
+    passes, validation ELBO) at 6 significant digits. The statistics the tables print are kept
+    exactly."""
     out = dict(results)
     if "runs" in out:
-        out["runs"] = [{k: v for k, v in r.items() if k not in ("examples", "loss_per_t_bin")}
+        out["runs"] = [{**{k: v for k, v in r.items() if k not in ("examples", "loss_per_t_bin")},
+                        **({"history": [{k: _round(v) for k, v in h.items() if k in CURVE}
+                                        for h in r["history"]]} if r.get("history") else {})}
                        for r in out["runs"]]
     return out
 
@@ -154,7 +166,8 @@ def add(results_dir: Path, name: str, source: Path) -> Path:
         raise ValueError(f"--add: the name must be letters, digits, '.', '_' or '-', got {name!r}")
     target = Path(results_dir) / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target, json.dumps(slim(json.loads(source.read_text())), indent=1) + "\n")
+    atomic_write_text(target, json.dumps(slim(json.loads(source.read_text())),
+                                         separators=(",", ":")) + "\n")
     return target
 
 
