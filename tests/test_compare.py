@@ -134,6 +134,16 @@ def test_smoke_job_end_to_end_and_restart_reuses_finished_runs(tmp_path, capsys)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
     assert again["methods"]["mirror"]["pass_at_1"] == methods["mirror"]["pass_at_1"]
     assert "pass@1" in capsys.readouterr().out
+    # A run finished under another configuration (a changed preset, a changed default) is not
+    # passed off as this job's: refused, naming the run and the field, and nothing is removed.
+    saved = next(p.parent / "config.json" for p in stamps if "/mirror/" in str(p))
+    config = json.loads(saved.read_text())
+    config["optim"]["lr"] *= 2
+    saved.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"mirror.*finished with another configuration "
+                                         r"\(optim.lr\)"):
+        CompareJob(PRESETS["smoke"], out, progress=False).run()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
 def test_the_paired_design_gives_every_method_the_same_data_order_per_seed(tmp_path):
@@ -173,3 +183,21 @@ def test_a_sweep_point_keeps_the_training_examples_and_the_sweep_reuses_the_plai
     assert b4["steps"] == 12 and b4["methods"]["mirror"]["compute"]["multiplier"] >= 0
     assert b4["methods"]["mirror"]["predicted_multiplier"] > 0
     assert (out / "sweep.png").exists() and "| 4 | mirror |" in (out / "sweep.md").read_text()
+
+
+def test_no_row_of_the_full_presets_tasks_is_truncated(tmp_path):
+    """A cut row loses the end of its response (its answer): no task of the full preset may
+    cut one, in any split (the table task's rows run to 141 tokens)."""
+    from dataclasses import replace
+
+    from maskdiff.data.setup import load_task
+    from maskdiff.training.runs import make_collator, truncation_counts
+
+    job = CompareJob(PRESETS["full"], out_dir=tmp_path)
+    for task_name in sorted({spec.task for spec in plan(PRESETS["full"])}):
+        data = job.data_config(task_name)
+        task = load_task(data)
+        collate = make_collator(replace(PRESETS["full"].base, data=data), task)
+        counts = truncation_counts(collate, {"train": task.train, "val": task.val,
+                                             "test": task.test})
+        assert all(c["examples"] == 0 for c in counts.values()), (task_name, counts)

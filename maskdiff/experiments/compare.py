@@ -49,6 +49,7 @@ from maskdiff.experiments.compare_presets import (  # noqa: F401  (re-exported)
     Decoding, finetune_config,
 )
 from maskdiff.training.config import DataConfig, TrainConfig, to_dict
+from maskdiff.training.runs import check_finished_config, finished_weights
 from maskdiff.fileio import atomic_write_text
 
 
@@ -96,6 +97,9 @@ def plan(preset: ComparePreset, seeds: Sequence[int] | None = None) -> list[RunS
 
 
 # ----------------------------------------------------------------------------- job
+OTHER_TASK_MAX_LEN = 160
+
+
 @dataclass
 class CompareJob:
     """Runs a :class:`ComparePreset` into ``out_dir`` (resumable)."""
@@ -125,8 +129,10 @@ class CompareJob:
         data = self.preset.base.data
         if task == main_task(self.preset):
             return data
+        # The table task's rows (prompt, response and the control tokens) run to 141 tokens:
+        # at 160 none is cut, so no response loses its answer (tests/test_compare.py).
         return replace(data, task=task, train_file=None, val_file=None, difficulty={},
-                       max_len=max(data.max_len, 128))
+                       max_len=max(data.max_len, OTHER_TASK_MAX_LEN))
 
     def task(self, name: str):
         if name not in self._tasks:
@@ -151,7 +157,7 @@ class CompareJob:
                           lr=self.preset.pretrain_lr or base.optim.lr),
             eval=replace(base.eval, every=max(1, self.preset.pretrain_steps // 4), patience=0),
             out_dir=str(self.shared_dir / "start" / f"{task}-{'causal' if causal else 'diffusion'}"))
-        finished = _finished_weights(config)
+        finished = finished_weights(config)
         if finished is not None:  # read without its lock: workers share it at once
             self._starts[key] = finished
             return finished
@@ -258,6 +264,7 @@ class CompareJob:
         run_dir = Path(config.out_dir)
         done = run_dir / "compare.json"
         if done.exists():
+            check_finished_config(run_dir, config)
             return json.loads(done.read_text())
         causal = config.model.causal
         start = self.start_weights(spec.task, causal)
@@ -357,20 +364,6 @@ def _run_spec(args) -> dict:
     preset, out_dir, device, shared, runs, spec = args
     return CompareJob(preset, Path(out_dir), device=device, progress=False, shared_dir=shared,
                       runs_root=runs).run_one(spec)
-
-
-def _finished_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
-    """The final weights of a finished run of ``config`` (its last checkpoint, read without
-    taking the run's lock), or None when the run is unfinished or was made with another config."""
-    from maskdiff.training.checkpoint import find_checkpoint
-    from maskdiff.training.config import RESUME_FREE_FIELDS, diff_configs
-
-    ckpt = find_checkpoint(Path(config.out_dir) / "checkpoints").checkpoint
-    if ckpt is None or int(ckpt.state["step"]) != config.optim.max_steps:
-        return None
-    if [d for d in diff_configs(ckpt.config, to_dict(config)) if d not in RESUME_FREE_FIELDS]:
-        return None
-    return ckpt.weights
 
 
 def _invocations(previous: Path, seconds: float) -> list[float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 
 from maskdiff.training.checkpoint import CheckpointError, find_checkpoint
-from maskdiff.training.config import TrainConfig, from_dict, to_dict
+from maskdiff.training.config import TrainConfig, config_differences, from_dict, to_dict
 from maskdiff.core.batch import Batch
 from maskdiff.data import Collator, CollatorConfig, TaskData, load_tokenizer, single_token_ids
 from maskdiff.data.examples import Example
@@ -110,3 +111,26 @@ def example_batch(config: TrainConfig, task: TaskData, n_examples: int, split: s
         raise ValueError(f"n_examples must lie in [1, {len(examples)}] for the {split} split, "
                          f"got {n_examples}")
     return make_collator(config, task)([(i, examples[i]) for i in range(n_examples)])
+
+
+def finished_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The final weights of a finished run of ``config`` (its last checkpoint, read without
+    taking the run's lock), or None when the run is unfinished or was made with another config."""
+    ckpt = find_checkpoint(Path(config.out_dir) / "checkpoints").checkpoint
+    if ckpt is None or int(ckpt.state["step"]) != config.optim.max_steps:
+        return None
+    if config_differences(ckpt.config, to_dict(config)):
+        return None
+    return ckpt.weights
+
+
+def check_finished_config(run_dir: Path, config: TrainConfig) -> None:
+    """A finished run is reused only for the configuration it was trained with: a changed preset
+    (or a changed default after an upgrade) must not pass old scores off as new ones."""
+    saved = run_dir / "config.json"
+    differences = (config_differences(json.loads(saved.read_text()), to_dict(config))
+                   if saved.exists() else ["config.json is missing"])
+    if differences:
+        raise ValueError(f"{run_dir}: finished with another configuration "
+                         f"({', '.join(differences[:5])}); remove that directory to rerun it, "
+                         "or give the job another --out")
