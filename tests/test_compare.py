@@ -201,3 +201,17 @@ def test_no_row_of_the_full_presets_tasks_is_truncated(tmp_path):
         counts = truncation_counts(collate, {"train": task.train, "val": task.val,
                                              "test": task.test})
         assert all(c["examples"] == 0 for c in counts.values()), (task_name, counts)
+
+
+def test_a_finished_run_whose_task_filled_its_parameters_is_reused(tmp_path):
+    """ISAD's delimiter ids are filled in from the task when the run starts, so the saved
+    config holds them and the job's own config does not: reuse compares the resolved one."""
+    out = tmp_path / "cmp"
+    args = ["compare", "--preset", "smoke", "--methods", "standard,isad", "--seeds", "42",
+            "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    saved = json.loads((out / "runs" / "arithmetic" / "isad" / "s42" / "config.json").read_text())
+    assert saved["estimator"]["masker"]["params"]["token_ids"]
+    stamp = (out / "runs" / "arithmetic" / "isad" / "s42" / "compare.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (out / "runs" / "arithmetic" / "isad" / "s42" / "compare.json").stat().st_mtime_ns == stamp
