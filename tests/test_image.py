@@ -163,3 +163,13 @@ def test_image_smoke_writes_results(tmp_path):
     # Two-forward methods spend twice the forward passes of standard on the same steps.
     fwd = {k: m["forward_passes"] for k, m in results["methods"].items()}
     assert fwd["mirror"] == 2 * fwd["standard"]
+    # A rerun reuses every finished run; a run finished under another configuration is refused.
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("image.json")}
+    assert stamps and args.func(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    saved = next(iter(stamps)).parent / "config.json"
+    config = json.loads(saved.read_text())
+    config["optim"]["lr"] *= 2
+    saved.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"finished with another configuration \(optim.lr\)"):
+        args.func(args)

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff.training.needs import resolve_estimator
+from maskdiff.training.runs import check_finished_config
 from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.data.digits import (
     N_PIXELS, PROMPT_WIDTH, digits_task, image_collator, image_to_text, text_to_image,
@@ -252,7 +254,9 @@ class ImageJob:
         config = self.run_config(method, seed)
         run_dir = Path(config.out_dir)
         done = run_dir / "image.json"
-        if done.exists():
+        if done.exists():  # only under the configuration it was trained with
+            check_finished_config(run_dir, replace(config, estimator=resolve_estimator(
+                config.estimator, self.task)))
             return json.loads(done.read_text())
         p = self.preset
         trainer = self._trainer(config, init_weights=self.start_weights())
