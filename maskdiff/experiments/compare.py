@@ -49,7 +49,6 @@ from maskdiff.experiments.compare_presets import (  # noqa: F401  (re-exported)
     Decoding, finetune_config,
 )
 from maskdiff.training.config import DataConfig, TrainConfig, to_dict
-from maskdiff.training.needs import resolve_estimator
 from maskdiff.training.runs import check_finished_config, finished_weights
 from maskdiff.fileio import atomic_write_text
 
@@ -264,9 +263,8 @@ class CompareJob:
         config = self.run_config(spec)
         run_dir = Path(config.out_dir)
         done = run_dir / "compare.json"
-        if done.exists():  # the run saved its config with the task's parameters filled in
-            check_finished_config(run_dir, replace(config, estimator=resolve_estimator(
-                config.estimator, self.task(spec.task))))
+        if done.exists():
+            check_finished_config(run_dir, config, self.task(spec.task))
             return json.loads(done.read_text())
         causal = config.model.causal
         start = self.start_weights(spec.task, causal)

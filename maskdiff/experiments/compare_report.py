@@ -79,7 +79,8 @@ def _floor(m: dict, key: str, fmt) -> str:
     return f"{fmt(floor['item_se'])}{test}"
 
 
-def _spread(vs: dict, fmt) -> tuple[str, str]:
+def spread_cells(vs: dict) -> tuple[str, str]:
+    """``("ratio [lo, hi]", "BF p / PM p")`` of a comparison's spread, or dashes."""
     sp = vs.get("spread") or {}
     if sp.get("ratio") is None:
         return "–", "–"
@@ -101,7 +102,7 @@ def pass_table(results: dict) -> list[str]:
         is_base = m["method"] == BASELINE
         delta = "" if is_base or not diff else \
             f"{_ci(diff, _signed(_pct))} ({_p(diff['p'])})"
-        ratio, tests = ("", "") if is_base else _spread(vs.get("pass_at_1", {}), _pct)
+        ratio, tests = ("", "") if is_base else spread_cells(vs.get("pass_at_1", {}))
         wb = vs.get("worst_minus_standard_best")
         lines.append(
             f"| {label} | {_ci(m.get('pass_at_1_ci'), _pct)} | {delta} | "
@@ -124,7 +125,7 @@ def elbo_table(results: dict) -> list[str]:
         is_base = m["method"] == BASELINE
         kind = "" if m["test_loss_kind"] == "ELBO" else f" ({m['test_loss_kind']})"
         delta = "" if is_base or not diff or kind else f"{_ci(diff, _signed(f4))} ({_p(diff['p'])})"
-        ratio, tests = ("", "") if is_base or kind else _spread(vs.get("test_loss", {}), f4)
+        ratio, tests = ("", "") if is_base or kind else spread_cells(vs.get("test_loss", {}))
         comp = vs.get("compute")
         mult = "" if not comp or is_base else multiplier(comp)
         fmt = f4 if not kind else (lambda x: "–" if x is None else f"{x:.2e}")
@@ -235,7 +236,7 @@ def equal_compute_table(results: dict) -> list[str]:
         for key, _, _, fmt, _ in _METRICS:
             d = (vs.get(key) or {}).get("difference")
             cells.append("–" if not d else f"{_ci(d, _signed(fmt))} ({_p(d['p'])})")
-        ratio = _spread(vs.get("test_loss") or {}, None)[0]
+        ratio = spread_cells(vs.get("test_loss") or {})[0]
         lines.append(f"| {label} | {vs['baseline']} | {cells[0]} | {cells[1]} | {ratio} | "
                      f"{multiplier(vs.get('compute'))} |")
     return lines

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from maskdiff.training.needs import resolve_estimator
+from maskdiff.experiments.compare_presets import EQUAL_COMPUTE
 from maskdiff.training.runs import check_finished_config
 from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.data.digits import (
@@ -53,7 +53,6 @@ from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
 from maskdiff.fileio import atomic_write_text
 
 DEFAULT_SEEDS = (42, 731, 20231)
-EQUAL_COMPUTE = "standard@2x"  # standard with twice the batch: the two-forward methods' compute
 DEFAULT_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", EQUAL_COMPUTE)
 START_SEED = 0
 
@@ -255,8 +254,7 @@ class ImageJob:
         run_dir = Path(config.out_dir)
         done = run_dir / "image.json"
         if done.exists():  # only under the configuration it was trained with
-            check_finished_config(run_dir, replace(config, estimator=resolve_estimator(
-                config.estimator, self.task)))
+            check_finished_config(run_dir, config, self.task)
             return json.loads(done.read_text())
         p = self.preset
         trainer = self._trainer(config, init_weights=self.start_weights())

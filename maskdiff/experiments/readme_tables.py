@@ -43,25 +43,30 @@ def _setup(results: dict) -> list[str]:
             f"{report.wall_time(results)}."]
 
 
+def _f4(x: float) -> str:
+    return f"{x:+.4f}"
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
 def headline(results: dict) -> list[str]:
     """The README's pitch numbers: per method at equal steps, the test ELBO and pass@1
     differences to standard, the pass@1 spread ratio and the compute multiplier, with CIs."""
-    f4 = lambda x: f"{x:+.4f}"  # noqa: E731
-    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
     out = []
     for label, vs in report.paired_elbo_methods(results):
         d = vs["test_loss"].get("difference")
         p1 = vs.get("pass_at_1", {})
-        parts = [f"test ELBO {f4(d['mean'])} [{f4(d['lo'])}, {f4(d['hi'])}] nats "
+        parts = [f"test ELBO {_f4(d['mean'])} [{_f4(d['lo'])}, {_f4(d['hi'])}] nats "
                  f"({report.p_eq(d['p'])})"] if d else []
         if p1.get("difference"):
             pd = p1["difference"]
-            parts.append(f"pass@1 {pts(pd['mean'])} [{pts(pd['lo'])}, {pts(pd['hi'])}] points "
+            parts.append(f"pass@1 {_pts(pd['mean'])} [{_pts(pd['lo'])}, {_pts(pd['hi'])}] points "
                          f"({report.p_eq(pd['p'])})")
         sp = p1.get("spread") or {}
         if sp.get("ratio") is not None:
-            ci = "" if sp.get("lo") is None else f" [{sp['lo']:.2f}, {sp['hi']:.2f}]"
-            parts.append(f"pass@1 sd ratio {sp['ratio']:.2f}{ci} "
+            parts.append(f"pass@1 sd ratio {report.spread_cells(p1)[0]} "
                          f"(Pitman–Morgan {report.p_eq(sp['p_pitman_morgan'])})")
         if vs.get("compute"):
             parts.append(f"compute multiplier {report.multiplier(vs['compute'])}")
@@ -81,19 +86,16 @@ def summary(results: dict) -> list[str]:
     """The README's one-table verdict: per method, the paired differences to standard with their
     CIs (bold = significant at 5%), the pass@1 spread ratio, the compute multiplier, and the
     test-ELBO difference at equal compute where the job has one."""
-    f4 = lambda x: f"{x:+.4f}"  # noqa: E731
-    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
     lines = ["| method | compute / standard's | pass@1 Δ, points | test ELBO Δ, nats | pass@1 sd ratio | "
              "compute multiplier | equal compute: test ELBO Δ vs standard@2x |",
              "|---|---|---|---|---|---|---|"]
     for label, vs in report.paired_elbo_methods(results):
         eq = (results["methods"][label].get("vs_equal_compute") or {}).get("test_loss") or {}
-        sp = (vs.get("pass_at_1") or {}).get("spread") or {}
-        ratio = "–" if sp.get("ratio") is None else f"{sp['ratio']:.2f} [{sp['lo']:.2f}, {sp['hi']:.2f}]"
+        ratio = report.spread_cells(vs.get("pass_at_1") or {})[0]
         lines.append(f"| {label} | {vs['fwd_ratio']:.0f} | "
-                     f"{_cell((vs.get('pass_at_1') or {}).get('difference'), pts)} | "
-                     f"{_cell(vs['test_loss'].get('difference'), f4)} | {ratio} | "
-                     f"{report.multiplier(vs.get('compute'))} | {_cell(eq.get('difference'), f4)} |")
+                     f"{_cell((vs.get('pass_at_1') or {}).get('difference'), _pts)} | "
+                     f"{_cell(vs['test_loss'].get('difference'), _f4)} | {ratio} | "
+                     f"{report.multiplier(vs.get('compute'))} | {_cell(eq.get('difference'), _f4)} |")
     return lines
 
 

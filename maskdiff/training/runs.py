@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from maskdiff.training.checkpoint import CheckpointError, find_checkpoint
 from maskdiff.training.config import TrainConfig, config_differences, from_dict, to_dict
+from maskdiff.training.needs import resolve_estimator
 from maskdiff.core.batch import Batch
 from maskdiff.data import Collator, CollatorConfig, TaskData, load_tokenizer, single_token_ids
 from maskdiff.data.examples import Example
@@ -124,11 +125,14 @@ def finished_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     return ckpt.weights
 
 
-def check_finished_config(run_dir: Path, config: TrainConfig) -> None:
+def check_finished_config(run_dir: Path, config: TrainConfig, task: TaskData) -> None:
     """A finished run is reused only for the configuration it was trained with: a changed preset
-    (or a changed default after an upgrade) must not pass old scores off as new ones."""
+    (or a changed default after an upgrade) must not pass old scores off as new ones. The run
+    saved its config with the task's parameters filled in (ISAD's delimiter ids), so ``config``
+    is compared after the same filling."""
+    resolved = replace(config, estimator=resolve_estimator(config.estimator, task))
     saved = run_dir / "config.json"
-    differences = (config_differences(json.loads(saved.read_text()), to_dict(config))
+    differences = (config_differences(json.loads(saved.read_text()), to_dict(resolved))
                    if saved.exists() else ["config.json is missing"])
     if differences:
         raise ValueError(f"{run_dir}: finished with another configuration "
