@@ -48,7 +48,7 @@ def test_epr_fit_recovers_a_table_generated_by_known_parameters():
     t = midpoint_grid()
     p = normalised(epr_p(t, TRUE))
     fit = fit_epr(t, p, restarts=8, seed=0)
-    assert fit.kl < 1e-6  # SPEC-level requirement; in practice ~1e-15
+    assert fit.kl < 1e-6  # the recovery bound the README states; in practice ~1e-15
     # scale convention: p_EPR(t_j) is the fitted p̃_j, so it sums to 1 and matches p̂ pointwise
     fitted = epr_p(t, fit.params)
     assert abs(fitted.sum() - 1) < 1e-12
