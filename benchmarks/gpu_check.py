@@ -72,10 +72,13 @@ class Budget:
         return min(part_limit, self.deadline - time.time() - 5)
 
 
-def run_part(cmd, log: Path, timeout: float) -> tuple[int | None, float]:
-    """Runs ``cmd`` (its output to ``log``); returns (exit status or None on timeout, seconds).
+def run_part(cmd, log: Path, timeout: float, outputs=()) -> tuple[int | None, float]:
+    """Runs ``cmd`` (its output to ``log``, ``outputs`` removed first); returns (exit status, or
+    None on timeout, and seconds).
     The whole process group is killed at the limit, so pytest's or torch's children go too."""
     begin = time.time()
+    for stale in outputs:  # a part that dies early must not leave an old run's file to be read
+        Path(stale).unlink(missing_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log, "w") as handle:
@@ -133,7 +136,7 @@ def cuda_tests(files: Path, budget: Budget, limit: float) -> list[dict]:
         return [row(part, "pytest -m cuda", "failed", "no test file carries the cuda marker")]
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider",
            f"--junitxml={xml}", *paths]
-    code, seconds = run_part(cmd, log, budget.limit(limit))
+    code, seconds = run_part(cmd, log, budget.limit(limit), outputs=[xml])
     if code is None or not xml.exists():
         return failed(part, "pytest -m cuda", code, seconds, log)
     rows = []
@@ -163,7 +166,7 @@ def overhead(files: Path, budget: Budget, limit: float, dry_run: bool) -> list[d
     cmd = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"),
            *SIZES["dry" if dry_run else "gpu"], "--bf16", "--peak-tflops", str(PEAK_TFLOPS),
            "--methods", "standard,mirror,ppots_online", "--json", str(out)]
-    code, seconds = run_part(cmd, log, budget.limit(limit))
+    code, seconds = run_part(cmd, log, budget.limit(limit), outputs=[out])
     if code != 0 or not out.exists():
         return failed(part, "overhead.py", code, seconds, log)
     data = json.loads(out.read_text())
@@ -185,17 +188,24 @@ def hf_steps(files: Path, budget: Budget, limit: float, dry_run: bool) -> list[d
         return [row(part, "hf_steps.py", "absent", "benchmarks/hf_steps.py is not in this tree")]
     out, log = files / "hf_steps.json", files / "hf_steps.log"
     cmd = [sys.executable, str(script), "--out", str(out), *(["--dry-run"] if dry_run else [])]
-    code, seconds = run_part(cmd, log, budget.limit(limit))
+    code, seconds = run_part(cmd, log, budget.limit(limit), outputs=[out])
     if code != 0 or not out.exists():
         return failed(part, "hf_steps.py", code, seconds, log)
     data = json.loads(out.read_text())
     rows = []
     for r in data.get("rows") or [data]:
-        memory = next((r[k] for k in MEMORY_KEYS if r.get(k) is not None), None)
-        rows.append(row(part, str(r.get("name") or r.get("contender") or "hf_steps.py"), "ok",
-                        str(r.get("note", "")), tokens_per_s=r.get("tokens_per_s"),
-                        mfu=r.get("mfu"), ms_per_step=r.get("ms_per_step"), memory_gib=memory))
+        memory = next((number(r.get(k)) for k in MEMORY_KEYS if number(r.get(k)) is not None), None)
+        rows.append(row(part, str(r.get("name") or r.get("contender") or "hf_steps.py"),
+                        str(r.get("status", "ok")), str(r.get("note", "")),
+                        tokens_per_s=number(r.get("tokens_per_s")), mfu=number(r.get("mfu")),
+                        ms_per_step=number(r.get("ms_per_step")), memory_gib=memory))
     return rows
+
+
+def number(value) -> float | None:
+    """A JSON number as a float; anything else (missing, text, a bool) as None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else None
 
 
 def cuda_available() -> bool:
