@@ -5,7 +5,7 @@ the same tests run in the default suite, so the code under test is checked on ev
 What a GPU changes and these pin: bf16 autocast trains (standard, MIRROR fused, online P-POTS)
 and lowers the validation ELBO; the estimator's loss and gradients on identical masks equal the
 CPU's (masks are drawn on the CPU, so they are the same masks); fused MIRROR equals unfused; the
-command line trains on the device and its run reloads on a CPU; decoding runs on the device; a
+command line trains on the device and its run loads, and resumes, on a CPU-only machine; decoding runs on the device; a
 Hugging Face model through the adapter gives the CPU's loss.
 """
 
@@ -86,9 +86,10 @@ def test_loss_and_gradients_equal_the_cpus_on_identical_masks(tmp_path, other, m
     assert float(loss) > 0
     assert abs(float(got_loss) - float(loss)) <= 1e-5 * abs(float(loss)), (got_loss, loss)
     assert torch.allclose(got_values, values, rtol=1e-4, atol=1e-6)
+    total = float(torch.cat([g.flatten() for g in grads.values()]).norm())
     for name, grad in grads.items():
         error = float((got_grads[name] - grad).norm())
-        assert error <= 1e-3 * float(grad.norm()) + 1e-8, (name, error, float(grad.norm()))
+        assert error <= 1e-3 * float(grad.norm()) + 1e-5 * total, (name, error, float(grad.norm()))
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
@@ -106,14 +107,25 @@ def test_fused_mirror_equals_unfused(tmp_path, device):
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-def test_cli_trains_in_bf16_on_the_device_and_the_run_reloads_on_a_cpu(tmp_path, device):
-    run = tmp_path / "run"
+def test_a_bf16_run_on_the_device_loads_and_resumes_on_a_cpu_only_machine(
+        tmp_path, device, monkeypatch):
+    run = tmp_path / "cli"
     assert main(["train", "--preset", "smoke", "--out", str(run), "--quiet", "--device", device,
                  "--bf16", "--steps", "2"]) == 0
+    config = tiny(tmp_path, device, bf16=True,
+                  optim=OptimConfig(max_steps=4, warmup_steps=1, batch_size=8),
+                  eval=EvalConfig(every=2, n_examples=8, rates_per_example=1, patience=0))
+    Trainer(config, quiet=True).fit(stop_after=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # now a CPU-only machine
     loaded = load_run(run, which="latest", device="cpu")
     assert loaded.config.device == device and loaded.config.bf16
     ids = torch.randint(0, loaded.tokenizer.vocab_size, (2, 16))
     assert torch.isfinite(loaded.model(ids)).all()
+    resumed = Trainer(replace(config, device="cpu"), quiet=True)
+    result = resumed.fit()  # resumes at step 2 (device may change on resume), ends at 4
+    # step 2's evaluation came from the device's session, through the checkpoint's state
+    assert result.steps == 4 and [h["step"] for h in result.history] == [2, 4]
+    assert all(p.device.type == "cpu" for p in resumed.model.parameters())
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])

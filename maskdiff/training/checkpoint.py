@@ -177,7 +177,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         current = path / "model.safetensors"
         weights = load_file(str(current))
         current = path / "state.pt"
-        state = torch.load(current, weights_only=True)
+        # On the CPU: a GPU run's optimizer state then loads on a CPU-only machine too
+        # (load_state_dict moves it to the parameters' device; device may change on resume).
+        state = torch.load(current, weights_only=True, map_location="cpu")
         current = path / "config.json"
         config = json.loads(current.read_text())
     except FileNotFoundError:
