@@ -44,13 +44,13 @@ OVERHEAD_ROWS = {"bare PyTorch loop": "bare loop (plain PyTorch step)",  # in th
                  "maskdiff ppots_online": "trainer online P-POTS"}
 SIZES = {  # overhead.py's arguments: on the GPU, and for --dry-run
     "gpu": ["--device", "cuda", "--d-model", "768", "--layers", "14", "--n-heads", "12",
-            "--max-len", "512", "--batch-size", "32", "--n-train", "512", "--steps", "8",
-            "--rounds", "4", "--warmup", "3", "--threads", "8"],
+            "--max-len", "512", "--batch-size", "32", "--n-train", "512", "--steps", "10",
+            "--rounds", "5", "--warmup", "3", "--threads", "8"],
     "dry": ["--device", "cpu", "--d-model", "32", "--layers", "1", "--n-heads", "2",
             "--max-len", "128", "--batch-size", "4", "--n-train", "16", "--steps", "2",
             "--rounds", "1", "--warmup", "1", "--threads", "1"],
 }
-LIMITS = {"gpu": {"cuda tests": 150, "overhead": 270, "hf steps": 240},  # seconds per part
+LIMITS = {"gpu": {"cuda tests": 150, "overhead": 240, "hf steps": 240},  # seconds per part
           "dry": {"cuda tests": 120, "overhead": 120, "hf steps": 120}}
 PART_NAMES = {"tests": "cuda tests", "overhead": "overhead", "hf": "hf steps"}
 METRICS = ("tokens_per_s", "mfu", "ms_per_step", "memory_gib")
@@ -264,8 +264,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="the JSON (default: see above)")
     parser.add_argument("--parts", default="tests,overhead,hf",
                         help="comma-separated subset of tests,overhead,hf")
-    parser.add_argument("--budget-s", type=float, default=690,
-                        help="all parts together, counted from --started-at")
+    parser.add_argument("--budget-s", type=float, default=540,
+                        help="all parts together, counted from --started-at (default 9 min: "
+                             "one command on a lent GPU machine may run 10)")
     parser.add_argument("--started-at", type=float, default=None,
                         help="epoch seconds the check began (gpu_check.sh passes its start)")
     args = parser.parse_args(argv)

@@ -155,7 +155,8 @@ def build_contenders(args, device):
 
 def measure(contenders, args, device):
     for fn in contenders.values():  # warm-up
-        time_block(fn, args.warmup, device, 0)
+        if args.warmup:
+            time_block(fn, args.warmup, device, 0)
     times = {name: [] for name in contenders}
     for r in range(args.rounds):
         for name, fn in contenders.items():
