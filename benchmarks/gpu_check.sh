@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (README "GPU check"): on a machine with one CUDA GPU, in at most ~12 minutes,
+# The GPU check (README "GPU check"): on a machine with one CUDA GPU, within a 9-minute budget,
 # the CUDA tests, overhead.py at ~99M parameters / sequence 512 / bf16 (tokens/s, MFU) and, when
 # benchmarks/hf_steps.py exists, its Hugging Face steps; one table at the end, and a JSON.
 #
