@@ -54,7 +54,7 @@ def describe(err: BaseException) -> str:
 
 
 def interruption(command: str, err: KeyboardInterrupt) -> tuple[str, int]:
-    """The line and exit status of a run stopped by Ctrl-C or SIGTERM (128 + the signal)."""
+    """The line and exit status of a run stopped by Ctrl-C or a signal (128 + the signal)."""
     from maskdiff.training.errors import Stopped, last_checkpoint
 
     signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
@@ -70,34 +70,39 @@ def interruption(command: str, err: KeyboardInterrupt) -> tuple[str, int]:
 
 @contextlib.contextmanager
 def stop_on_sigterm():
-    """SIGTERM (what schedulers and ``kill`` send) raises :class:`Stopped` in the main thread, so
-    it ends like Ctrl-C: clean-up runs, workers stop, one line. A second SIGTERM during that
-    clean-up kills at once. Outside the main thread nothing is installed."""
+    """SIGTERM (what schedulers and ``kill`` send), and SIGHUP (a closed terminal) unless it is
+    ignored (``nohup``), raise :class:`Stopped` in the main thread, so they end like Ctrl-C:
+    clean-up runs, workers stop, one line. A second signal during that clean-up kills at once.
+    Outside the main thread nothing is installed."""
     from maskdiff.training.errors import Stopped
 
-    state = {}
+    state: dict = {}
 
     def handler(signum, frame):
         signal.signal(signum, signal.SIG_DFL)
         state["signum"] = signum
         raise Stopped(signum)
 
+    previous = {}
+    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        for signum in wanted:
+            if signum == signal.SIGTERM or signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread
-        yield state
-        return
+        previous.clear()
     try:
         yield state
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Every expected failure (bad input: ``ValueError``; I/O: ``OSError``; a
-    refused or diverged run: ``ExpectedError``; Ctrl-C or SIGTERM) ends in one line on stderr
-    and a non-zero exit: 2 for bad input, 1 for the others, 128 + the signal for an interruption
-    (130 for Ctrl-C, 143 for SIGTERM)."""
+    refused or diverged run: ``ExpectedError``; Ctrl-C, SIGTERM or SIGHUP) ends in one line on
+    stderr and a non-zero exit: 2 for bad input, 1 for the others, 128 + the signal for an
+    interruption (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP)."""
     from maskdiff.training.errors import ExpectedError, Stopped, note_checkpoint
 
     note_checkpoint(None)

@@ -85,24 +85,29 @@ def test_compare_workers_die_with_the_job_and_the_job_resumes(tmp_path, signum, 
     assert results["methods"]["standard"]["seeds"] == [1, 2]
 
 
-def test_sigterm_to_train_is_one_line_exit_143_and_a_resumable_run(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_to_train_is_one_line_exit_143_and_a_resumable_run(tmp_path, capsys, monkeypatch,
+                                                                   signum):
     from maskdiff.training import trainer as trainer_module
 
+    if signal.getsignal(signum) is signal.SIG_IGN:
+        pytest.skip(f"{signum.name} is ignored in this session (nohup): left ignored")
     real = trainer_module.Trainer.train_step
 
     def terminated(self):
         if self.step == 8:
-            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends
+            os.kill(os.getpid(), signum)  # what a scheduler (or a closed terminal) sends
         return real(self)
     monkeypatch.setattr(trainer_module.Trainer, "train_step", terminated)
     run = tmp_path / "run"
     argv = ["train", "--preset", "smoke", "--out", str(run), "--quiet"]
-    assert main(argv) == 143
+    before = signal.getsignal(signum)
+    assert main(argv) == 128 + signum  # 143 for SIGTERM, 129 for SIGHUP
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (f"maskdiff train: interrupted by SIGTERM; rerun the same command to "
+    assert err[-1] == (f"maskdiff train: interrupted by {signum.name}; rerun the same command to "
                        f"resume from {run / 'checkpoints' / 'step-000006'}")
     assert "Traceback" not in "\n".join(err)
-    assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+    assert signal.getsignal(signum) is before  # the handler was put back
     found = find_checkpoint(run / "checkpoints")
     assert found.checkpoint.path.name == "step-000006" and not found.skipped
     assert not list((run / "checkpoints").glob("*.tmp"))
