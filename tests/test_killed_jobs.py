@@ -57,8 +57,11 @@ def test_compare_workers_die_with_the_job_and_the_job_resumes(tmp_path, signum, 
     psutil = pytest.importorskip("psutil")
     out = tmp_path / "cmp"
     argv = [*COMPARE, "--out", str(out)]
-    job = subprocess.Popen([sys.executable, "-m", "maskdiff.cli", *argv], env=_env(),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: an orphan holding a pipe would hang us
+    family = []
+    with open(log, "w") as stderr:
+        job = subprocess.Popen([sys.executable, "-m", "maskdiff.cli", *argv], env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         workers = _wait(lambda: len(_workers(job.pid)) == 2 and _workers(job.pid), 120,
                         "two pool workers")
@@ -66,18 +69,22 @@ def test_compare_workers_die_with_the_job_and_the_job_resumes(tmp_path, signum, 
         family = psutil.Process(job.pid).children(recursive=True)
         _wait(lambda: any(out.glob("**/checkpoints/step-*")), 120, "a run's first checkpoint")
         job.send_signal(signum)
-        _, err = job.communicate(timeout=60)
+        job.wait(timeout=60)
         gone, alive = psutil.wait_procs(family, timeout=10)
-        assert alive == [], f"orphaned after {signum.name}: {[p.pid for p in alive]}"
+        assert alive == [], f"orphaned after {signum.name}: {[p.cmdline() for p in alive]}"
         assert {p.pid for p in workers} <= {p.pid for p in gone}
     finally:
-        job.kill()
+        for process in [*family, psutil.Process(job.pid)] if job.poll() is None else family:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
         job.wait()
     if signum == signal.SIGTERM:
         assert job.returncode == 143
-        lines = [line for line in err.splitlines() if line.strip()]
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
         assert lines == ["maskdiff compare: interrupted by SIGTERM; rerun the same command to "
-                         "resume (finished runs are reused)"], err
+                         "resume (finished runs are reused)"], lines
         return
     assert job.returncode == -signal.SIGKILL
     assert main(argv) == 0  # the killed job resumes and finishes
