@@ -38,11 +38,10 @@ from pathlib import Path
 
 import torch
 
+from maskdiff.core.config import ComponentConfig, EstimatorConfig, RefitConfig
 from maskdiff.hf import ChatCollator, MaskedDiffusionTrainer, load_hf_model
 from maskdiff.hf.lora import apply_lora
-from maskdiff.core.masking import Mirror
-from maskdiff.ppots import SecondMomentTracker, estimate_ppots, load_ppots_json, save_ppots_json
-from maskdiff.core.samplers import Importance
+from maskdiff.ppots import estimate_ppots, load_ppots_json, save_ppots_json
 
 LLADA = "GSAI-ML/LLaDA-8B-Instruct"
 LLADA_MASK_ID = 126336
@@ -122,8 +121,9 @@ def enable_checkpointing(model) -> None:
     inner.set_activation_checkpointing("whole_layer")
 
 
-def build_sampler(args, adapter, collate, rows, device) -> Importance:
-    """P-POTS density: loaded, or estimated from the model on the first a rows (docs/method.md §4)."""
+def build_estimator(args, adapter, collate, rows, device) -> EstimatorConfig:
+    """P-POTS+MIRROR: the density loaded, or estimated from the model on the first a rows
+    (docs/method.md §4); with --online-refit-every, refitted during training."""
     out = Path(args.output_dir)
     if args.ppots:
         result = load_ppots_json(args.ppots)
@@ -141,7 +141,14 @@ def build_sampler(args, adapter, collate, rows, device) -> Importance:
         save_ppots_json(out / "ppots.json", result)
         print(f"P-POTS: {result.forward_passes} loss evaluations in {result.seconds:.0f} s, "
               f"EPR KL {result.epr.kl:.4f}", flush=True)
-    return Importance(result.as_tuple(), mix=result.mix, eps=result.eps)
+    t, p = result.as_tuple()
+    density = {"t": [float(x) for x in t], "p": [float(x) for x in p]}
+    refit = (RefitConfig(refit_every=args.online_refit_every, n_bins=20)
+             if args.online_refit_every > 0 else None)
+    return EstimatorConfig(
+        sampler=ComponentConfig(name="importance", params={"density": density, "mix": result.mix,
+                                                           "eps": result.eps}),
+        masker=ComponentConfig(name="mirror"), refit=refit)
 
 
 def training_arguments(args):
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         device="cpu" if world > 1 else args.device, dtype=dtype, pad_policy="eos")
     collate = ChatCollator(tokenizer, pad_policy="eos", max_length=args.max_length,
                            pad_to_multiple_of=args.max_length if args.pad_to_max_length else None)
-    sampler = build_sampler(args, adapter, collate, rows, args.device)
+    estimator = build_estimator(args, adapter, collate, rows, args.device)
 
     model = adapter.model
     if args.lora:
@@ -186,20 +193,18 @@ def main(argv: list[str] | None = None) -> int:
         enable_checkpointing(model.get_base_model() if args.lora else model)
         if args.lora and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()  # frozen embeddings: let checkpointed blocks see grads
-    tracker = (SecondMomentTracker(n_bins=20, eps=sampler.eps) if args.online_refit_every > 0
-               else None)
     trainer = MaskedDiffusionTrainer(
         model=model, args=training, train_dataset=rows, data_collator=collate,
-        processing_class=tokenizer, rate_sampler=sampler, masker=Mirror(), mask_token_id=mask_id,
-        normalizer="eligible", seed=args.seed, pad_policy="eos",
-        ppots_tracker=tracker, refit_every=args.online_refit_every or None)
+        processing_class=tokenizer, estimator=estimator, mask_token_id=mask_id, seed=args.seed,
+        pad_policy="eos")
     trainable, total = trainer.parameter_counts
     if trainer.is_world_process_zero():
         print(f"training {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%)",
               flush=True)
+    # True: the newest complete checkpoint (one a kill left half-written is skipped, with a line)
     resume = (args.resume and Path(args.output_dir).is_dir()
-              and transformers.trainer_utils.get_last_checkpoint(args.output_dir))
-    trainer.train(resume_from_checkpoint=resume or None)
+              and transformers.trainer_utils.get_last_checkpoint(args.output_dir) is not None)
+    trainer.train(resume_from_checkpoint=True if resume else None)
     final = Path(args.output_dir) / "final"
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():  # one writer under accelerate / torchrun

@@ -8,7 +8,9 @@ namespace and returning an exit code). This file only collects them; it holds no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 
 # Order is the order of `maskdiff --help`.
@@ -27,6 +29,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "maskdiff.commands.parity",
     "maskdiff.commands.window_sweep",
 )
+# Jobs whose finished parts are reused when the same command is run again.
+RESUMABLE_JOBS = frozenset({"compare", "decompose", "image", "parity", "window-sweep"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,22 +53,78 @@ def describe(err: BaseException) -> str:
     return str(err).strip() or type(err).__name__
 
 
+def interruption(command: str, err: KeyboardInterrupt) -> tuple[str, int]:
+    """The line and exit status of a run stopped by Ctrl-C or a signal (128 + the signal)."""
+    from maskdiff.training.errors import Stopped, last_checkpoint
+
+    signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
+    how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    line = f"maskdiff {command}: interrupted by {how}"
+    checkpoint = last_checkpoint()
+    if command in RESUMABLE_JOBS:
+        line += "; rerun the same command to resume (finished runs are reused)"
+    elif checkpoint is not None:
+        line += f"; rerun the same command to resume from {checkpoint}"
+    return line, 128 + signum
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM (what schedulers and ``kill`` send), and SIGHUP (a closed terminal) unless it is
+    ignored (``nohup``), raise :class:`Stopped` in the main thread, so they end like Ctrl-C:
+    clean-up runs, workers stop, one line. A second signal during that clean-up kills at once.
+    Outside the main thread nothing is installed."""
+    from maskdiff.training.errors import Stopped
+
+    state: dict = {}
+
+    def handler(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)
+        state["signum"] = signum
+        raise Stopped(signum)
+
+    previous = {}
+    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    try:
+        for signum in wanted:
+            if signum == signal.SIGTERM or signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        previous.clear()
+    try:
+        yield state
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Every expected failure (bad input: ``ValueError``; I/O: ``OSError``; a
-    refused or diverged run: ``ExpectedError``; Ctrl-C) ends in one line on stderr and a
-    non-zero exit: 2 for bad input, 1 for the others, 130 for an interruption."""
-    from maskdiff.training.errors import ExpectedError
+    refused or diverged run: ``ExpectedError``; Ctrl-C, SIGTERM or SIGHUP) ends in one line on
+    stderr and a non-zero exit: 2 for bad input, 1 for the others, 128 + the signal for an
+    interruption (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP)."""
+    from maskdiff.training.errors import ExpectedError, Stopped, note_checkpoint
 
+    note_checkpoint(None)
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(f"maskdiff {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, ExpectedError) as err:  # say what, without a traceback
-        print(f"maskdiff {args.command}: error: {describe(err)}", file=sys.stderr)
-        return 2 if isinstance(err, ValueError) else 1
+    with stop_on_sigterm() as stopped:
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt as err:
+            line, code = interruption(args.command, err)
+        except (ValueError, OSError, ExpectedError) as err:  # say what, without a traceback
+            if "signum" in stopped:  # e.g. a worker the same SIGTERM ended first
+                line, code = interruption(args.command, Stopped(stopped["signum"]))
+            else:
+                print(f"maskdiff {args.command}: error: {describe(err)}", file=sys.stderr)
+                return 2 if isinstance(err, ValueError) else 1
+        except Exception:
+            if "signum" not in stopped:
+                raise
+            line, code = interruption(args.command, Stopped(stopped["signum"]))
+        print(line, file=sys.stderr, flush=True)
+        return code
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ class HFCompareJob:
         done = run_dir / "compare.json"
         if done.exists():
             return json.loads(done.read_text())
-        from maskdiff.hf import encode_row, method_trainer_kwargs
+        from maskdiff.hf import encode_row, method_estimator
 
         method, base = get_method(spec.method), self.preset.base
         name = method.base or method.name
@@ -119,7 +119,8 @@ class HFCompareJob:
         encode = lambda rows: [encode_row(tok, r) for r in rows]  # noqa: E731
         trainer = _trainer(model, tok, self.preset, spec, run_dir, encode(self.train_rows),
                            encode(self.test_rows[: base.eval.n_examples]),
-                           method_trainer_kwargs(name, density=density), mask_id, self.device)
+                           {"estimator": method_estimator(name, density=density)}, mask_id,
+                           self.device)
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0

@@ -42,7 +42,8 @@ from maskdiff.hf.collate import (  # noqa: F401
     hf_batch,
     syntax_token_ids,
 )
-from maskdiff.hf.methods import method_trainer_kwargs  # noqa: F401
+from maskdiff.core.config import EstimatorConfig  # noqa: F401 (the trainer's estimator=)
+from maskdiff.hf.methods import method_estimator, method_trainer_kwargs  # noqa: F401
 from maskdiff.hf.source import HFSource, load_hf_source  # noqa: F401
 from maskdiff.training.stats import T_BINS  # noqa: F401  (the bins of loss_per_t_bin_j)
 
@@ -50,7 +51,8 @@ __all__ = [
     "AdapterOptions", "HFAdapter", "load_hf_model", "MaskedDiffusionCollator", "IndexedDataset",
     "batch_from_inputs", "syntax_token_ids", "encode_chat", "ChatCollator", "encode_row", "hf_batch",
     "MaskedDiffusionTrainer",  # noqa: F822 -- built on first access by the module __getattr__
-    "HFSource", "load_hf_source", "method_trainer_kwargs",
+    "HFSource", "load_hf_source", "EstimatorConfig", "method_estimator",
+    "method_trainer_kwargs",
 ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,16 +22,17 @@ import torch
 import transformers
 from torch import nn
 
+from maskdiff.core.config import EstimatorConfig
 from maskdiff.core.control import VarianceProxy
-from maskdiff.core.masking import Masker
-from maskdiff.core.objective import NORMALIZERS, Estimator
-from maskdiff.core.samplers import DEFAULT_EPS, RateSampler
+from maskdiff.core.objective import Estimator
+from maskdiff.core.samplers import DEFAULT_EPS
 from maskdiff.core.seeding import BatchRandomness
-from maskdiff.hf.adapter import STATE_FILE, AdapterOptions, HFAdapter, _config_value
+from maskdiff.hf import checkpoints
+from maskdiff.hf.adapter import AdapterOptions, HFAdapter, _config_value
 from maskdiff.hf.checks import check_model
 from maskdiff.hf.lora import logger, parameter_counts
 from maskdiff.hf.collate import IndexedDataset, MaskedDiffusionCollator, batch_from_inputs
-from maskdiff.ppots.online import OnlineRefitter
+from maskdiff.hf.methods import LEGACY_ARGS, trainer_objective
 from maskdiff.training.evaluate import stratified_elbo, stratified_estimators
 from maskdiff.training.stats import StepStats, StepWindow, finish_step
 
@@ -59,21 +61,19 @@ class MaskedDiffusionTrainer(transformers.Trainer):
     Args (besides ``transformers.Trainer``'s own):
         model: a HF model or PEFT model (wrapped in :class:`HFAdapter` with the options
             below), or an :class:`HFAdapter` (its options are used, its ``.model`` trained).
-        rate_sampler, masker: the estimator's sampler and masker (maskdiff.core.samplers,
-            maskdiff.core.masking); P-POTS+MIRROR is ``Importance(density)`` + ``Mirror()``.
+        estimator: an :class:`~maskdiff.core.config.EstimatorConfig` -- sampler, masker,
+            control variate, normalizer, SyRM and online P-POTS (``refit``), exactly what
+            ``maskdiff train`` builds; a registered method's is
+            ``maskdiff.hf.method_estimator(name, density=...)`` -- or a built
+            :class:`~maskdiff.core.objective.Estimator`. Default: the standard estimator
+            (uniform rates, Bernoulli masks). The control variate is updated once per optimiser
+            step from the whole global batch, as maskdiff's trainer does. The former component
+            arguments (``rate_sampler=``, ``masker=``, ``control=``, ``normalizer=``,
+            ``syntax_eligible=``, ``ppots_tracker=``, ``refit_every=``, ...) still work, with a
+            ``DeprecationWarning`` (:data:`maskdiff.hf.methods.MIGRATION`).
         mask_token_id: the mask id (default: the adapter's, else ``model.config``'s).
-        control: optional control variate (:class:`maskdiff.core.control.BinEMA`), updated once
-            per optimiser step from the whole global batch, as maskdiff's trainer does.
-        normalizer: ``"eligible"``, ``"sequence"`` or ``"none"``; ``syntax_eligible``: SyRM.
         seed: keys the rates and masks with (global step, example index); default
             ``args.seed``.
-        ppots_tracker, refit_every: online P-POTS (docs/method.md §4 [beyond]): the tracker is fed
-            every step's ``(t, l, w)`` and every ``refit_every`` steps EPR is refitted and
-            handed to ``rate_sampler.set_density``; ``refit_min_count`` and
-            ``refit_restarts`` as in :class:`maskdiff.training.config.RefitConfig`.
-        grad_proxy: ``"logits"`` / ``"bias"``: the estimator also returns its free gradient-norm
-            proxy, and the tracker (if any) is fed it instead of the loss: gradient-targeted
-            online P-POTS (docs/method.md §4 [beyond] "Gradient-targeted densities").
         logit_shift, attention, pad_token_id, pad_policy, forward_kwargs: adapter options
             (:class:`AdapterOptions`) when ``model`` is not an adapter.
         eval_rates_per_example, eval_seed: evaluation is the full-range objective over
@@ -87,24 +87,23 @@ class MaskedDiffusionTrainer(transformers.Trainer):
     (mean raw loss of the examples with ``t`` in ``(j/10, (j+1)/10]``), ``masked_ce``,
     ``variance_proxy`` (docs/method.md §7) and ``tokens_per_s``, as maskdiff.training.trainer logs them; at a
     refit step ``ppots_refit`` and ``ppots_kl``. Sampler density, control variate, proxy
-    and tracker are saved with every checkpoint (``maskdiff_state.pt``) and restored on
-    resume, so a resumed run computes what the uninterrupted one does.
+    tracker and the open log window are saved with every checkpoint (``maskdiff_state.pt``)
+    and restored on resume, so a resumed run computes and logs what the uninterrupted one does.
+    Checkpoints (:mod:`maskdiff.hf.checkpoints`): ``maskdiff_state.pt`` is written before
+    ``transformers`` finishes the folder and deletes older ones, so a kill leaves a complete
+    checkpoint; ``resume_from_checkpoint=True`` resumes from the newest complete one, saying on
+    stderr which newer ones it skipped (interrupted while being written, or torn).
     """
 
     def __init__(self, model=None, args=None, data_collator=None, train_dataset=None,
-                 eval_dataset=None, *, rate_sampler: RateSampler, masker: Masker,
-                 mask_token_id: int | None = None, control=None, normalizer: str = "eligible",
-                 seed: int | None = None, syntax_eligible: bool = False,
-                 ppots_tracker=None, refit_every: int | None = None,
-                 refit_min_count: float = 8.0, refit_restarts: int = 4,
-                 grad_proxy: str | None = None,
+                 eval_dataset=None, *, estimator: EstimatorConfig | Estimator | None = None,
+                 mask_token_id: int | None = None, seed: int | None = None,
                  logit_shift: int = 0, attention: str = "2d", pad_token_id: int | None = None,
                  pad_policy: str = "exclude", forward_kwargs: Mapping[str, Any] | None = None,
                  eval_rates_per_example: int = 4, eval_seed: int = 1234, **kwargs) -> None:
         if model is None:
             raise ValueError("model is required (model_init is not supported)")
-        if normalizer not in NORMALIZERS:
-            raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+        legacy = {name: kwargs.pop(name) for name in LEGACY_ARGS if name in kwargs}
         model, options = _model_and_options(
             model, mask_token_id, kwargs.get("processing_class"), logit_shift=logit_shift,
             attention=attention, pad_token_id=pad_token_id, pad_policy=pad_policy,
@@ -112,7 +111,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         check_model(model, mask_token_id=options.mask_token_id, pad_token_id=options.pad_token_id)
         counts = _trainable(model)
         data_collator = data_collator if data_collator is not None else _default_collator(options)
-        _check_refit(rate_sampler, ppots_tracker, refit_every)
+        objective, refitter = trainer_objective(estimator, legacy, options.mask_token_id)
         if eval_rates_per_example < 1:
             raise ValueError(f"eval_rates_per_example must be >= 1, got {eval_rates_per_example}")
         super().__init__(model=model, args=args, data_collator=data_collator,
@@ -123,21 +122,15 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         self.loss_is_scaled_for_ga = False
         self.options = options
         self.parameter_counts = counts  # (trainable, total), logged at INFO on "maskdiff.hf"
-        self.estimator = Estimator(rate_sampler=rate_sampler, masker=masker,
-                                   mask_token_id=options.mask_token_id, control=control,
-                                   normalizer=normalizer, syntax_eligible=syntax_eligible,
-                                   grad_proxy=grad_proxy)
+        self.estimator, self.refitter = objective, refitter
         self.seed = int(self.args.seed if seed is None else seed)
         self.proxy = VarianceProxy()
-        self.refitter = None if ppots_tracker is None else OnlineRefitter(
-            rate_sampler, ppots_tracker, refit_every=refit_every,
-            min_count=float(refit_min_count), restarts=int(refit_restarts),
-            statistic=grad_proxy or "loss")
         self.refit_history: list[dict] = []
         self.eval_estimators = stratified_estimators(
             mask_token_id=options.mask_token_id, rates_per_example=eval_rates_per_example,
-            normalizer=normalizer, eps=getattr(rate_sampler, "eps", DEFAULT_EPS),
-            syntax_eligible=syntax_eligible)
+            normalizer=getattr(objective, "normalizer", "eligible"),
+            eps=getattr(getattr(objective, "rate_sampler", None), "eps", DEFAULT_EPS),
+            syntax_eligible=bool(getattr(objective, "syntax_eligible", False)))
         self.eval_seed = int(eval_seed)
         self._pending: list[StepStats] = []
         self._micro = (-1, 0)
@@ -260,6 +253,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
             "tracker": self.ppots_tracker.state_dict() if self.refitter is not None else {},
             "refit": json.dumps({"params": self.refit_params, "refits": self.refits,
                                  "history": self.refit_history}),
+            "log_window": self._window.state_dict(),  # the steps since the last log line
         }
 
     def load_maskdiff_state(self, state: Mapping[str, Any]) -> None:
@@ -270,24 +264,39 @@ class MaskedDiffusionTrainer(transformers.Trainer):
             self.refitter.tracker.load_state_dict(state["tracker"])
             self.refitter.params, self.refitter.refits = refit["params"], int(refit["refits"])
         self.refit_history = list(refit["history"])
+        if "log_window" in state:  # absent from older checkpoints
+            self._window.load_state_dict(state["log_window"])
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``transformers.Trainer.train``; ``resume_from_checkpoint=True`` takes the newest
+        complete checkpoint (one line on stderr per newer one skipped), a path is checked."""
+        if resume_from_checkpoint is True:
+            folder, skipped = checkpoints.newest_complete(self.args.output_dir)
+            if skipped and self.args.process_index == 0:
+                print(f"maskdiff: skipping {'; '.join(skipped)}: resuming from {folder}",
+                      file=sys.stderr, flush=True)
+            resume_from_checkpoint = str(folder)
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            reason = checkpoints.problem(resume_from_checkpoint)
+            if reason is not None:
+                raise ValueError(f"cannot resume from {resume_from_checkpoint}: {reason}; "
+                                 f"resume_from_checkpoint=True resumes from the newest "
+                                 f"complete checkpoint")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # maskdiff's state first: transformers then writes the rest, trainer_state.json last,
+        # and only then deletes older checkpoints (maskdiff.hf.checkpoints).
         if self.args.should_save:
             folder = f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            path = os.path.join(self._get_output_dir(trial=trial), folder, STATE_FILE)
-            torch.save(self.maskdiff_state(), path)
+            checkpoints.begin_checkpoint(os.path.join(self._get_output_dir(trial=trial), folder),
+                                         self.maskdiff_state())
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        path = os.path.join(checkpoint, STATE_FILE)
-        if not os.path.isfile(path):
-            raise ValueError(f"{checkpoint} has no {STATE_FILE}: it was not written by "
-                             f"MaskedDiffusionTrainer, so the sampler, control variate and "
-                             f"tracker cannot be restored")
-        self.load_maskdiff_state(torch.load(path, weights_only=True))
+        if checkpoint is not None:
+            self.load_maskdiff_state(checkpoints.load_state(checkpoint))
 
 
 # ----------------------------------------------------------------------------- set-up helpers
@@ -336,16 +345,6 @@ def _default_collator(options: AdapterOptions) -> MaskedDiffusionCollator:
         raise ValueError("no pad id known for the default collator: pass pad_token_id= "
                          "or data_collator=")
     return MaskedDiffusionCollator(options.pad_token_id, pad_policy=options.pad_policy)
-
-
-def _check_refit(rate_sampler: RateSampler, ppots_tracker, refit_every: int | None) -> None:
-    if ppots_tracker is not None:
-        if refit_every is None or int(refit_every) < 1:
-            raise ValueError(f"ppots_tracker needs refit_every >= 1, got {refit_every!r}")
-        if not hasattr(rate_sampler, "set_density"):
-            raise ValueError(f"online P-POTS needs an importance sampler, got {rate_sampler!r}")
-    elif refit_every is not None:
-        raise ValueError("refit_every needs a ppots_tracker (maskdiff.ppots.SecondMomentTracker)")
 
 
 def _indexed(dataset: Any) -> Any:

@@ -27,7 +27,7 @@ from maskdiff.training import rundir
 from maskdiff.training.checkpoint import (
     CheckpointError, find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
-from maskdiff.training.errors import TrainingError
+from maskdiff.training.errors import TrainingError, note_checkpoint
 from maskdiff.training.config import (
     RESUME_FREE_FIELDS, TrainConfig, config_differences, to_dict,
 )
@@ -165,6 +165,7 @@ class Trainer:
         if found.skipped and self.rank == 0:
             print(f"maskdiff: {found.note()}", file=sys.stderr, flush=True)
         ckpt, path = found.checkpoint, found.checkpoint.path
+        note_checkpoint(path)
         differ = config_differences(ckpt.config, to_dict(self.config))
         if differ:
             raise ValueError(
@@ -191,8 +192,9 @@ class Trainer:
     def _checkpoint(self) -> None:
         if self.rank == 0:
             try:
-                save_checkpoint(self.out_dir / "checkpoints", self.step, self.model.state_dict(),
-                                self._state(), to_dict(self.config))
+                note_checkpoint(save_checkpoint(
+                    self.out_dir / "checkpoints", self.step, self.model.state_dict(),
+                    self._state(), to_dict(self.config)))
             except CheckpointError as err:  # non-finite weights: keep the last good one
                 raise TrainingError(f"{err}. Last good checkpoint: {self._last_good()}") from err
 
