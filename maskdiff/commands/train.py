@@ -7,6 +7,7 @@ from pathlib import Path
 
 from maskdiff.training.config import TrainConfig, from_dict, load_json, to_dict
 from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
+from maskdiff.core.weighting import LOSS_CONVENTIONS
 from maskdiff.training.presets import PRESETS
 from maskdiff.commands import add_threads_argument, apply_threads
 
@@ -32,6 +33,10 @@ def register(subparsers) -> None:
                         "the gpots methods need one fitted with --target gradient (or logits, bias)")
     p.add_argument("--window", type=float, nargs=2, metavar=("T_MIN", "T_MAX"),
                    default=DEFAULT_WINDOW, help="the window of --method window")
+    p.add_argument("--loss-convention", choices=sorted(LOSS_CONVENTIONS), metavar="NAME",
+                   help="a peer's loss convention (estimator.normalizer and .weighting; "
+                        "docs/method.md §1): " + "; ".join(
+                            f"{c.name}: {c.peer}" for c in LOSS_CONVENTIONS.values()))
     p.add_argument("--task", help="built-in task: arithmetic, table or text")
     p.add_argument("--train-file", help="JSONL training data ({prompt, response} or {text} rows)")
     p.add_argument("--val-file", help="JSONL validation data (default: hold out 10%% of train)")
@@ -93,6 +98,8 @@ def build_config(args) -> TrainConfig:
                        else density_from_ppots(args.ppots))
         data["estimator"] = to_dict(method.estimator_config(density=density, window=tuple(args.window)))
         data["model"]["causal"] = method.causal
+    if getattr(args, "loss_convention", None):
+        data["estimator"].update(LOSS_CONVENTIONS[args.loss_convention].fields())
     flags = {("data", "task"): args.task, ("data", "train_file"): args.train_file,
              ("data", "val_file"): args.val_file, ("seed",): args.seed,
              ("optim", "max_steps"): args.steps, ("optim", "batch_size"): args.batch_size,

@@ -64,7 +64,10 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         mask_token_id: the mask id (default: the adapter's, else ``model.config``'s).
         control: optional control variate (:class:`maskdiff.core.control.BinEMA`), updated once
             per optimiser step from the whole global batch, as maskdiff's trainer does.
-        normalizer: ``"eligible"``, ``"sequence"`` or ``"none"``; ``syntax_eligible``: SyRM.
+        normalizer: ``"eligible"``, ``"sequence"``, ``"none"`` or ``"token"``; ``syntax_eligible``:
+            SyRM. ``weighting`` (``"elbo"``, ``"uniform"``, ``"cart"``) and ``cart_p``: the token
+            weights; a peer's convention by name: ``**loss_convention(name).fields()``
+            (docs/huggingface.md "Loss conventions").
         seed: keys the rates and masks with (global step, example index); default
             ``args.seed``.
         ppots_tracker, refit_every: online P-POTS (docs/method.md §4 [beyond]): the tracker is fed
@@ -97,7 +100,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
                  seed: int | None = None, syntax_eligible: bool = False,
                  ppots_tracker=None, refit_every: int | None = None,
                  refit_min_count: float = 8.0, refit_restarts: int = 4,
-                 grad_proxy: str | None = None,
+                 grad_proxy: str | None = None, weighting: str = "elbo", cart_p: float = 0.3,
                  logit_shift: int = 0, attention: str = "2d", pad_token_id: int | None = None,
                  pad_policy: str = "exclude", forward_kwargs: Mapping[str, Any] | None = None,
                  eval_rates_per_example: int = 4, eval_seed: int = 1234, **kwargs) -> None:
@@ -126,7 +129,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         self.estimator = Estimator(rate_sampler=rate_sampler, masker=masker,
                                    mask_token_id=options.mask_token_id, control=control,
                                    normalizer=normalizer, syntax_eligible=syntax_eligible,
-                                   grad_proxy=grad_proxy)
+                                   grad_proxy=grad_proxy, weighting=weighting, cart_p=cart_p)
         self.seed = int(self.args.seed if seed is None else seed)
         self.proxy = VarianceProxy()
         self.refitter = None if ppots_tracker is None else OnlineRefitter(
