@@ -135,3 +135,33 @@ def test_simple_evaluate_by_name_and_the_maskdiff_lm_eval_command(offline, nativ
     rows = [json.loads(line) for line in se_file.read_text().splitlines()]
     assert len(rows) == sum(len(d["choices"]) for d in MC)
     assert all(r["passes"] == 4 and r["se"] >= 0 for r in rows)
+
+
+def _build(model_args, extra=None):
+    import maskdiff.evaluation.harness  # noqa: F401  (registers the model)
+    from lm_eval.api.registry import get_model
+
+    return get_model("maskdiff").create_from_arg_string(model_args, extra)
+
+
+def test_every_documented_model_arg_is_accepted(native_run, tmp_path):
+    """docs/evaluation.md's model_args table, each given (the harness also sends its own
+    batch_size/device/max_batch_size: model_args win, no 'multiple values' TypeError)."""
+    se = tmp_path / "se.jsonl"
+    harness_defaults = {"batch_size": 1, "max_batch_size": None, "device": "cpu"}
+    lm = _build(f"run={native_run},checkpoint=latest,scheme=uniform,rates=3,seed=7,gen_length=5,"
+                f"steps=5,block_length=5,max_length=20,greedy_check=false,se_file={se},"
+                f"batch_size=4,device=cpu", harness_defaults)
+    assert (lm.batch_size, lm._device, lm.rates, lm.seed, lm.scheme) == (4, "cpu", 3, 7, "uniform")
+    assert lm.decoding == {"gen_length": 5, "steps": 5, "block_length": 5}
+    assert (lm.lm.max_length, lm.greedy_check, lm.se_file) == (20, False, se)
+    assert _build(f"run={native_run}", {"batch_size": "8", "device": None}).batch_size == 8
+    assert _build(f"run={native_run}", {"batch_size": "auto:4", "max_batch_size": 64}).batch_size == 16
+    path = bert_dir(tmp_path / "bert")
+    hf = _build(f"pretrained={path},trust_remote_code=false,mask_token_id=3,logit_shift=1,"
+                f"dtype=float32,attention=4d,auto_class=AutoModelForMaskedLM,batch_size=2,"
+                f"device=cpu", harness_defaults)
+    assert (hf.lm.mask_token_id, hf.lm.model.options.logit_shift,
+            hf.lm.model.options.attention, hf.batch_size) == (3, 1, "4d", 2)
+    with pytest.raises(ValueError, match="unknown maskdiff model_args"):
+        _build(f"run={native_run},batchsize=4")

@@ -65,6 +65,20 @@ class MaskdiffLM(LM):
         self.details: list[dict[str, Any]] = []
         self._scored = 0  # requests scored so far: the next request's draw index
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string),
+                                       additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """``model_args`` win over the harness's own ``batch_size`` / ``device`` /
+        ``max_batch_size`` (its command line sends them whether given or not), instead of the
+        base class's ``TypeError: got multiple values for keyword argument``."""
+        merged = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        merged.update(arg_dict)
+        return cls(**merged)
+
     # ------------------------------------------------------------------ likelihoods
     def _score(self, pairs: list[tuple[str, str]], greedy_check: bool) -> list:
         scores = loglikelihoods(self.lm, pairs, scheme=self.scheme, rates=self.rates,
