@@ -138,6 +138,12 @@ class MaskdiffLM(LM):
                 self.cache_hook.add_partial("generate_until", requests[k].args, text)
         return out  # type: ignore[return-value]
 
+    def get_model_info(self) -> dict[str, Any]:
+        """Added by the harness to its results' ``config`` after a run: the count of characters a
+        native run's tokenizer never saw (each read as its unknown id), said once on stderr."""
+        return {"unknown_characters": self.lm.report_unknown(),
+                "unknown_character_set": "".join(sorted(self.lm.unknown))}
+
     # ------------------------------------------------------------------ chat templates
     @property
     def tokenizer_name(self) -> str:
