@@ -38,7 +38,9 @@ from pathlib import Path
 
 import torch
 
+from maskdiff.commands import add_hf_load_arguments, hf_load_kwargs
 from maskdiff.core.config import ComponentConfig, EstimatorConfig, RefitConfig
+from maskdiff.core.weighting import LOSS_CONVENTIONS
 from maskdiff.hf import ChatCollator, MaskedDiffusionTrainer, load_hf_model
 from maskdiff.hf.lora import apply_lora
 from maskdiff.ppots import estimate_ppots, load_ppots_json, save_ppots_json
@@ -53,8 +55,11 @@ LLADA_LORA_TARGETS = r".*\.blocks\.\d+\.(q_proj|k_proj|v_proj|attn_out|ff_proj|u
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=LLADA, help="HF model name or local directory")
-    p.add_argument("--mask-token-id", type=int, default=None,
-                   help=f"default: {LLADA_MASK_ID} for {LLADA}, else the tokenizer's or the config's")
+    add_hf_load_arguments(p)  # --mask-token-id, --trust-remote-code, --logit-shift, ...
+    p.set_defaults(trust_remote_code=True)  # LLaDA's own code; other models may need it too
+    p.add_argument("--loss-convention", choices=sorted(LOSS_CONVENTIONS), default="llada-sft",
+                   help="the loss's normaliser and token weights (docs/huggingface.md "
+                        "\"Loss conventions\"); default: LLaDA's SFT loss")
     p.add_argument("--data", required=True, help="JSONL of prompt/response or messages rows")
     p.add_argument("--output-dir", required=True)
     mode = p.add_mutually_exclusive_group()
@@ -179,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     # Several processes: load on the CPU and let Trainer / accelerate place (or shard) the model.
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     adapter, tokenizer, mask_id = load_hf_model(
-        args.model, mask_token_id=args.mask_token_id, trust_remote_code=True,
-        device="cpu" if world > 1 else args.device, dtype=dtype, pad_policy="eos")
+        args.model, device="cpu" if world > 1 else args.device, dtype=dtype, pad_policy="eos",
+        **hf_load_kwargs(args))
     collate = ChatCollator(tokenizer, pad_policy="eos", max_length=args.max_length,
                            pad_to_multiple_of=args.max_length if args.pad_to_max_length else None)
     estimator = build_estimator(args, adapter, collate, rows, args.device)
@@ -195,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             model.enable_input_require_grads()  # frozen embeddings: let checkpointed blocks see grads
     trainer = MaskedDiffusionTrainer(
         model=model, args=training, train_dataset=rows, data_collator=collate,
-        processing_class=tokenizer, estimator=estimator, mask_token_id=mask_id, seed=args.seed,
-        pad_policy="eos")
+        processing_class=tokenizer, estimator=estimator.with_convention(args.loss_convention),
+        mask_token_id=mask_id, seed=args.seed, pad_policy="eos",
+        logit_shift=adapter.options.logit_shift, attention=adapter.options.attention)
     trainable, total = trainer.parameter_counts
     if trainer.is_world_process_zero():
         print(f"training {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%)",

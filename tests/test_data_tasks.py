@@ -145,8 +145,8 @@ def test_difficulty_validation_names_the_field():
         make_task("table", 1, 1, 1, 0, n_ops=2)
     with pytest.raises(ValueError, match="n_train must be a non-negative int"):
         make_task("table", -1, 1, 1, 0)
-    with pytest.raises(ValueError, match="needs a vocab_size"):
-        make_task("arithmetic", 5, 1, 1, 0, tokenizer="bpe")
+    # BPE without a vocab_size: chosen from the corpus size (maskdiff.data.sizing), no error
+    assert make_task("arithmetic", 5, 1, 1, 0, tokenizer="bpe").tokenizer.vocab_size > 259
 
 
 def test_corpus_splits_and_sizes():

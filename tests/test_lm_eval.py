@@ -135,3 +135,80 @@ def test_simple_evaluate_by_name_and_the_maskdiff_lm_eval_command(offline, nativ
     rows = [json.loads(line) for line in se_file.read_text().splitlines()]
     assert len(rows) == sum(len(d["choices"]) for d in MC)
     assert all(r["passes"] == 4 and r["se"] >= 0 for r in rows)
+
+
+def _build(model_args, extra=None):
+    import maskdiff.evaluation.harness  # noqa: F401  (registers the model)
+    from lm_eval.api.registry import get_model
+
+    return get_model("maskdiff").create_from_arg_string(model_args, extra)
+
+
+def test_every_documented_model_arg_is_accepted(native_run, tmp_path):
+    """docs/evaluation.md's model_args table, each given (the harness also sends its own
+    batch_size/device/max_batch_size: model_args win, no 'multiple values' TypeError)."""
+    se = tmp_path / "se.jsonl"
+    harness_defaults = {"batch_size": 1, "max_batch_size": None, "device": "cpu"}
+    lm = _build(f"run={native_run},checkpoint=latest,scheme=uniform,rates=3,seed=7,gen_length=5,"
+                f"steps=5,block_length=5,max_length=20,greedy_check=false,se_file={se},"
+                f"batch_size=4,device=cpu", harness_defaults)
+    assert (lm.batch_size, lm._device, lm.rates, lm.seed, lm.scheme) == (4, "cpu", 3, 7, "uniform")
+    assert lm.decoding == {"gen_length": 5, "steps": 5, "block_length": 5}
+    assert (lm.lm.max_length, lm.greedy_check, lm.se_file) == (20, False, se)
+    assert _build(f"run={native_run}", {"batch_size": "8", "device": None}).batch_size == 8
+    assert _build(f"run={native_run}", {"batch_size": "auto:4", "max_batch_size": 64}).batch_size == 16
+    path = bert_dir(tmp_path / "bert")
+    hf = _build(f"pretrained={path},trust_remote_code=false,mask_token_id=3,logit_shift=1,"
+                f"dtype=float32,attention=4d,auto_class=AutoModelForMaskedLM,batch_size=2,"
+                f"device=cpu", harness_defaults)
+    assert (hf.lm.mask_token_id, hf.lm.model.options.logit_shift,
+            hf.lm.model.options.attention, hf.batch_size) == (3, 1, "4d", 2)
+    with pytest.raises(ValueError, match="unknown maskdiff model_args"):
+        _build(f"run={native_run},batchsize=4")
+
+
+def test_unseen_characters_never_crash_a_harness_run(offline, native_run, tmp_path, capfd):
+    """A native run's char tokenizer meets ':' and '€' (outside its alphabet): the harness run
+    completes, each is read as the unknown id, and the count is said once on stderr and kept
+    in the results."""
+    from maskdiff.training.runs import load_run
+
+    rows = [{"question": "ratio 3:4 costs 5€", "choices": ["a: b", "c"], "answer": 0},
+            {"question": "x: y", "choices": ["z", "w€"], "answer": 1}]
+    (offline / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    alphabet = set(load_run(native_run).tokenizer.alphabet)
+    unseen = lambda s: sum(c not in alphabet for c in s)  # noqa: E731
+    # the harness scores (context, " " + choice) once per choice
+    expected = sum(unseen(r["question"]) + unseen(" " + c) for r in rows for c in r["choices"])
+    out = tmp_path / "results"
+    capfd.readouterr()
+    assert main(["lm-eval", "--model", "maskdiff", "--model_args",
+                 f"run={native_run},rates=2,greedy_check=False,batch_size=4,device=cpu",
+                 "--tasks", "maskdiff_tiny_mc", "--include_path", str(offline),
+                 "--output_path", str(out)]) == 0
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "outside the run's alphabet" in line]
+    assert len(lines) == 1 and f"{expected} occurrence(s) of 2 character(s)" in lines[0], err
+    written = json.loads(next(out.rglob("results_*.json")).read_text())
+    assert written["config"]["unknown_characters"] == expected == 8
+    assert written["config"]["unknown_character_set"] == ":€"
+    assert written["results"]["maskdiff_tiny_mc"]["acc,none"] in (0.0, 0.5, 1.0)
+
+
+def test_training_data_still_refuses_unknown_characters_and_old_tokenizers_load(tmp_path):
+    """Training encodes strictly (a run's alphabet is built from its own data, so an unknown
+    there is a bug, named); a tokenizer file saved before unk_id existed loads unchanged."""
+    from maskdiff.data.char_tokenizer import CharTokenizer
+    from maskdiff.data.tokenizer_files import load_tokenizer
+
+    tok = CharTokenizer("ab ")
+    with pytest.raises(ValueError, match="character ':' at position 1"):
+        tok.encode("a:b")
+    assert tok.encode_with_unknowns("a:b€") == ([tok.encode("a")[0], tok.unk_id,
+                                                 tok.encode("b")[0], tok.unk_id], [":", "€"])
+    assert tok.unk_id == tok.mask_id == 2
+    old = tmp_path / "tokenizer.json"  # the layout every saved run has
+    old.write_text(json.dumps({"type": "char", "alphabet": " ab", "extra_tokens": [],
+                               "use_bos": False,
+                               "vocab": ["<pad>", "<eos>", "<mask>", " ", "a", "b"]}))
+    assert load_tokenizer(old) == tok and load_tokenizer(old).vocab_size == 6

@@ -71,12 +71,40 @@ def add_model_source_arguments(parser) -> None:
     group.add_argument("--hf", metavar="NAME_OR_PATH",
                        help="a Hugging Face masked LM / diffusion LLM, or a PEFT (LoRA) adapter "
                             "directory (pip install -e '.[hf]')")
-    parser.add_argument("--mask-token-id", type=int,
-                        help="with --hf: the mask token id if the tokenizer has none")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="with --hf: allow the model's own code (LLaDA, Dream)")
-    parser.add_argument("--logit-shift", type=int, default=0,
-                        help="with --hf: 1 for Dream (token i predicted at position i-1)")
+    add_hf_load_arguments(parser)
+
+
+HF_LOAD_FLAGS = ("mask_token_id", "trust_remote_code", "logit_shift", "attention", "auto_class")
+
+
+def add_hf_load_arguments(parser) -> None:
+    """How a ``--hf`` model is loaded, the same flags on every command that takes ``--hf``
+    (they are :func:`maskdiff.hf.load_hf_model`'s keywords; :func:`hf_load_kwargs` reads them)."""
+    from maskdiff.hf.adapter import ATTENTION_FORMATS
+
+    group = parser.add_argument_group("loading a --hf model (maskdiff.hf.load_hf_model)")
+    group.add_argument("--mask-token-id", type=int,
+                       help="with --hf: the mask token id if the tokenizer has none")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="with --hf: allow the model's own code (LLaDA, Dream, LLaDA2)")
+    group.add_argument("--logit-shift", type=int, default=None,
+                       help="with --hf: 1 for Dream (token i predicted at position i-1); "
+                            "default 0")
+    group.add_argument("--attention", choices=ATTENTION_FORMATS, default=None,
+                       help="with --hf: how the attention mask is passed: 2d (B, L), 4d "
+                            "(B, 1, L, L) key-padding, none; default 2d")
+    group.add_argument("--auto-class", metavar="CLASS",
+                       help="with --hf: the transformers class to load with, e.g. "
+                            "AutoModelForCausalLM or AutoModelForMaskedLM (default: the "
+                            "config's auto_map / a masked-LM head)")
+
+
+def hf_load_kwargs(args) -> dict:
+    """The ``--hf`` loading flags that were given, as :func:`maskdiff.hf.load_hf_model`
+    keywords (a flag left out keeps that function's default)."""
+    out = {name: getattr(args, name, None) for name in HF_LOAD_FLAGS}
+    out["trust_remote_code"] = bool(out["trust_remote_code"])
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def load_model_argument(args):
@@ -85,9 +113,7 @@ def load_model_argument(args):
 
     if args.run is not None:
         return load_eval_model(run=args.run, checkpoint=args.checkpoint, device=args.device)
-    return load_eval_model(hf=args.hf, mask_token_id=args.mask_token_id,
-                           trust_remote_code=args.trust_remote_code,
-                           logit_shift=args.logit_shift, device=args.device)
+    return load_eval_model(hf=args.hf, device=args.device, **hf_load_kwargs(args))
 
 
 def add_decoding_arguments(parser) -> None:

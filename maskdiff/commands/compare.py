@@ -6,7 +6,10 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from maskdiff.commands import add_threads_argument, parse_ints, parse_names, parse_seeds, positive
+from maskdiff.commands import (
+    add_hf_load_arguments, add_threads_argument, hf_load_kwargs, parse_ints, parse_names, parse_seeds,
+    positive,
+)
 from maskdiff.experiments.compare_presets import PRESETS, Decoding
 
 
@@ -44,8 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--hf", help="a Hugging Face masked-diffusion model (local path or hub name): "
                                 "it is the starting checkpoint; its data: --train-file, else "
                                 "the preset's task as text")
-    p.add_argument("--trust-remote-code", action="store_true", help="with --hf (LLaDA, Dream)")
-    p.add_argument("--mask-token-id", type=int, help="with --hf, when the tokenizer has none")
+    add_hf_load_arguments(p)
     p.add_argument("--sweep-batch", help="comma-separated batch sizes: the protocol at each, "
                                          "same number of training examples (sweep.json/png)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -82,8 +84,7 @@ def run(args) -> int:
         apply_threads(args)
         out = Path(args.out or f"runs/compare-hf-{preset.name}")
         results = HFCompareJob(preset, out, args.hf, train_file=args.train_file, seeds=seeds,
-                               trust_remote_code=args.trust_remote_code,
-                               mask_token_id=args.mask_token_id, device=device,
+                               hf_options=hf_load_kwargs(args), device=device,
                                progress=not args.quiet).run()
     elif args.sweep_batch:
         from maskdiff.experiments.compare_sweep import SWEEP_METHODS, SweepJob

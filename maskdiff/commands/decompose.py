@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from maskdiff.commands import add_threads_argument, apply_threads
+from maskdiff.commands import add_hf_load_arguments, add_threads_argument, apply_threads, hf_load_kwargs
 from maskdiff.training.presets import PRESETS
 
 
@@ -33,8 +33,7 @@ def register(subparsers) -> None:
                         help="a Hugging Face masked LM / diffusion LLM (needs --data)")
     p.add_argument("--data", metavar="FILE.jsonl",
                    help='with --hf: rows {"text"}, {"prompt", "response"} or {"messages"}')
-    p.add_argument("--mask-token-id", type=int, help="with --hf: the mask token id if the tokenizer has none")
-    p.add_argument("--trust-remote-code", action="store_true", help="with --hf: allow the model's own code")
+    add_hf_load_arguments(p)
     p.add_argument("--task", help="with --preset: train on this built-in task instead "
                                   "(e.g. table, which SyRM needs)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
@@ -93,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args)  # before a --preset model trains
     source = load_model_source(run=args.run, preset=args.preset, out=args.out,
                                device=args.device, task=args.task, quiet=args.quiet, hf=args.hf,
-                               data=args.data, mask_token_id=args.mask_token_id,
-                               trust_remote_code=args.trust_remote_code)
+                               data=args.data, hf_options=hf_load_kwargs(args))
     doc = run_decompose(source, settings, args.out, progress=not args.quiet)
     out = Path(args.out)
     print(f"{'config':<14}{'passes':>7}{'A':>11}{'B':>11}{'C':>11}{'total':>11}"

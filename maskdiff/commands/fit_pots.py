@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskdiff.commands import add_threads_argument, apply_threads
+from maskdiff.commands import add_hf_load_arguments, add_threads_argument, apply_threads, hf_load_kwargs
 from maskdiff.ppots import ESTIMATORS, TARGETS, fit_ppots, plot_ppots, save_ppots_json
 from maskdiff.fileio import atomic_write_text
 
@@ -73,8 +73,7 @@ def table_from_model(args: argparse.Namespace) -> TableInput | None:
     from maskdiff.experiments.sources import load_model_source
 
     source = load_model_source(run=args.run, preset=args.preset, hf=args.hf, data=args.data,
-                               mask_token_id=args.mask_token_id,
-                               trust_remote_code=args.trust_remote_code, out=args.out,
+                               hf_options=hf_load_kwargs(args), out=args.out,
                                device=args.device, quiet=args.quiet)
     measured = model_p_hat(source.model, source.examples(args.a), mask_token_id=source.mask_token_id,
                            n_rates=args.b, n_masks=args.c, eps=args.eps or 1e-3,
@@ -107,8 +106,7 @@ def register(subparsers) -> None:
                    help="a Hugging Face masked LM / diffusion LLM (needs --data; pip install -e '.[hf]')")
     p.add_argument("--data", metavar="FILE.jsonl",
                    help='with --hf: rows {"text"}, {"prompt", "response"} or {"messages"}')
-    p.add_argument("--mask-token-id", type=int, help="with --hf: the mask token id if the tokenizer has none")
-    p.add_argument("--trust-remote-code", action="store_true", help="with --hf: allow the model's own code")
+    add_hf_load_arguments(p)
     p.add_argument("--a", type=int, default=15, help="examples of the nested design (default 15)")
     p.add_argument("--b", type=int, default=70, help="rates on the midpoint grid (default 70)")
     p.add_argument("--c", type=int, default=15, help="masks per (example, rate) (default 15)")

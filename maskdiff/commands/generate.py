@@ -41,6 +41,7 @@ def run(args) -> int:
                      batch_size=1, device=args.device)
     for text in texts:
         print(text)
+    model.report_unknown()  # a native run's unseen prompt characters, said once on stderr
     return 0
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from maskdiff.training.config import TrainConfig, from_dict, load_json, to_dict
 from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
+from maskdiff.core.weighting import LOSS_CONVENTIONS
 from maskdiff.training.presets import PRESETS
 from maskdiff.commands import add_threads_argument, apply_threads
 
@@ -32,9 +33,22 @@ def register(subparsers) -> None:
                         "the gpots methods need one fitted with --target gradient (or logits, bias)")
     p.add_argument("--window", type=float, nargs=2, metavar=("T_MIN", "T_MAX"),
                    default=DEFAULT_WINDOW, help="the window of --method window")
+    p.add_argument("--loss-convention", choices=sorted(LOSS_CONVENTIONS), metavar="NAME",
+                   help="a peer's loss convention (estimator.normalizer and .weighting; "
+                        "docs/method.md §1): " + "; ".join(
+                            f"{c.name}: {c.peer}" for c in LOSS_CONVENTIONS.values()))
     p.add_argument("--task", help="built-in task: arithmetic, table or text")
     p.add_argument("--train-file", help="JSONL training data ({prompt, response} or {text} rows)")
     p.add_argument("--val-file", help="JSONL validation data (default: hold out 10%% of train)")
+    p.add_argument("--tokenizer", choices=("char", "bpe"),
+                   help="data.tokenizer: char (the data's characters) or bpe (byte-level; "
+                        "its vocabulary is chosen from the corpus size unless --vocab-size)")
+    p.add_argument("--vocab-size", type=int, help="data.vocab_size of --tokenizer bpe")
+    p.add_argument("--max-len", metavar="N|auto|pNN",
+                   help="data.max_len: a row length, or derived from the training data: auto "
+                        "(p99) or pNN, a percentile of the tokenised lengths (the run reports "
+                        "what it chose and how many examples it truncates); default with "
+                        "--train-file: auto, else the preset's")
     p.add_argument("--seed", type=int)
     p.add_argument("--steps", type=int, help="optim.max_steps")
     p.add_argument("--batch-size", type=int, help="the global batch size")
@@ -75,6 +89,11 @@ def _set(data: dict, dotted: str) -> None:
     node[parts[-1]] = value
 
 
+def _max_len(text: str) -> int | str:
+    """``--max-len``: a number, or a rule word (checked by DataConfig)."""
+    return int(text) if str(text).strip().isdigit() else str(text).strip()
+
+
 def build_config(args) -> TrainConfig:
     """The resolved config of a ``maskdiff train`` command line."""
     if args.config is not None:
@@ -93,8 +112,16 @@ def build_config(args) -> TrainConfig:
                        else density_from_ppots(args.ppots))
         data["estimator"] = to_dict(method.estimator_config(density=density, window=tuple(args.window)))
         data["model"]["causal"] = method.causal
+    if getattr(args, "loss_convention", None):
+        data["estimator"].update(LOSS_CONVENTIONS[args.loss_convention].fields())
+    max_len = getattr(args, "max_len", None)
+    if max_len is None and args.train_file and args.config is None:
+        max_len = "auto"  # the user's data: its own lengths, not the preset's 128
     flags = {("data", "task"): args.task, ("data", "train_file"): args.train_file,
              ("data", "val_file"): args.val_file, ("seed",): args.seed,
+             ("data", "tokenizer"): getattr(args, "tokenizer", None),
+             ("data", "vocab_size"): getattr(args, "vocab_size", None),
+             ("data", "max_len"): None if max_len is None else _max_len(max_len),
              ("optim", "max_steps"): args.steps, ("optim", "batch_size"): args.batch_size,
              ("optim", "lr"): args.lr, ("device",): args.device}
     for path, value in flags.items():

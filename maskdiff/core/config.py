@@ -21,6 +21,7 @@ from maskdiff.core.control import CONTROLS, build_control
 from maskdiff.core.masking import MASKERS, build_masker
 from maskdiff.core.objective import GRAD_PROXIES, NORMALIZERS, Estimator
 from maskdiff.core.samplers import SAMPLERS, build_sampler
+from maskdiff.core.weighting import DEFAULT_CART_P, WEIGHTINGS, loss_convention
 from maskdiff.fileio import atomic_write_text
 from maskdiff.core.checks import int_at_least
 
@@ -162,6 +163,8 @@ class EstimatorConfig:
 
     P-POTS+MIRROR is ``EstimatorConfig(sampler=ComponentConfig(name="importance",
     params={"density": {...}}), masker=ComponentConfig(name="mirror"))``.
+    ``normalizer`` and ``weighting`` (+ ``cart_p``) choose the loss convention
+    (docs/method.md §1 "Loss conventions"); :meth:`with_convention` sets them by a peer's name.
     """
 
     sampler: ComponentConfig = field(default_factory=lambda: ComponentConfig(name="uniform"))
@@ -171,9 +174,19 @@ class EstimatorConfig:
     syntax_eligible: bool = False
     fuse_views: bool = True
     refit: RefitConfig | None = None  # online P-POTS: needs the "importance" sampler
+    weighting: str = "elbo"  # "elbo" (1/pi), "uniform" or "cart" (maskdiff.core.weighting)
+    cart_p: float = DEFAULT_CART_P
 
     def __post_init__(self) -> None:
         check_fields(self, "estimator")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"estimator.weighting={self.weighting!r} is not one of {WEIGHTINGS}")
+        if not 0.0 < self.cart_p < 1.0:
+            raise ValueError(f"estimator.cart_p must lie in (0, 1), got {self.cart_p!r}")
+        if (self.refit is not None and self.refit.statistic != "loss"
+                and self.weighting != "elbo"):
+            raise ValueError(f"estimator.refit.statistic={self.refit.statistic!r} needs "
+                             f"estimator.weighting='elbo', got {self.weighting!r}")
         if self.refit is not None and self.sampler.name != "importance":
             raise ValueError(f"estimator.refit (online P-POTS) needs sampler 'importance', "
                              f"got {self.sampler.name!r}")
@@ -185,6 +198,12 @@ class EstimatorConfig:
             raise ValueError(f"control.name={self.control.name!r} is not one of {sorted(CONTROLS)}")
         if self.normalizer not in NORMALIZERS:
             raise ValueError(f"normalizer={self.normalizer!r} is not one of {NORMALIZERS}")
+
+    def with_convention(self, name: str) -> "EstimatorConfig":
+        """This config with a named peer's loss convention (its normaliser and weighting):
+        ``dllm-sequence``, ``dllm-token``, ``dllm-batch``, ``dream-cart``, ``llada-sft``,
+        ``llada-pretrain`` or ``maskdiff`` (:data:`maskdiff.core.weighting.LOSS_CONVENTIONS`)."""
+        return dataclasses.replace(self, **loss_convention(name).fields())
 
     def build(self, *, mask_token_id: int) -> Estimator:
         control = None
@@ -200,4 +219,5 @@ class EstimatorConfig:
             fuse_views=self.fuse_views,
             grad_proxy=(self.refit.statistic if self.refit is not None
                         and self.refit.statistic != "loss" else None),
+            weighting=self.weighting, cart_p=self.cart_p,
         )

@@ -20,8 +20,9 @@ from maskdiff.core.batch import Batch
 from maskdiff.core.masking import Masker, View, syrm_eligible
 from maskdiff.core.samplers import RateSampler
 from maskdiff.core.seeding import BatchRandomness
+from maskdiff.core.weighting import DEFAULT_CART_P, check_weighting, token_weights
 
-NORMALIZERS = ("eligible", "sequence", "none")
+NORMALIZERS = ("eligible", "sequence", "none", "token")
 GRAD_PROXIES = ("logits", "bias")  # free per-example gradient-norm proxies (docs/method.md §4 [beyond])
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -32,8 +33,10 @@ def _check_normalizer(normalizer: str) -> None:
         raise ValueError(f"normalizer must be one of {NORMALIZERS}, got normalizer={normalizer!r}")
 
 
-def masked_token_losses(logits: torch.Tensor, x0: torch.Tensor, view: View) -> torch.Tensor:
-    """Cross-entropy of every masked token divided by its inclusion probability, (B, L) float32.
+def masked_token_losses(logits: torch.Tensor, x0: torch.Tensor, view: View,
+                        weighting: str = "elbo", cart_p: float = DEFAULT_CART_P) -> torch.Tensor:
+    """Cross-entropy of every masked token times its weight, (B, L) float32: divided by its
+    inclusion probability under ``weighting="elbo"`` (:mod:`maskdiff.core.weighting`).
 
     Zero on unmasked positions. Only the masked rows of ``logits`` are upcast to float32, so a
     bf16 model pays for the precision only where the loss is taken.
@@ -48,7 +51,11 @@ def masked_token_losses(logits: torch.Tensor, x0: torch.Tensor, view: View) -> t
     masked = view.masked
     if masked.any():
         ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none")
-        out = out.masked_scatter(masked, ce / view.inclusion_prob[masked].float())
+        if weighting == "elbo":
+            ce = ce / view.inclusion_prob[masked].float()
+        else:
+            ce = ce * token_weights(masked, view.inclusion_prob, weighting, cart_p)[masked]
+        out = out.masked_scatter(masked, ce)
     elif logits.requires_grad:
         # Nothing masked (e.g. a micro-batch of short responses at small t): the loss is 0, but
         # it must stay on the graph so that backward() and DDP's all-reduce still run.
@@ -57,15 +64,21 @@ def masked_token_losses(logits: torch.Tensor, x0: torch.Tensor, view: View) -> t
 
 
 def normalizer_counts(eligible: torch.Tensor, normalizer: str) -> torch.Tensor:
-    """``N`` of docs/method.md §1 per example, float32 (B,): P (eligible count), L, or 1.
+    """``N`` of docs/method.md §1 per example, float32 (B,): P (eligible count), L, 1, or the
+    batch's mean P.
 
     ``"sequence"`` uses the padded row length L: pretraining batches are fixed-length sequences.
+    ``"token"`` (dllm's ``loss_norm_type="token"``) gives every example the batch's mean eligible
+    count, so that the batch mean of the losses is the batch's loss sum over its eligible
+    tokens: it depends on the batch, not on the example alone.
     Examples with ``P = 0`` get N = 1; their loss is 0 anyway since nothing can be masked.
     """
     _check_normalizer(normalizer)
     batch, length = eligible.shape
     if normalizer == "eligible":
         return eligible.sum(dim=1).clamp(min=1).float()
+    if normalizer == "token":
+        return (eligible.sum().clamp(min=1).float() / batch).expand(batch).clone()
     if normalizer == "sequence":
         return torch.full((batch,), float(length), device=eligible.device)
     return torch.ones(batch, device=eligible.device)
@@ -194,19 +207,27 @@ class Estimator:
         mask_token_id: the model's mask token.
         control: optional control variate with ``adjust(values, t) -> adjusted`` and
             ``update(values, t)`` (see :mod:`maskdiff.core.control`).
-        normalizer: ``"eligible"``, ``"sequence"`` or ``"none"`` (docs/method.md §1).
+        normalizer: ``"eligible"``, ``"sequence"``, ``"none"`` or ``"token"`` (docs/method.md §1).
         syntax_eligible: SyRM: the batch's syntax tokens are eligible too.
         fuse_views: run all views of a batch through the model in one forward pass (faster
             on parallel hardware; identical values).
         grad_proxy: ``"logits"`` or ``"bias"``: also return the free per-example gradient-norm
             proxy :func:`logit_gradient_norms` (``EstimatorOutput.grad_proxy``); None (default):
             not computed, nothing is spent on it.
+        weighting, cart_p: each masked token's weight (:mod:`maskdiff.core.weighting`):
+            ``"elbo"`` (default, ``1/π_i``), ``"uniform"`` or ``"cart"`` (Dream's, kernel ``cart_p``).
     """
 
     def __init__(self, *, rate_sampler: RateSampler, masker: Masker, mask_token_id: int,
                  control=None, normalizer: str = "eligible", syntax_eligible: bool = False,
-                 fuse_views: bool = True, grad_proxy: str | None = None) -> None:
+                 fuse_views: bool = True, grad_proxy: str | None = None,
+                 weighting: str = "elbo", cart_p: float = DEFAULT_CART_P) -> None:
         _check_normalizer(normalizer)
+        check_weighting(weighting, cart_p)
+        if grad_proxy is not None and weighting != "elbo":
+            raise ValueError(f"grad_proxy={grad_proxy!r} (gradient-targeted P-POTS) needs "
+                             f"weighting='elbo', got weighting={weighting!r}")
+        self.weighting, self.cart_p = weighting, float(cart_p)
         if grad_proxy is not None and grad_proxy not in GRAD_PROXIES:
             raise ValueError(f"grad_proxy must be None or one of {GRAD_PROXIES}, got {grad_proxy!r}")
         self.grad_proxy = grad_proxy
@@ -261,12 +282,15 @@ class Estimator:
                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The per-example loss averaged over ``views`` (docs/method.md §1), (B,) float32 with gradient,
         and each view's (B, L) token losses; ``counts`` are the normalizer's ``N``."""
-        return self._losses(self.forward_views(model, views, attention), x0, views, counts)
+        return self._losses(self.forward_views(model, views, attention), x0, views, counts,
+                            self.weighting, self.cart_p)
 
     @staticmethod
     def _losses(logits: list[torch.Tensor], x0: torch.Tensor, views: list[View],
-                counts: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        token_losses = [masked_token_losses(z, x0, view) for view, z in zip(views, logits)]
+                counts: torch.Tensor, weighting: str = "elbo", cart_p: float = DEFAULT_CART_P
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        token_losses = [masked_token_losses(z, x0, view, weighting, cart_p)
+                        for view, z in zip(views, logits)]
         raw = torch.stack([losses.sum(dim=1) / counts for losses in token_losses]).mean(dim=0)
         return raw, token_losses
 
@@ -282,15 +306,12 @@ class Estimator:
         t, w, views = self.draw(batch, randomness, eligible)
         counts = normalizer_counts(eligible, self.normalizer)
         proxy = None
-        if self.grad_proxy is None:
-            raw, token_losses = self.view_losses(model, batch.x0, views, batch.attention_mask, counts)
-        else:
-            logits = self.forward_views(model, views, batch.attention_mask)
-            raw, token_losses = self._losses(logits, batch.x0, views, counts)
+        logits = self.forward_views(model, views, batch.attention_mask)
+        raw, token_losses = self._losses(logits, batch.x0, views, counts, self.weighting,
+                                         self.cart_p)
+        if self.grad_proxy is not None:
             proxy = logit_gradient_norms(logits, batch.x0, views, counts, self.grad_proxy)
-        # Undo the 1/inclusion_prob to log the plain masked cross-entropy.
-        ce_sum = sum(float((losses.detach() * view.inclusion_prob).sum())
-                     for losses, view in zip(token_losses, views))
+        ce_sum = self._plain_ce_sum(token_losses, logits, batch.x0, views)
         count = sum(int(view.masked.sum()) for view in views)
         values = w * raw
         if self.control is not None:
@@ -302,6 +323,16 @@ class Estimator:
             loss=values.mean(), values=values.detach(), raw_loss=raw.detach(), t=t, w=w,
             n_empty=n_empty, forward_passes=len(views), masked_ce_sum=ce_sum, masked_count=count,
             grad_proxy=proxy)
+
+    def _plain_ce_sum(self, token_losses: list[torch.Tensor], logits: list[torch.Tensor],
+                      x0: torch.Tensor, views: list[View]) -> float:
+        """The plain masked cross-entropy summed over the views (what ``masked_ce`` logs)."""
+        if self.weighting == "elbo":  # undo the 1/inclusion_prob
+            return sum(float((losses.detach() * view.inclusion_prob).sum())
+                       for losses, view in zip(token_losses, views))
+        with torch.no_grad():
+            return sum(float(masked_token_losses(z, x0, view, "uniform").sum())
+                       for z, view in zip(logits, views))
 
     def observe(self, t: torch.Tensor, w: torch.Tensor, raw_loss: torch.Tensor) -> None:
         """Fold a step's global batch into the control variate (if any): its ``w · l`` at ``t``."""
@@ -321,4 +352,4 @@ class Estimator:
     def __repr__(self) -> str:
         return (f"Estimator(rate_sampler={self.rate_sampler!r}, masker={self.masker!r}, "
                 f"control={self.control!r}, normalizer={self.normalizer!r}, "
-                f"syntax_eligible={self.syntax_eligible})")
+                f"weighting={self.weighting!r}, syntax_eligible={self.syntax_eligible})")

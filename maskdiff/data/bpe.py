@@ -17,6 +17,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from maskdiff.fileio import atomic_write_text
+from maskdiff.data.sizing import auto_vocab_size
 from maskdiff.data.tokenizer import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, checked_id
 
 _N_BYTES = 256
@@ -40,14 +41,18 @@ class BPETokenizer:
     def train(
         cls,
         texts: Iterable[str],
-        vocab_size: int,
+        vocab_size: int | None,
         extra_tokens: Sequence[str] = (),
         use_bos: bool = False,
         min_frequency: int = 2,
     ) -> "BPETokenizer":
         """Train on ``texts``. ``vocab_size`` counts everything: the 256 byte tokens, the merges,
-        the extra tokens and the control tokens; so it must exceed 256 + those."""
+        the extra tokens and the control tokens; so it must exceed 256 + those. ``None``: chosen
+        from the corpus size (:func:`maskdiff.data.sizing.auto_vocab_size`)."""
         n_fixed = _N_BYTES + len(extra_tokens) + 3 + int(use_bos)
+        if vocab_size is None:
+            texts = list(texts)
+            vocab_size = auto_vocab_size(sum(len(t) for t in texts), n_fixed)
         if vocab_size <= n_fixed:
             raise ValueError(
                 f"vocab_size must exceed {n_fixed} (256 bytes + extra + control tokens), "

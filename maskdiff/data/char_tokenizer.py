@@ -3,6 +3,13 @@
 Id layout (deterministic, so a model trained with one instance matches any rebuilt one):
 ``0, 1, 2`` pad, eos, mask; ``3`` bos when ``use_bos``; then the multi-character
 ``extra_tokens`` in the order given; then the alphabet's characters in sorted order.
+
+A run's alphabet is built from its own data, so training never meets a character outside it
+(:meth:`CharTokenizer.encode` raises, naming it). Evaluation text does (a harness task's ``:``):
+:meth:`CharTokenizer.encode_with_unknowns` maps such characters to :attr:`CharTokenizer.unk_id`,
+the MASK id, and returns them so the caller can count and report them. MASK is what a
+masked-diffusion model reads as "a token it is not shown": the right reading of a character it
+never saw, and it needs no vocabulary change, so every saved run reads it alike.
 """
 
 from __future__ import annotations
@@ -75,6 +82,11 @@ class CharTokenizer:
         return 3 if self._use_bos else None
 
     @property
+    def unk_id(self) -> int:
+        """The id an unseen character becomes in :meth:`encode_with_unknowns`: the MASK id."""
+        return self.mask_id
+
+    @property
     def extra_tokens(self) -> tuple[str, ...]:
         return self._extra
 
@@ -84,21 +96,34 @@ class CharTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text``; a character outside the alphabet raises ValueError naming it."""
+        return self._encode(text, None)
+
+    def encode_with_unknowns(self, text: str) -> tuple[list[int], list[str]]:
+        """Ids of ``text`` with every character outside the alphabet as :attr:`unk_id`, and
+        those characters in order (for evaluation text; training data never has any)."""
+        unknown: list[str] = []
+        return self._encode(text, unknown), unknown
+
+    def _encode(self, text: str, unknown: list[str] | None) -> list[int]:
         if not isinstance(text, str):
             raise ValueError(f"text must be a str, got {type(text).__name__}")
         ids: list[int] = []
         start = 0
         matches = self._extra_re.finditer(text) if self._extra_re is not None else ()
         for match in matches:
-            self._encode_chars(text, start, match.start(), ids)
+            self._encode_chars(text, start, match.start(), ids, unknown)
             ids.append(self._extra_to_id[match.group()])
             start = match.end()
-        self._encode_chars(text, start, len(text), ids)
+        self._encode_chars(text, start, len(text), ids, unknown)
         return ids
 
-    def _encode_chars(self, text: str, start: int, end: int, out: list[int]) -> None:
+    def _encode_chars(self, text: str, start: int, end: int, out: list[int],
+                      unknown: list[str] | None = None) -> None:
         for position in range(start, end):
             token_id = self._char_to_id.get(text[position])
+            if token_id is None and unknown is not None:
+                unknown.append(text[position])
+                token_id = self.unk_id
             if token_id is None:
                 raise ValueError(
                     f"character {text[position]!r} at position {position} of text "

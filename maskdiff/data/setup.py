@@ -17,7 +17,8 @@ def load_task(config) -> TaskData:
     With ``train_file`` (JSONL), ``val_file`` is the validation split, or else the last 10%
     of the training file is held out (at least one example); the test split is the validation
     split. The tokeniser is char-level over the characters of both files, or BPE of
-    ``vocab_size`` trained on the training split.
+    ``vocab_size`` trained on the training split (None: chosen from the corpus size,
+    :mod:`maskdiff.data.sizing`).
     """
     if config.train_file is None:
         return make_task(config.task, config.n_train, config.n_val, config.n_test,
@@ -37,8 +38,6 @@ def load_task(config) -> TaskData:
     if config.tokenizer == "char":
         tokenizer = CharTokenizer("".join(sorted(set("".join(texts)))))
     else:
-        if config.vocab_size is None:
-            raise ValueError("data.tokenizer='bpe' needs data.vocab_size")
         tokenizer = BPETokenizer.train([e.prompt + e.response for e in train], config.vocab_size)
     return TaskData(name="jsonl", train=tuple(train), val=tuple(val), test=tuple(val),
                     tokenizer=tokenizer, answer_delimiters=("####",),

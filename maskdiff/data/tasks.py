@@ -168,7 +168,8 @@ def make_tokenizer(
 
     ``kind="char"``: the task's fixed alphabet (all splits encode) plus its syntax tokens as
     single tokens. ``kind="bpe"``: byte-level BPE of ``vocab_size`` trained on ``train``'s
-    prompts and responses, with the syntax tokens as added tokens.
+    prompts and responses, with the syntax tokens as added tokens (``vocab_size=None``: chosen
+    from the corpus size, :mod:`maskdiff.data.sizing`).
     """
     spec = _spec(name)
     config = spec.config_cls() if config is None else config
@@ -178,8 +179,6 @@ def make_tokenizer(
         return CharTokenizer(spec.alphabet(config), extra_tokens=spec.syntax_tokens,
                              use_bos=use_bos)
     if kind == "bpe":
-        if vocab_size is None:
-            raise ValueError("kind='bpe' needs a vocab_size")
         if not train:
             raise ValueError("kind='bpe' needs training examples to learn merges from")
         texts = [e.prompt + e.response for e in train]

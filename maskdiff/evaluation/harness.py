@@ -65,6 +65,20 @@ class MaskdiffLM(LM):
         self.details: list[dict[str, Any]] = []
         self._scored = 0  # requests scored so far: the next request's draw index
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string),
+                                       additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """``model_args`` win over the harness's own ``batch_size`` / ``device`` /
+        ``max_batch_size`` (its command line sends them whether given or not), instead of the
+        base class's ``TypeError: got multiple values for keyword argument``."""
+        merged = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        merged.update(arg_dict)
+        return cls(**merged)
+
     # ------------------------------------------------------------------ likelihoods
     def _score(self, pairs: list[tuple[str, str]], greedy_check: bool) -> list:
         scores = loglikelihoods(self.lm, pairs, scheme=self.scheme, rates=self.rates,
@@ -123,6 +137,12 @@ class MaskdiffLM(LM):
                 out[k] = text
                 self.cache_hook.add_partial("generate_until", requests[k].args, text)
         return out  # type: ignore[return-value]
+
+    def get_model_info(self) -> dict[str, Any]:
+        """Added by the harness to its results' ``config`` after a run: the count of characters a
+        native run's tokenizer never saw (each read as its unknown id), said once on stderr."""
+        return {"unknown_characters": self.lm.report_unknown(),
+                "unknown_character_set": "".join(sorted(self.lm.unknown))}
 
     # ------------------------------------------------------------------ chat templates
     @property

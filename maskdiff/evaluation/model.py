@@ -11,7 +11,9 @@ without special tokens.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -30,6 +32,9 @@ class EvalModel:
         name: where it came from (a run directory or a HF name/path).
         normalizer: what :mod:`maskdiff.evaluation.scoring` divides per-example losses by when
             it reports per-token numbers (the run's; ``"eligible"`` for HF models).
+        unknown: the characters a native run's char tokenizer never saw, counted over all the
+            text encoded so far: each was read as the tokenizer's ``unk_id`` (its MASK id), never
+            a crash; :meth:`report_unknown` says so once.
     """
 
     model: nn.Module
@@ -40,16 +45,47 @@ class EvalModel:
     native: bool
     name: str
     normalizer: str = "eligible"
+    unknown: Counter = field(default_factory=Counter)
+    _reported: bool = False
+
+    def _native_encode(self, text: str) -> list[int]:
+        lenient = getattr(self.tokenizer, "encode_with_unknowns", None)
+        if lenient is None:  # byte-level BPE: nothing is unknown
+            return list(self.tokenizer.encode(text))
+        ids, unknown = lenient(text)
+        self.unknown.update(unknown)
+        return list(ids)
 
     def encode_context(self, text: str) -> list[int]:
         if self.native:
-            return list(self.tokenizer.encode(text))
+            return self._native_encode(text)
         return [int(i) for i in self.tokenizer(text)["input_ids"]]
 
     def encode_continuation(self, text: str) -> list[int]:
         if self.native:
-            return list(self.tokenizer.encode(text))
+            return self._native_encode(text)
         return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    @property
+    def unknown_count(self) -> int:
+        return sum(self.unknown.values())
+
+    def unknown_summary(self) -> str | None:
+        """One line naming the count and the characters, or None when there were none."""
+        if not self.unknown:
+            return None
+        chars = "".join(sorted(self.unknown))
+        return (f"{self.name}: {self.unknown_count} occurrence(s) of {len(self.unknown)} "
+                f"character(s) outside the run's alphabet ({chars!r}) were read as the unknown "
+                f"id {self.tokenizer.unk_id} (MASK)")
+
+    def report_unknown(self) -> int:
+        """Print :meth:`unknown_summary` to stderr, the first time only; the count."""
+        line = self.unknown_summary()
+        if line is not None and not self._reported:
+            print(f"maskdiff: {line}", file=sys.stderr)
+            self._reported = True
+        return self.unknown_count
 
     def decode(self, ids: list[int]) -> str:
         """Generated ids to text: cut at the first EOS, special tokens dropped."""

@@ -68,6 +68,7 @@ class HFCompareJob:
     trust_remote_code: bool = False
     mask_token_id: int | None = None
     device: str = "cpu"
+    hf_options: dict | None = None  # more load_hf_model keywords (logit_shift, attention, ...)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -77,8 +78,9 @@ class HFCompareJob:
     def load(self):
         from maskdiff.hf import load_hf_model
 
-        return load_hf_model(self.hf, mask_token_id=self.mask_token_id, device=self.device,
-                             trust_remote_code=self.trust_remote_code)
+        options = {"mask_token_id": self.mask_token_id,
+                   "trust_remote_code": self.trust_remote_code, **(self.hf_options or {})}
+        return load_hf_model(self.hf, device=self.device, **options)
 
     def specs(self) -> list[RunSpec]:
         ok = lambda m: not m.causal and m.task is None and not ({"delimiters", "syntax"} & m.needs)  # noqa: E731

@@ -43,20 +43,23 @@ class ModelSource:
 def load_model_source(*, run: str | Path | None = None, preset: str | None = None,
                       out: str | Path, device: str = "cpu", task: str | None = None,
                       quiet: bool = False, hf: str | None = None, data: str | None = None,
-                      mask_token_id: int | None = None,
-                      trust_remote_code: bool = False) -> ModelSource:
+                      mask_token_id: int | None = None, trust_remote_code: bool = False,
+                      hf_options: dict[str, Any] | None = None) -> ModelSource:
     """The model to probe: ``run`` (a maskdiff run directory: its best checkpoint, on its
     own data) or ``preset`` (that preset's model, trained once into ``out/model[-TASK]`` and
     reused on restart; ``task`` overrides the preset's task). ``hf``: a Hugging Face
-    model probed on the rows of ``data`` (JSONL)."""
+    model probed on the rows of ``data`` (JSONL), loaded with ``hf_options``
+    (:func:`maskdiff.hf.load_hf_model` keywords: ``logit_shift``, ``attention``, ``auto_class``,
+    ``mask_token_id``, ``trust_remote_code``)."""
     from maskdiff.data.setup import load_task
     from maskdiff.training.runs import load_run
 
     if sum(x is not None for x in (run, preset, hf)) != 1:
         raise ValueError("give exactly one model source: run=DIR, preset=NAME or hf=NAME")
     if hf is not None:
-        return _hf_source(hf, data, mask_token_id=mask_token_id,
-                          trust_remote_code=trust_remote_code, device=device)
+        options = {"mask_token_id": mask_token_id, "trust_remote_code": trust_remote_code,
+                   **(hf_options or {})}
+        return _hf_source(hf, data, options=options, device=device)
     if run is not None:
         if task is not None:
             raise ValueError(f"task={task!r} applies to a preset only; a run keeps its own data")
@@ -87,8 +90,7 @@ def load_model_source(*, run: str | Path | None = None, preset: str | None = Non
                                     **_training_summary(model_dir)})
 
 
-def _hf_source(name: str, data: str | None, *, mask_token_id: int | None,
-               trust_remote_code: bool, device: str) -> ModelSource:
+def _hf_source(name: str, data: str | None, *, options: dict[str, Any], device: str) -> ModelSource:
     """A Hugging Face model (``maskdiff.hf``) on the rows of a JSONL file. It has no built-in
     task: ISAD and SyRM (which need the task's delimiter and syntax tokens) are skipped."""
     from types import SimpleNamespace
@@ -97,8 +99,7 @@ def _hf_source(name: str, data: str | None, *, mask_token_id: int | None,
 
     if data is None:
         raise ValueError("a Hugging Face model needs data=FILE.jsonl (--data) to be probed on")
-    source = load_hf_source(name, data, mask_token_id=mask_token_id,
-                            trust_remote_code=trust_remote_code, device=device)
+    source = load_hf_source(name, data, device=device, **options)
     task = SimpleNamespace(name=f"hf:{name}", syntax_tokens=(), delimiter_ids=lambda: ())
     return ModelSource(model=source.model, config=TrainConfig(), task=task,
                        mask_token_id=source.mask_token_id, hf=source,

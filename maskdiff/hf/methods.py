@@ -28,7 +28,8 @@ from maskdiff.core.samplers import build_sampler
 
 # The component arguments MaskedDiffusionTrainer took before ``estimator=`` (deprecated).
 LEGACY_ARGS = ("rate_sampler", "masker", "control", "normalizer", "syntax_eligible",
-               "ppots_tracker", "refit_every", "refit_min_count", "refit_restarts", "grad_proxy")
+               "ppots_tracker", "refit_every", "refit_min_count", "refit_restarts", "grad_proxy",
+               "weighting", "cart_p")
 MIGRATION = ("MaskedDiffusionTrainer(rate_sampler=, masker=, control=, normalizer=, "
              "syntax_eligible=, ppots_tracker=, refit_every=, refit_min_count=, refit_restarts=, "
              "grad_proxy=) is deprecated and will be removed: pass one estimator=EstimatorConfig"
@@ -38,12 +39,15 @@ MIGRATION = ("MaskedDiffusionTrainer(rate_sampler=, masker=, control=, normalize
 
 def method_estimator(name: str, *, density: dict[str, Any] | None = None,
                      window: tuple[float, float] | None = None, mix: float = 0.05,
-                     delimiter_ids: Iterable[int] | None = None) -> EstimatorConfig:
+                     delimiter_ids: Iterable[int] | None = None,
+                     loss_convention: str | None = None) -> EstimatorConfig:
     """The :class:`EstimatorConfig` of method ``name`` for ``MaskedDiffusionTrainer(estimator=)``.
     ``density`` / ``window`` as in :meth:`~maskdiff.core.methods.Method.estimator_config`;
     ``delimiter_ids`` are the answer delimiters a method that needs ``"delimiters"`` (ISAD)
     masks more often. SyRM also needs a collator that marks syntax tokens
-    (``ChatCollator(..., syntax_tokens=...)``)."""
+    (``ChatCollator(..., syntax_tokens=...)``). ``loss_convention``: a peer's normaliser and
+    weighting by name (``"dream-cart"``, ...; :data:`maskdiff.core.weighting.LOSS_CONVENTIONS`),
+    in place of the method's."""
     method = get_method(name)
     if method.causal:
         raise ValueError(f"method {name!r} trains a causal model, not a masked diffusion one")
@@ -51,6 +55,8 @@ def method_estimator(name: str, *, density: dict[str, Any] | None = None,
         raise ValueError(f"method {name!r} is {method.base!r} with {method.batch_factor}x the "
                          f"batch: use {method.base!r} and scale the batch size in the arguments")
     config = method.estimator_config(density=density, window=window, mix=mix)
+    if loss_convention is not None:
+        config = config.with_convention(loss_convention)
     provided = {"delimiters": sorted({int(i) for i in delimiter_ids or ()})}
     params = dict(config.masker.params)
     for param, need in MASKERS[config.masker.name].task_params.items():
@@ -74,6 +80,7 @@ def method_trainer_kwargs(name: str, **options) -> dict[str, Any]:
         "control": None if config.control is None else build_control(config.control.name,
                                                                     **config.control.params),
         "normalizer": config.normalizer, "syntax_eligible": config.syntax_eligible,
+        "weighting": config.weighting, "cart_p": config.cart_p,
     }
     if config.refit is not None:
         from maskdiff.ppots import SecondMomentTracker
@@ -132,7 +139,8 @@ def _legacy_objective(args: dict[str, Any], mask_token_id: int):
     estimator = Estimator(rate_sampler=sampler, masker=args.get("masker") or Bernoulli(),
                           mask_token_id=mask_token_id, control=args.get("control"),
                           normalizer=normalizer, syntax_eligible=bool(args.get("syntax_eligible")),
-                          grad_proxy=grad_proxy)
+                          grad_proxy=grad_proxy, weighting=args.get("weighting", "elbo"),
+                          cart_p=float(args.get("cart_p", 0.3)))
     refitter = None
     if tracker is not None:
         from maskdiff.ppots.online import OnlineRefitter

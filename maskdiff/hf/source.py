@@ -32,13 +32,15 @@ class HFSource:
 
 def load_hf_source(name_or_path: str, data: str | os.PathLike, *, mask_token_id: int | None = None,
                    trust_remote_code: bool = False, logit_shift: int = 0,
-                   device: str = "cpu") -> HFSource:
+                   device: str = "cpu", **load_options: Any) -> HFSource:
     """A HF model plus the rows of a JSONL file (``{"text"}``, ``{"prompt", "response"}`` or
-    ``{"messages"}`` per line; see :func:`encode_row`). A malformed line names file and line."""
+    ``{"messages"}`` per line; see :func:`encode_row`). A malformed line names file and line.
+    ``load_options``: more :func:`load_hf_model` keywords (``attention``, ``auto_class``, ...)."""
     rows = read_rows(data)
     model, tokenizer, mask_id = load_hf_model(name_or_path, mask_token_id=mask_token_id,
                                               trust_remote_code=trust_remote_code,
-                                              logit_shift=logit_shift, device=device)
+                                              logit_shift=logit_shift, device=device,
+                                              **load_options)
     return HFSource(model=model, tokenizer=tokenizer, mask_token_id=mask_id, rows=rows,
                     name=str(name_or_path))
 

@@ -70,7 +70,10 @@ class MaskedDiffusionTrainer(transformers.Trainer):
             step from the whole global batch, as maskdiff's trainer does. The former component
             arguments (``rate_sampler=``, ``masker=``, ``control=``, ``normalizer=``,
             ``syntax_eligible=``, ``ppots_tracker=``, ``refit_every=``, ...) still work, with a
-            ``DeprecationWarning`` (:data:`maskdiff.hf.methods.MIGRATION`).
+            ``DeprecationWarning`` (:data:`maskdiff.hf.methods.MIGRATION`). A peer's loss
+            convention (normaliser and token weighting, docs/huggingface.md "Loss conventions"):
+            ``estimator=EstimatorConfig().with_convention("dream-cart")`` or
+            ``method_estimator(name, loss_convention=...)``.
         mask_token_id: the mask id (default: the adapter's, else ``model.config``'s).
         seed: keys the rates and masks with (global step, example index); default
             ``args.seed``.

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from maskdiff.data.sizing import max_len_percentile
 from maskdiff.core.checks import int_at_least
 from maskdiff.core.config import (  # noqa: F401  (re-exported: a run's config nests them)
     ComponentConfig,
@@ -52,6 +53,10 @@ class DataConfig:
     ``task`` names a built-in task; ``train_file`` (JSONL) replaces it with the user's data,
     ``val_file`` gives its validation split (else the last 10% of ``train_file`` is held out).
     ``data_seed`` generates the data and stays fixed across training seeds.
+    ``max_len`` is a row length, or a rule that derives it from the training data (``"auto"``
+    = ``"p99"``, ``"pNN"``: a percentile of the tokenised lengths, :mod:`maskdiff.data.sizing`);
+    the trainer resolves a rule to the number, which the run's ``config.json`` records.
+    ``tokenizer="bpe"`` without ``vocab_size`` picks the vocabulary from the corpus size.
     """
 
     task: str = "arithmetic"
@@ -61,7 +66,7 @@ class DataConfig:
     n_val: int = 128
     n_test: int = 128
     data_seed: int = 0
-    max_len: int = 128
+    max_len: int | str = 128
     pad_policy: str = "eos"
     overflow: str = "truncate"
     tokenizer: str = "char"
@@ -70,8 +75,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "data")
-        for name in ("n_train", "max_len"):
-            int_at_least(getattr(self, name), f"data.{name}")
+        int_at_least(self.n_train, "data.n_train")
+        max_len_percentile(self.max_len, "data.max_len")
         for name in ("n_val", "n_test", "data_seed"):
             int_at_least(getattr(self, name), f"data.{name}", minimum=0)
         if self.tokenizer not in ("char", "bpe"):

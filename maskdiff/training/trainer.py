@@ -38,6 +38,7 @@ from maskdiff.training.evaluate import EvalResult, causal_nll, elbo
 from maskdiff.training.needs import resolve_estimator
 from maskdiff.models import TransformerConfig, build_model
 from maskdiff.training.objective import build_objective
+from maskdiff.training.data_sizes import resolve_data_sizes
 from maskdiff.training.runs import (
     TOKENIZER_FILE, check_step_memory, make_collator, truncation_counts, truncation_line,
 )
@@ -106,6 +107,9 @@ class Trainer:
         self.device = distributed.local_device(config.device)
         self.task = task if task is not None else load_task(config.data)
         tok = self.task.tokenizer
+        config, notes = resolve_data_sizes(config, self.task)  # data.max_len="auto" -> a number
+        if notes and self.rank == 0:  # said even when quiet, as truncation is
+            print("\n".join(f"maskdiff: {line}" for line in notes), file=sys.stderr, flush=True)
         self.config = replace(config, estimator=resolve_estimator(config.estimator, self.task))
         self.quiet = quiet or self.rank != 0
         optim = config.optim
