@@ -86,7 +86,8 @@ def note(message: str) -> None:
 
 
 def set_aside(path: str | Path, reason: str, label: str = "damaged") -> Path:
-    """Rename ``path`` to ``NAME.<label>-<UTC time>`` (nothing is deleted), saying so on stderr."""
+    """Rename ``path`` to ``NAME.<label>-<UTC time>`` (nothing is deleted), saying why on stderr
+    in one line: ``reason`` completes "NAME ..." (e.g. "is damaged (empty file)")."""
     path = Path(path)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = path.with_name(f"{path.name}.{label}-{stamp}")
@@ -95,9 +96,7 @@ def set_aside(path: str | Path, reason: str, label: str = "damaged") -> Path:
         target = path.with_name(f"{path.name}.{label}-{stamp}-{counter}")
         counter += 1
     os.replace(path, target)
-    what = (f"is damaged ({reason})" if label == "damaged"
-            else f"was made under another configuration ({reason})")
-    note(f"{path} {what}: set aside as {target.name}; recomputing it")
+    note(f"{path} {reason}: set aside as {target.name}; recomputing it")
     return target
 
 
@@ -169,17 +168,18 @@ def _reuse(path: Path, key: Any, *, on_change: str, what: str, required: tuple[s
     record, why = read_record(path, required, check)
     if record is None:
         if why is not None and act:
-            set_aside(path, why)
+            set_aside(path, f"is damaged ({why})")
         return None
     known, stored = _stored_key(record, legacy)
-    differing = differ(stored, key) if known else ["written without its configuration (an "
-                                                   "older maskdiff)"]
+    differing = differ(stored, key) if known else ["unknown"]
     if not differing:
         return {k: v for k, v in record.items() if k != KEY_FIELD}
     if act:
         if on_change == "refuse" and known:
             raise refusal(path, differing, what)
-        set_aside(path, ", ".join(differing[:3]), label="replaced")
+        set_aside(path, f"was made under another configuration ({', '.join(differing[:3])})"
+                  if known else "records no configuration (an older maskdiff wrote it)",
+                  label="replaced")
     return None
 
 

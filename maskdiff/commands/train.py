@@ -7,6 +7,7 @@ from pathlib import Path
 
 from maskdiff.training.config import TrainConfig, from_dict, load_json, to_dict
 from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
+from maskdiff.training.needs import apply_method
 from maskdiff.training.presets import PRESETS
 from maskdiff.commands import add_threads_argument, apply_threads
 
@@ -82,17 +83,6 @@ def build_config(args) -> TrainConfig:
     else:
         base = PRESETS[args.preset or "small"]
     data = to_dict(base)
-    if args.method:
-        method = get_method(args.method)
-        density = None
-        if args.ppots is not None:
-            from maskdiff.ppots import density_for_method, density_from_ppots
-
-            takes = "density" in method.needs | method.optional
-            density = (density_for_method(args.ppots, method) if takes
-                       else density_from_ppots(args.ppots))
-        data["estimator"] = to_dict(method.estimator_config(density=density, window=tuple(args.window)))
-        data["model"]["causal"] = method.causal
     flags = {("data", "task"): args.task, ("data", "train_file"): args.train_file,
              ("data", "val_file"): args.val_file, ("seed",): args.seed,
              ("optim", "max_steps"): args.steps, ("optim", "batch_size"): args.batch_size,
@@ -107,13 +97,25 @@ def build_config(args) -> TrainConfig:
         data["bf16"] = True
     if args.tensorboard:
         data["tensorboard"] = True
-    if args.method:  # an equal-compute variant (standard@2x) scales the batch it is given
-        data["optim"]["batch_size"] *= get_method(args.method).batch_factor
     name = f"{args.preset or 'run'}-{args.method or 'standard'}-s{data['seed']}"
     data["out_dir"] = args.out or (data["out_dir"] if args.config else f"runs/{name}")
+    if args.method:  # after the flags: an equal-compute variant scales the batch it is given
+        data = to_dict(apply_method(from_dict(TrainConfig, data), args.method,
+                                    density=_density(args), window=tuple(args.window)))
     for item in args.set:
         _set(data, item)
     return from_dict(TrainConfig, data)
+
+
+def _density(args) -> dict | None:
+    """The fitted density of ``--ppots`` for ``--method`` (checked against its target)."""
+    if args.ppots is None:
+        return None
+    from maskdiff.ppots import density_for_method, density_from_ppots
+
+    method = get_method(args.method)
+    takes = "density" in method.needs | method.optional
+    return density_for_method(args.ppots, method) if takes else density_from_ppots(args.ppots)
 
 
 def run(args) -> int:
