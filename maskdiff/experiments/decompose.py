@@ -41,6 +41,7 @@ DEFAULT_METHODS = ("standard", "clipped", "strats", "ema", "isad", "syrm", "mirr
                    "multisample2", "ppots", "ppots_mirror", "gpots", "gpots_mirror")
 JSON_FORMAT = "maskdiff.decompose"
 JSON_VERSION = 1
+MODEL_FIELDS = ("run", "checkpoint", "preset", "task", "hf", "data")  # what names the model
 
 
 def ppots_density(source: ModelSource, batch: Batch, *, out: Path, n_rates: int, n_masks: int,
@@ -48,23 +49,20 @@ def ppots_density(source: ModelSource, batch: Batch, *, out: Path, n_rates: int,
                   progress: bool = False) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """The P-POTS density for the ``ppots`` methods: from ``path`` (a ``ppots.json``), else
     estimated once from the model on ``batch`` (docs/method.md §4; ``n_rates`` grid rates × ``n_masks``
-    masks) and cached as ``out/ppots.json`` (reused when its settings match)."""
-    from maskdiff.ppots import density_from_ppots, estimate_ppots, save_ppots_json
+    masks) and cached as ``out/ppots.json`` (a :mod:`maskdiff.jobs` record: reused when its
+    settings and model match, else estimated again)."""
+    from maskdiff.ppots import cached_density, density_from_ppots, estimate_ppots
 
     if path is not None:
         return density_from_ppots(path), {"source": str(path)}
-    cache = out / "ppots.json"
     settings = {"a": len(batch), "b": n_rates, "c": n_masks, "seed": seed,
                 "normalizer": source.config.estimator.normalizer}
-    meta_path = out / "ppots_settings.json"
-    if not (cache.exists() and meta_path.exists()
-            and json.loads(meta_path.read_text()) == settings):
-        result = estimate_ppots(source.model, batch, mask_token_id=source.mask_token_id,
-                                n_rates=n_rates, n_masks=n_masks, seed=seed,
-                                normalizer=settings["normalizer"], progress=progress)
-        save_ppots_json(cache, result)
-        atomic_write_text(meta_path, json.dumps(settings) + "\n")
-    return density_from_ppots(cache), {"source": str(cache), **settings}
+    model = {k: v for k, v in source.description.items() if k in MODEL_FIELDS}
+    density = cached_density(out, lambda: estimate_ppots(
+        source.model, batch, mask_token_id=source.mask_token_id, n_rates=n_rates,
+        n_masks=n_masks, seed=seed, normalizer=settings["normalizer"], progress=progress),
+        key={**settings, "model": model})
+    return density, {"source": str(out / "ppots.json"), **settings}
 
 
 def build_method(name: str, source: ModelSource,
