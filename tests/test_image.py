@@ -167,9 +167,10 @@ def test_image_smoke_writes_results(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("image.json")}
     assert stamps and args.func(args) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    saved = next(iter(stamps)).parent / "config.json"
-    config = json.loads(saved.read_text())
-    config["optim"]["lr"] *= 2
-    saved.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"finished with another configuration \(optim.lr\)"):
+    saved = next(iter(stamps))  # the record carries the configuration it was made under
+    record = json.loads(saved.read_text())
+    record["job_key"]["config"]["optim"]["lr"] *= 2
+    saved.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"image\.json: this run was made under another "
+                                         r"configuration \(config\.optim\.lr: "):
         args.func(args)
