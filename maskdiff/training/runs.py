@@ -169,18 +169,19 @@ def reuse_run_result(path: Path, config: TrainConfig, compute, *, task: TaskData
 FINISHED = "finished.json"
 
 
-def finished_weights(config: TrainConfig, train) -> dict[str, torch.Tensor]:
+def finished_weights(config: TrainConfig, train,
+                     task: TaskData | None = None) -> dict[str, torch.Tensor]:
     """The final weights of the run of ``config`` (a starting checkpoint several experiment
     workers share): ``OUT/finished.json`` names its last checkpoint and is reused under the same
     config; else ``train()`` (a resumable fit of ``config``) runs first, once, under the job's
-    lock. A record whose checkpoint no longer loads is set aside and the run resumed."""
-    run_dir = Path(config.out_dir)
+    lock. A record whose checkpoint no longer loads is set aside and the run resumed. ``task``
+    fills in the task's parameters the run saves (ISAD's delimiter ids), as :func:`run_key`."""
+    run_dir, key = Path(config.out_dir), run_key(config, task)
 
     def compute() -> dict:
         found = find_checkpoint(run_dir / "checkpoints").checkpoint
-        if found is not None and config_differences(found.config, to_dict(config)):
-            raise refusal(found.path, run_key_differences({"config": found.config},
-                                                          {"config": to_dict(config)}), "run")
+        if found is not None and config_differences(found.config, key["config"]):
+            raise refusal(found.path, run_key_differences({"config": found.config}, key), "run")
         train()
         found = find_checkpoint(run_dir / "checkpoints").checkpoint
         if found is None:
@@ -189,7 +190,7 @@ def finished_weights(config: TrainConfig, train) -> dict[str, torch.Tensor]:
                 "checkpoint": found.path.relative_to(run_dir).as_posix()}
 
     for _ in range(2):
-        record = reuse_or_run(run_dir / FINISHED, run_key(config), compute, what="run",
+        record = reuse_or_run(run_dir / FINISHED, key, compute, what="run",
                               required=("steps", "checkpoint"), differ=run_key_differences)
         try:
             return load_checkpoint(run_dir / str(record["checkpoint"])).weights
