@@ -22,9 +22,10 @@ Protocol (as in fine-tuning a pretrained model):
    its 95% CI, the paired difference to standard, the seed sd and spread ratio with CIs and
    tests, the evaluation floor and the compute multiplier.
 
-A finished run leaves ``compare.json`` in its directory and is reused when the job restarts; an
-interrupted run resumes from its last checkpoint; a killed job rerun with the same command
-continues where it stopped.
+A finished run leaves ``compare.json`` in its directory and is reused when the job restarts
+(:mod:`maskdiff.jobs`: only under the configuration it was made under, else refused in one line;
+a damaged one is named, set aside and recomputed); an interrupted run resumes from its last
+checkpoint; a killed job rerun with the same command continues where it stopped.
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ Protocol (issue 10):
 5. Scores: class accuracy, mean probability of the requested class, Fréchet distance to real
    held-out images in the classifier's feature space; mean ± sd over seeds per method.
 
-A finished run leaves ``image.json`` in its directory and is reused when the job restarts; an
-interrupted run resumes from its last checkpoint.
+A finished run leaves ``image.json`` in its directory and is reused when the job restarts, the
+starting checkpoint ``start/finished.json`` too (:mod:`maskdiff.jobs`: only under the
+configuration they were made under); an interrupted run resumes from its last checkpoint.
 """
 
 from __future__ import annotations
