@@ -110,8 +110,10 @@ def read_record(path: str | Path, required: tuple[str, ...] = (),
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None, None
-    except (UnicodeDecodeError, IsADirectoryError) as err:
-        return None, f"not UTF-8 text: {err}"
+    except IsADirectoryError:
+        return None, "a directory, not a file"
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 text: {err.reason} at byte {err.start}"
     if not text.strip():
         return None, "empty file"
     try:
@@ -171,6 +173,10 @@ def _reuse(path: Path, key: Any, *, on_change: str, what: str, required: tuple[s
             set_aside(path, f"is damaged ({why})")
         return None
     known, stored = _stored_key(record, legacy)
+    if known and type(stored) is not type(key):  # the key itself is damaged
+        if act:
+            set_aside(path, f"is damaged (field {KEY_FIELD!r} holds {type(stored).__name__})")
+        return None
     differing = differ(stored, key) if known else ["unknown"]
     if not differing:
         return {k: v for k, v in record.items() if k != KEY_FIELD}

@@ -23,6 +23,11 @@ DAMAGE = {
     "string": '"value"',
     "missing": json.dumps({"other": 1, KEY_FIELD: {"a": 1}}),
     "wrong-type": json.dumps({"value": "three", KEY_FIELD: {"a": 1}}),
+    "null": "null",
+    "number": "3.5",
+    "nan": '{"value": NaN, "job_key": {"a": 1}}',
+    "key-type": json.dumps({"value": 3, KEY_FIELD: "a=1"}),
+    "bom": "\ufeff" + json.dumps({"value": 3, KEY_FIELD: {"a": 1}}),
 }
 
 
@@ -69,6 +74,15 @@ def test_damaged_record_is_named_set_aside_and_recomputed(tmp_path, capsys, kind
     aside = list(tmp_path.glob("compare.json.damaged-*"))
     assert len(aside) == 1 and aside[0].read_text() == DAMAGE[kind]  # nothing lost
     assert json.loads(path.read_text())["value"] == 7
+
+
+def test_a_directory_in_place_of_the_record_is_set_aside(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    (path / "inner").mkdir(parents=True)
+    compute, calls = _counting()
+    assert reuse_or_run(path, {}, compute) == {"value": 7} and len(calls) == 1
+    assert "a directory, not a file" in capsys.readouterr().err
+    assert (next(tmp_path.glob("r.json.damaged-*")) / "inner").is_dir()
 
 
 def test_not_utf8_is_damaged(tmp_path, capsys):
