@@ -136,12 +136,16 @@ def test_smoke_job_end_to_end_and_restart_reuses_finished_runs(tmp_path, capsys)
     assert "pass@1" in capsys.readouterr().out
     # A run finished under another configuration (a changed preset, a changed default) is not
     # passed off as this job's: refused, naming the run and the field, and nothing is removed.
-    saved = next(p.parent / "config.json" for p in stamps if "/mirror/" in str(p))
-    config = json.loads(saved.read_text())
-    config["optim"]["lr"] *= 2
-    saved.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"mirror.*finished with another configuration "
-                                         r"\(optim.lr\)"):
+    # (maskdiff.jobs: the record carries the configuration it was made under.)
+    saved = next(p for p in stamps if "/mirror/" in str(p))
+    record = json.loads(saved.read_text())
+    lr = record["job_key"]["config"]["optim"]["lr"]
+    record["job_key"]["config"]["optim"]["lr"] = 2 * lr
+    saved.write_text(json.dumps(record))
+    stamps[saved] = saved.stat().st_mtime_ns
+    with pytest.raises(ValueError, match=r"mirror/s\d+/compare\.json: this run was made under "
+                                         rf"another configuration \(config\.optim\.lr: {2 * lr} "
+                                         rf"→ {lr}\)"):
         CompareJob(PRESETS["smoke"], out, progress=False).run()
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 

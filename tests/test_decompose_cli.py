@@ -54,14 +54,22 @@ def test_decompose_smoke_preset_writes_every_configuration(tmp_path, capsys):
     assert "Gradient-targeted densities" in (out / "report.md").read_text()
     assert "mirror" in capsys.readouterr().out
 
-    # A restart reuses the trained model (no second training) and the cached P-POTS density.
+    # A restart reuses the trained model (no second training), the cached P-POTS density and
+    # every configuration measured (maskdiff.jobs); a damaged measurement is named and redone.
     stamp = (out / "model" / "results.json").stat().st_mtime_ns
+    records = out / "configurations"
+    kept = (records / "standard.json").stat().st_mtime_ns
+    (records / "ppots.json").write_text((records / "ppots.json").read_text()[:-40])
+    capsys.readouterr()
     assert run_cli(["--preset", "smoke", "--out", str(out), "--methods", "standard", "ppots",
                     *SMALL_DESIGN]) == 0
     assert (out / "model" / "results.json").stat().st_mtime_ns == stamp
+    assert (records / "standard.json").stat().st_mtime_ns == kept
+    assert f"{records / 'ppots.json'} is damaged" in capsys.readouterr().err
     again = json.loads((out / "decompose.json").read_text())
     assert set(again["configurations"]) == {"standard", "ppots"}
     assert again["configurations"]["standard"]["A"] == doc["configurations"]["standard"]["A"]
+    assert again["configurations"]["ppots"]["A"] == doc["configurations"]["ppots"]["A"]
 
 
 def test_decompose_refuses_bad_arguments(tmp_path):

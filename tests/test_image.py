@@ -164,12 +164,20 @@ def test_image_smoke_writes_results(tmp_path):
     fwd = {k: m["forward_passes"] for k, m in results["methods"].items()}
     assert fwd["mirror"] == 2 * fwd["standard"]
     # A rerun reuses every finished run; a run finished under another configuration is refused.
+    # A damaged record (here emptied) is named, set aside and redone from its finished run.
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("image.json")}
+    damaged = sorted(stamps)[0]
+    before = json.loads(damaged.read_text())
+    damaged.write_text("")
     assert stamps and args.func(args) == 0
+    assert json.loads(damaged.read_text())["samples"] == before["samples"]
+    assert len(list(damaged.parent.glob("image.json.damaged-*"))) == 1
+    stamps[damaged] = damaged.stat().st_mtime_ns
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    saved = next(iter(stamps)).parent / "config.json"
-    config = json.loads(saved.read_text())
-    config["optim"]["lr"] *= 2
-    saved.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"finished with another configuration \(optim.lr\)"):
+    saved = next(iter(stamps))  # the record carries the configuration it was made under
+    record = json.loads(saved.read_text())
+    record["job_key"]["config"]["optim"]["lr"] *= 2
+    saved.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"image\.json: this run was made under another "
+                                         r"configuration \(config\.optim\.lr: "):
         args.func(args)

@@ -8,6 +8,7 @@ from pathlib import Path
 from maskdiff.training.config import TrainConfig, from_dict, load_json, to_dict
 from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
 from maskdiff.core.weighting import LOSS_CONVENTIONS
+from maskdiff.training.needs import apply_method
 from maskdiff.training.presets import PRESETS
 from maskdiff.commands import add_threads_argument, apply_threads
 
@@ -101,19 +102,6 @@ def build_config(args) -> TrainConfig:
     else:
         base = PRESETS[args.preset or "small"]
     data = to_dict(base)
-    if args.method:
-        method = get_method(args.method)
-        density = None
-        if args.ppots is not None:
-            from maskdiff.ppots import density_for_method, density_from_ppots
-
-            takes = "density" in method.needs | method.optional
-            density = (density_for_method(args.ppots, method) if takes
-                       else density_from_ppots(args.ppots))
-        data["estimator"] = to_dict(method.estimator_config(density=density, window=tuple(args.window)))
-        data["model"]["causal"] = method.causal
-    if getattr(args, "loss_convention", None):
-        data["estimator"].update(LOSS_CONVENTIONS[args.loss_convention].fields())
     max_len = getattr(args, "max_len", None)
     if max_len is None and args.train_file and args.config is None:
         max_len = "auto"  # the user's data: its own lengths, not the preset's 128
@@ -134,13 +122,27 @@ def build_config(args) -> TrainConfig:
         data["bf16"] = True
     if args.tensorboard:
         data["tensorboard"] = True
-    if args.method:  # an equal-compute variant (standard@2x) scales the batch it is given
-        data["optim"]["batch_size"] *= get_method(args.method).batch_factor
     name = f"{args.preset or 'run'}-{args.method or 'standard'}-s{data['seed']}"
     data["out_dir"] = args.out or (data["out_dir"] if args.config else f"runs/{name}")
+    if args.method:  # after the flags: an equal-compute variant scales the batch it is given
+        data = to_dict(apply_method(from_dict(TrainConfig, data), args.method,
+                                    density=_density(args), window=tuple(args.window)))
+    if getattr(args, "loss_convention", None):
+        data["estimator"].update(LOSS_CONVENTIONS[args.loss_convention].fields())
     for item in args.set:
         _set(data, item)
     return from_dict(TrainConfig, data)
+
+
+def _density(args) -> dict | None:
+    """The fitted density of ``--ppots`` for ``--method`` (checked against its target)."""
+    if args.ppots is None:
+        return None
+    from maskdiff.ppots import density_for_method, density_from_ppots
+
+    method = get_method(args.method)
+    takes = "density" in method.needs | method.optional
+    return density_for_method(args.ppots, method) if takes else density_from_ppots(args.ppots)
 
 
 def run(args) -> int:

@@ -22,9 +22,10 @@ Protocol (as in fine-tuning a pretrained model):
    its 95% CI, the paired difference to standard, the seed sd and spread ratio with CIs and
    tests, the evaluation floor and the compute multiplier.
 
-A finished run leaves ``compare.json`` in its directory and is reused when the job restarts; an
-interrupted run resumes from its last checkpoint; a killed job rerun with the same command
-continues where it stopped.
+A finished run leaves ``compare.json`` in its directory and is reused when the job restarts
+(:mod:`maskdiff.jobs`: only under the configuration it was made under, else refused in one line;
+a damaged one is named, set aside and recomputed); an interrupted run resumes from its last
+checkpoint; a killed job rerun with the same command continues where it stopped.
 """
 
 from __future__ import annotations
@@ -41,16 +42,20 @@ from tqdm.auto import tqdm
 from maskdiff.core.methods import BASELINE, METHODS, get_method
 from maskdiff.data.setup import load_task
 from maskdiff.experiments.compare_eval import (
-    finite, gradient_noise, mean_loss_per_bin, score_run,
+    RECORD_FIELDS, check_record, finite, gradient_noise, mean_loss_per_bin, score_run,
+    scoring_key,
 )
 from maskdiff.experiments.pool import worker_pool
 from maskdiff.experiments.compare_presets import (  # noqa: F401  (re-exported)
     DEFAULT_SEEDS, DEMO_METHODS, EQUAL_COMPUTE, PRESETS, SEEDS, START_DATA_OFFSET, ComparePreset,
     Decoding, finetune_config,
 )
-from maskdiff.training.config import DataConfig, TrainConfig, to_dict
-from maskdiff.training.runs import check_finished_config, finished_weights
 from maskdiff.fileio import atomic_write_text
+from maskdiff.jobs import load_record, reuse_or_run
+from maskdiff.training.config import DataConfig, TrainConfig, to_dict
+from maskdiff.training.needs import apply_method, resolve_estimator
+from maskdiff.training.objective import build_objective
+from maskdiff.training.runs import example_batch, finished_weights, reuse_run_result
 
 
 @dataclass(frozen=True)
@@ -139,16 +144,11 @@ class CompareJob:
             self._tasks[name] = load_task(self.data_config(name))
         return self._tasks[name]
 
-    def start_weights(self, task: str, causal: bool) -> dict[str, torch.Tensor]:
-        """The cached starting checkpoint (trained on another sample of the task)."""
-        key = (task, causal)
-        if key in self._starts:
-            return self._starts[key]
-        from maskdiff.training.trainer import Trainer
-
+    def start_config(self, task: str, causal: bool) -> TrainConfig:
+        """The starting run's config: the standard objective on another sample of the task."""
         base = self.preset.base
         data = self.data_config(task)
-        config = replace(
+        return replace(
             base, seed=0, model=replace(base.model, causal=causal),
             data=replace(data, data_seed=data.data_seed + START_DATA_OFFSET),
             optim=replace(base.optim, max_steps=self.preset.pretrain_steps,
@@ -157,18 +157,25 @@ class CompareJob:
                           lr=self.preset.pretrain_lr or base.optim.lr),
             eval=replace(base.eval, every=max(1, self.preset.pretrain_steps // 4), patience=0),
             out_dir=str(self.shared_dir / "start" / f"{task}-{'causal' if causal else 'diffusion'}"))
-        finished = finished_weights(config)
-        if finished is not None:  # read without its lock: workers share it at once
-            self._starts[key] = finished
-            return finished
-        trainer = Trainer(config, quiet=True)
-        if trainer.task.tokenizer.vocab_size != self.task(task).tokenizer.vocab_size:
-            raise ValueError(f"task {task!r}: the starting data's vocabulary differs from the "
-                             "fine-tuning data's; the protocol needs a shared tokenizer")
-        trainer.fit(resume=True)  # a finished start run resumes at its last step: no work
-        weights = {name: value.detach().cpu().clone() for name, value in trainer.model.state_dict().items()}
-        self._starts[key] = weights
-        return weights
+
+    def start_weights(self, task: str, causal: bool) -> dict[str, torch.Tensor]:
+        """The cached starting checkpoint (trained on another sample of the task)."""
+        key = (task, causal)
+        if key in self._starts:
+            return self._starts[key]
+        from maskdiff.training.trainer import Trainer
+
+        config = self.start_config(task, causal)
+
+        def train() -> None:
+            trainer = Trainer(config, quiet=True)
+            if trainer.task.tokenizer.vocab_size != self.task(task).tokenizer.vocab_size:
+                raise ValueError(f"task {task!r}: the starting data's vocabulary differs from "
+                                 "the fine-tuning data's; the protocol needs a shared tokenizer")
+            trainer.fit(resume=True)
+
+        self._starts[key] = finished_weights(config, train)  # workers share it: one trains
+        return self._starts[key]
 
     def density(self, target: str = "loss") -> dict:
         """P-POTS's density, estimated on the diffusion starting checkpoint (cached in
@@ -177,7 +184,6 @@ class CompareJob:
         if target in self._density:
             return self._density[target]
         from maskdiff.ppots import cached_density, estimate_ppots
-        from maskdiff.training.runs import example_batch
 
         def estimate():
             task_name = main_task(self.preset)
@@ -190,7 +196,9 @@ class CompareJob:
                                   target=target)
 
         folder = "ppots" if target == "loss" else "gpots"
-        self._density[target] = cached_density(self.shared_dir / folder, estimate)
+        key = {"target": target, "design": self.preset.ppots_design, "restarts": 8, "seed": 0,
+               "start": self._start_key(main_task(self.preset))}
+        self._density[target] = cached_density(self.shared_dir / folder, estimate, key=key)
         return self._density[target]
 
     def _start_model(self, task_name: str) -> torch.nn.Module:
@@ -208,31 +216,38 @@ class CompareJob:
         """tr Σ / |G|² of every diffusion method of the plan on the starting checkpoint
         (:func:`maskdiff.experiments.compare_eval.gradient_noise`), cached in
         ``grad_noise.json``; None when the preset measures none."""
-        from maskdiff.training.needs import resolve_estimator
-        from maskdiff.training.objective import build_objective
-        from maskdiff.training.runs import example_batch
-
         n, path = self.preset.grad_noise_draws, self.shared_dir / "grad_noise.json"
         if n == 0:
             return None
-        if path.exists() and json.loads(path.read_text()).get("n_draws") == n:
-            return json.loads(path.read_text())
         task_name = main_task(self.preset)
         task, estimators = self.task(task_name), {}
         for name in dict.fromkeys(s.method for s in specs if s.task == task_name):
             method = get_method(name)
             if not method.causal and method.base is None:
                 config = self.run_config(RunSpec(name, self.preset.seeds[0], task_name)).estimator
-                estimators[name], _ = build_objective(resolve_estimator(config, task), causal=False,
-                                                      mask_token_id=task.tokenizer.mask_id)
+                estimators[name] = resolve_estimator(config, task)
         if not estimators:
             return None
-        t0 = time.perf_counter()
-        pool = example_batch(self.preset.base, task, min(256, len(task.train)))
-        doc = gradient_noise(self._start_model(task_name), pool, estimators, n_draws=n)
-        doc.update(n_draws=n, seconds=time.perf_counter() - t0)
-        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
-        return doc
+
+        def compute() -> dict:
+            t0 = time.perf_counter()
+            built = {name: build_objective(config, causal=False,
+                                           mask_token_id=task.tokenizer.mask_id)[0]
+                     for name, config in estimators.items()}
+            pool = example_batch(self.preset.base, task, min(256, len(task.train)))
+            doc = gradient_noise(self._start_model(task_name), pool, built, n_draws=n)
+            return {**doc, "n_draws": n, "seconds": time.perf_counter() - t0}
+
+        key = {"n_draws": n, "start": self._start_key(task_name),
+               "estimators": {name: to_dict(c) for name, c in estimators.items()}}
+        return reuse_or_run(path, key, compute, on_change="recompute", required=("n_draws",),
+                            what="gradient noise measurement")
+
+    def _start_key(self, task_name: str) -> dict:
+        """What identifies the diffusion starting checkpoint: its config."""
+        free = ("device", "out_dir")  # where it runs and lies: not what it is
+        return {k: v for k, v in to_dict(self.start_config(task_name, False)).items()
+                if k not in free}
 
     def window(self) -> tuple[float, float]:
         """The signal-rich window: width ``window_width`` around t* of the task's responses."""
@@ -248,13 +263,8 @@ class CompareJob:
         density = self.density(method.density_target) if "density" in method.needs else None
         window = self.window() if "window" in method.needs else None
         config = replace(base, seed=spec.seed, data=self.data_config(spec.task),
-                         estimator=method.estimator_config(density=density, window=window),
-                         model=replace(base.model, causal=method.causal),
                          out_dir=str(self.runs_root / spec.dirname))
-        if method.batch_factor != 1:
-            batch_size = method.batch_factor * base.optim.batch_size
-            config = replace(config, optim=replace(base.optim, batch_size=batch_size))
-        return config
+        return apply_method(config, method, density=density, window=window)
 
     def run_one(self, spec: RunSpec) -> dict:
         """Train (or resume) one run and score it; reuse a finished run's ``compare.json``."""
@@ -262,29 +272,29 @@ class CompareJob:
 
         config = self.run_config(spec)
         run_dir = Path(config.out_dir)
-        done = run_dir / "compare.json"
-        if done.exists():
-            check_finished_config(run_dir, config, self.task(spec.task))
-            return json.loads(done.read_text())
-        causal = config.model.causal
-        start = self.start_weights(spec.task, causal)
-        trainer = Trainer(config, task=self.task(spec.task), init_weights=start, quiet=True)
-        result = trainer.fit(resume=True)
-        trainer.load_best()
-        fwd_per_step = result.forward_passes / max(1, result.steps)
-        record = {
-            "method": spec.method, "label": spec.label, "task": spec.task, "seed": spec.seed,
-            **score_run(trainer, self.preset, None if spec.main else Decoding()),
-            "best_val": result.best_val, "best_val_se": result.best_val_se,
-            "best_step": result.best_step, "steps": result.steps,
-            "stopped_early": result.stopped_early, "variance_proxy": finite(result.variance_proxy),
-            "forward_passes": result.forward_passes, "fwd_per_step": fwd_per_step,
-            "train_seconds": result.seconds, "threads": result.threads,
-            "history": [{**h, "fwd": h["step"] * fwd_per_step} for h in result.history],
-            "loss_per_t_bin": mean_loss_per_bin(run_dir / "metrics.jsonl"),
-        }
-        atomic_write_text(done, json.dumps(record, indent=1) + "\n")
-        return record
+
+        def compute() -> dict:
+            trainer = Trainer(config, task=self.task(spec.task), quiet=True,
+                              init_weights=self.start_weights(spec.task, config.model.causal))
+            result = trainer.fit(resume=True)
+            trainer.load_best()
+            fwd_per_step = result.forward_passes / max(1, result.steps)
+            return {
+                "method": spec.method, "label": spec.label, "task": spec.task, "seed": spec.seed,
+                **score_run(trainer, self.preset, None if spec.main else Decoding()),
+                "best_val": result.best_val, "best_val_se": result.best_val_se,
+                "best_step": result.best_step, "steps": result.steps,
+                "stopped_early": result.stopped_early,
+                "variance_proxy": finite(result.variance_proxy),
+                "forward_passes": result.forward_passes, "fwd_per_step": fwd_per_step,
+                "train_seconds": result.seconds, "threads": result.threads,
+                "history": [{**h, "fwd": h["step"] * fwd_per_step} for h in result.history],
+                "loss_per_t_bin": mean_loss_per_bin(run_dir / "metrics.jsonl"),
+            }
+
+        return reuse_run_result(run_dir / "compare.json", config, compute,
+                                task=self.task(spec.task), required=RECORD_FIELDS,
+                                check=check_record, score=scoring_key(self.preset, spec.main))
 
     def run(self) -> dict:
         """Every run of the plan, then the summary, ``results.json``, plots and ``report.md``.
@@ -336,10 +346,9 @@ class CompareJob:
         return (self.threads or 1) if self.workers > 1 else torch.get_num_threads()
 
     def _ppots_info(self) -> dict | None:
-        path = self.shared_dir / "ppots" / "ppots.json"
-        if not path.exists():
+        doc = load_record(self.shared_dir / "ppots" / "ppots.json")
+        if doc is None:
             return None
-        doc = json.loads(path.read_text())
         return {k: doc.get(k) for k in ("epr", "poly7", "forward_passes", "seconds", "mix", "estimator")}
 
     def _task_info(self) -> dict:
@@ -369,7 +378,7 @@ def _run_spec(args) -> dict:
 def _invocations(previous: Path, seconds: float) -> list[float]:
     """The wall seconds of every invocation of a job so far (a resumed or re-summarised job
     adds one), read from its previous ``results.json``."""
-    if not previous.exists():
+    doc = load_record(previous)
+    if doc is None:
         return [seconds]
-    doc = json.loads(previous.read_text())
     return [*doc.get("invocations", [doc.get("seconds", 0.0)]), seconds]

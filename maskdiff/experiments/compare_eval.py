@@ -14,12 +14,14 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 import torch
 
+from maskdiff.experiments.compare_presets import Decoding
 from maskdiff.models.transformer import causal_lm_loss
 from maskdiff.training.answers import answers_match, extract_answer
 from maskdiff.training.evaluate import pass_at_1, per_example_elbo
@@ -154,3 +156,26 @@ def mean_loss_per_bin(metrics: Path) -> list[float | None]:
         vals = [r[j] for r in rows if r[j] is not None]
         out.append(float(np.mean(vals)) if vals else None)
     return out
+
+
+# ----------------------------------------------------------------------------- run records
+RECORD_FIELDS = ("method", "seed", "test_loss", "steps", "history", "elbo_items")
+
+
+def check_record(record: dict) -> None:
+    """A run's ``compare.json`` holds what the summary reads, of the right types (a
+    ``TypeError`` / ``ValueError`` naming the field marks it damaged: it is recomputed)."""
+    kinds = {"method": str, "seed": int, "steps": int, "history": list, "elbo_items": list,
+             "test_loss": (int, float)}
+    for name, kind in kinds.items():
+        if not isinstance(record[name], kind) or isinstance(record[name], bool):
+            raise TypeError(f"field {name!r} holds {type(record[name]).__name__}")
+    if record.get("pass_at_1") is not None and not isinstance(record["pass_at_1"], (int, float)):
+        raise TypeError(f"field 'pass_at_1' holds {type(record['pass_at_1']).__name__}")
+
+
+def scoring_key(preset, main: bool = True) -> dict:
+    """How a run is scored (part of its record's key): the test items, draws and decoder."""
+    return {"n_test": preset.n_test, "n_test_elbo": preset.n_test_elbo,
+            "elbo_rates": preset.elbo_rates, "elbo_seed": preset.elbo_seed,
+            "decoding": asdict(preset.decoding if main else Decoding())}

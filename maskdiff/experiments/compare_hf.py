@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from maskdiff.core.methods import get_method
 from maskdiff.experiments.compare import RunSpec, plan
+from maskdiff.experiments.compare_eval import RECORD_FIELDS, check_record, scoring_key
 from maskdiff.experiments.compare_presets import ComparePreset
 from maskdiff.training.answers import answers_match, extract_answer, gold_answer
 from maskdiff.training.evaluate import per_example_elbo
 from maskdiff.training.generate import generate_diffusion
 from maskdiff.fileio import atomic_write_text
+from maskdiff.training.config import TrainConfig
+from maskdiff.training.needs import apply_method
+from maskdiff.training.runs import reuse_run_result
 
 HOLDOUT = 0.1
 
@@ -104,43 +108,56 @@ class HFCompareJob:
             return estimate_ppots(model, batch, mask_token_id=mask_id, n_rates=b, n_masks=c,
                                   restarts=8, seed=0, progress=False, target=target)
 
-        return cached_density(self.out_dir / ("ppots" if target == "loss" else "gpots"), estimate)
+        key = {"hf": self.hf, "train_file": self.train_file, "mask_token_id": self.mask_token_id,
+               "target": target, "design": self.preset.ppots_design, "restarts": 8, "seed": 0}
+        return cached_density(self.out_dir / ("ppots" if target == "loss" else "gpots"), estimate,
+                              key=key)
+
+    def run_config(self, spec: RunSpec) -> TrainConfig:
+        """The run's settings: the preset's base with the method applied (the one
+        :func:`~maskdiff.training.needs.apply_method`), as ``maskdiff compare`` builds them."""
+        method = get_method(spec.method)
+        target = get_method(method.base or method.name)
+        density = self.density(target.density_target) if "density" in target.needs else None
+        config = replace(self.preset.base, seed=spec.seed, device=self.device,
+                         out_dir=str(self.out_dir / "runs" / spec.dirname))
+        return apply_method(config, method, density=density)
 
     def run_one(self, spec: RunSpec) -> dict:
-        run_dir = self.out_dir / "runs" / spec.dirname
-        done = run_dir / "compare.json"
-        if done.exists():
-            return json.loads(done.read_text())
-        from maskdiff.hf import encode_row, method_estimator
+        config = self.run_config(spec)
+        run_dir = Path(config.out_dir)
 
-        method, base = get_method(spec.method), self.preset.base
-        name = method.base or method.name
-        density = (self.density(get_method(name).density_target)
-                   if "density" in get_method(name).needs else None)
+        def compute() -> dict:
+            return self._train_and_score(spec, config, run_dir)
+
+        return reuse_run_result(run_dir / "compare.json", config, compute, required=RECORD_FIELDS,
+                                check=check_record, hf=self.hf, train_file=self.train_file,
+                                mask_token_id=self.mask_token_id, hf_options=self.hf_options,
+                                score=scoring_key(self.preset))
+
+    def _train_and_score(self, spec: RunSpec, config: TrainConfig, run_dir: Path) -> dict:
+        from maskdiff.hf import encode_row
+
+        method = get_method(spec.method)
         model, tok, mask_id = self.load()
         encode = lambda rows: [encode_row(tok, r) for r in rows]  # noqa: E731
-        trainer = _trainer(model, tok, self.preset, spec, run_dir, encode(self.train_rows),
-                           encode(self.test_rows[: base.eval.n_examples]),
-                           {"estimator": method_estimator(name, density=density)}, mask_id,
-                           self.device)
+        trainer = _trainer(model, config, spec, run_dir, encode(self.train_rows),
+                           encode(self.test_rows[: config.eval.n_examples]),
+                           {"estimator": config.estimator}, mask_id)
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
-        batch = base.optim.batch_size * method.batch_factor
-        fwd_step = batch * method.forward_passes
+        fwd_step = config.optim.batch_size * method.forward_passes
         history = [{"step": h["step"], "val_loss": h["eval_loss"], "fwd": h["step"] * fwd_step}
                    for h in trainer.state.log_history if "eval_loss" in h]
         steps = int(trainer.state.global_step)
-        record = {"method": spec.method, "label": spec.label, "task": spec.task,
-                  "seed": spec.seed, **self.score(model, tok, mask_id),
-                  "best_val": min((h["val_loss"] for h in history), default=None),
-                  "best_val_se": None, "best_step": None, "steps": steps, "stopped_early": False,
-                  "variance_proxy": None, "forward_passes": steps * fwd_step,
-                  "fwd_per_step": fwd_step, "train_seconds": seconds,
-                  "threads": torch.get_num_threads(), "history": history, "loss_per_t_bin": []}
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(done, json.dumps(record, indent=1) + "\n")
-        return record
+        return {"method": spec.method, "label": spec.label, "task": spec.task,
+                "seed": spec.seed, **self.score(model, tok, mask_id),
+                "best_val": min((h["val_loss"] for h in history), default=None),
+                "best_val_se": None, "best_step": None, "steps": steps, "stopped_early": False,
+                "variance_proxy": None, "forward_passes": steps * fwd_step,
+                "fwd_per_step": fwd_step, "train_seconds": seconds,
+                "threads": torch.get_num_threads(), "history": history, "loss_per_t_bin": []}
 
     def score(self, model, tok, mask_id: int) -> dict:
         """Test ELBO per row (CRN) and, where rows carry a gold answer, pass@1."""
@@ -181,24 +198,50 @@ class HFCompareJob:
         return results
 
 
-def _trainer(model, tok, preset, spec, run_dir, train, val, kwargs, mask_id, device):
+def training_arguments(config: TrainConfig, run_dir: Path, **overrides):
+    """``transformers.TrainingArguments`` of a run's settings: the batch per device step and
+    the accumulation (``optim.batch_size`` = per step × ``grad_accum``), AdamW's betas and weight
+    decay, clipping, seeds, evaluation and logging cadence."""
     import transformers
 
+    optim = config.optim
+    per_step, rem = divmod(optim.batch_size, optim.grad_accum)
+    if rem:
+        raise ValueError(f"optim.batch_size ({optim.batch_size}) must be a multiple of "
+                         f"optim.grad_accum ({optim.grad_accum})")
+    return transformers.TrainingArguments(**{
+        "output_dir": str(run_dir / "hf"), "max_steps": optim.max_steps,
+        "per_device_train_batch_size": per_step, "gradient_accumulation_steps": optim.grad_accum,
+        "learning_rate": optim.lr, "warmup_steps": optim.warmup_steps,
+        "weight_decay": optim.weight_decay, "adam_beta1": optim.beta1,
+        "adam_beta2": optim.beta2, "max_grad_norm": optim.grad_clip or 1e9,
+        "seed": config.seed, "data_seed": config.seed, "logging_steps": config.log_every,
+        "eval_strategy": "steps", "eval_steps": config.eval.every,
+        "per_device_eval_batch_size": config.eval.batch_size, "save_strategy": "no",
+        "report_to": [], "use_cpu": config.device == "cpu", "disable_tqdm": True,
+        "dataloader_num_workers": 0, **overrides})
+
+
+def optimizers(model: torch.nn.Module, config: TrainConfig):
+    """AdamW (weight decay on matrices only) and the learning rate of maskdiff's own trainer:
+    linear warm-up, then linear decay to ``min_lr_ratio · lr`` (``OptimConfig.lr_at``)."""
+    optim = config.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    adamw = torch.optim.AdamW(
+        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
+         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+        lr=optim.lr, betas=(optim.beta1, optim.beta2))
+    schedule = torch.optim.lr_scheduler.LambdaLR(adamw, lambda step: optim.lr_at(step) / optim.lr)
+    return adamw, schedule
+
+
+def _trainer(model, config, spec, run_dir, train, val, kwargs, mask_id):
     from maskdiff.hf import MaskedDiffusionTrainer
 
-    base, method = preset.base, get_method(spec.method)
-    args = transformers.TrainingArguments(
-        output_dir=str(run_dir / "hf"), max_steps=base.optim.max_steps,
-        per_device_train_batch_size=base.optim.batch_size * method.batch_factor,
-        learning_rate=base.optim.lr, warmup_steps=base.optim.warmup_steps,
-        weight_decay=base.optim.weight_decay, max_grad_norm=base.optim.grad_clip or 1e9,
-        lr_scheduler_type="linear", seed=spec.seed, data_seed=spec.seed,
-        logging_steps=base.log_every, eval_strategy="steps", eval_steps=base.eval.every,
-        per_device_eval_batch_size=base.eval.batch_size, save_strategy="no", report_to=[],
-        use_cpu=device == "cpu", disable_tqdm=True, dataloader_num_workers=0)
-    return MaskedDiffusionTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
-                                  mask_token_id=mask_id, seed=spec.seed,
-                                  eval_rates_per_example=base.eval.rates_per_example, **kwargs)
+    return MaskedDiffusionTrainer(model=model, args=training_arguments(config, run_dir),
+                                  train_dataset=train, eval_dataset=val, mask_token_id=mask_id,
+                                  seed=spec.seed, optimizers=optimizers(model, config),
+                                  eval_rates_per_example=config.eval.rates_per_example, **kwargs)
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ from maskdiff.experiments.compare_presets import ComparePreset, with_base
 from maskdiff.experiments.compare_report import multiplier
 from maskdiff.plotting import pyplot
 from maskdiff.fileio import atomic_write_text
+from maskdiff.jobs import load_record
 
 SWEEP_METHODS = ("standard", "mirror", "ppots", "ppots_mirror")
 
@@ -68,8 +69,7 @@ class SweepJob:
                              workers=self.workers, threads=self.threads, shared_dir=out,
                              runs_root=runs)
             points[str(batch)] = _point_summary(job.run(), batch)
-        noise = json.loads((out / "grad_noise.json").read_text()) if (
-            out / "grad_noise.json").exists() else None
+        noise = load_record(out / "grad_noise.json")
         doc = {"preset": self.preset.name, "batches": list(self.batches),
                "methods": list(self.methods), "points": points, "grad_noise": noise,
                "examples": self.preset.base.optim.max_steps * self.preset.base.optim.batch_size,

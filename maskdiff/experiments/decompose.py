@@ -18,17 +18,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from maskdiff.core.checks import int_at_least
 from maskdiff.core.batch import Batch
-from maskdiff.diagnostics.estimators import DiagnosticsDesign, EstimatorDiagnostics, run_diagnostics, with_extra
+from maskdiff.diagnostics.estimators import DiagnosticsDesign, run_diagnostics, with_extra
 from maskdiff.core.methods import DEFAULT_WINDOW, METHODS, get_method
 from maskdiff.core.objective import Estimator
+from maskdiff.experiments.decompose_plots import plot_components, plot_curves  # noqa: F401
 from maskdiff.experiments.sources import ModelSource, load_model_source  # noqa: F401  (re-exported)
 from maskdiff.fileio import atomic_write_text
+from maskdiff.jobs import reuse_or_run
 
 __all__ = [
     "DEFAULT_METHODS", "DESIGN_DEFAULTS", "DecomposeSettings", "ModelSource", "build_method",
@@ -41,6 +42,7 @@ DEFAULT_METHODS = ("standard", "clipped", "strats", "ema", "isad", "syrm", "mirr
                    "multisample2", "ppots", "ppots_mirror", "gpots", "gpots_mirror")
 JSON_FORMAT = "maskdiff.decompose"
 JSON_VERSION = 1
+MODEL_FIELDS = ("run", "checkpoint", "preset", "task", "hf", "data")  # what names the model
 
 
 def ppots_density(source: ModelSource, batch: Batch, *, out: Path, n_rates: int, n_masks: int,
@@ -48,23 +50,20 @@ def ppots_density(source: ModelSource, batch: Batch, *, out: Path, n_rates: int,
                   progress: bool = False) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """The P-POTS density for the ``ppots`` methods: from ``path`` (a ``ppots.json``), else
     estimated once from the model on ``batch`` (docs/method.md §4; ``n_rates`` grid rates × ``n_masks``
-    masks) and cached as ``out/ppots.json`` (reused when its settings match)."""
-    from maskdiff.ppots import density_from_ppots, estimate_ppots, save_ppots_json
+    masks) and cached as ``out/ppots.json`` (a :mod:`maskdiff.jobs` record: reused when its
+    settings and model match, else estimated again)."""
+    from maskdiff.ppots import cached_density, density_from_ppots, estimate_ppots
 
     if path is not None:
         return density_from_ppots(path), {"source": str(path)}
-    cache = out / "ppots.json"
     settings = {"a": len(batch), "b": n_rates, "c": n_masks, "seed": seed,
                 "normalizer": source.config.estimator.normalizer}
-    meta_path = out / "ppots_settings.json"
-    if not (cache.exists() and meta_path.exists()
-            and json.loads(meta_path.read_text()) == settings):
-        result = estimate_ppots(source.model, batch, mask_token_id=source.mask_token_id,
-                                n_rates=n_rates, n_masks=n_masks, seed=seed,
-                                normalizer=settings["normalizer"], progress=progress)
-        save_ppots_json(cache, result)
-        atomic_write_text(meta_path, json.dumps(settings) + "\n")
-    return density_from_ppots(cache), {"source": str(cache), **settings}
+    model = {k: v for k, v in source.description.items() if k in MODEL_FIELDS}
+    density = cached_density(out, lambda: estimate_ppots(
+        source.model, batch, mask_token_id=source.mask_token_id, n_rates=n_rates,
+        n_masks=n_masks, seed=seed, normalizer=settings["normalizer"], progress=progress),
+        key={**settings, "model": model})
+    return density, {"source": str(out / "ppots.json"), **settings}
 
 
 def build_method(name: str, source: ModelSource,
@@ -136,7 +135,10 @@ class DecomposeSettings:
 def run_decompose(source: ModelSource, settings: DecomposeSettings, out: str | Path, *,
                   progress: bool = True) -> dict[str, Any]:
     """Measure every configuration of ``settings`` on ``source``; write ``decompose.json``,
-    ``report.md``, ``components.png`` and ``curves.png`` into ``out``; return the JSON."""
+    ``report.md``, ``components.png`` and ``curves.png`` into ``out``; return the JSON. Each
+    configuration's measurement is a :mod:`maskdiff.jobs` record
+    (``out/configurations/NAME.json``): a restarted job reuses those of the same method,
+    estimator, density, design and model, and measures the rest."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -144,20 +146,26 @@ def run_decompose(source: ModelSource, settings: DecomposeSettings, out: str | P
     design = settings.design
     densities, infos = _densities(source, batch, settings, out)
     results: dict[str, dict[str, Any]] = {}
-    diagnostics: dict[str, EstimatorDiagnostics] = {}
+    curves: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
+    model = {k: v for k, v in source.description.items() if k in MODEL_FIELDS}
     bar = tqdm(settings.methods, desc="configurations", unit="config", disable=not progress)
     for name in bar:
         bar.set_postfix(method=name)
-        estimator, reason = build_method(name, source,
-                                         densities.get(get_method(name).density_target))
+        density = densities.get(get_method(name).density_target)
+        estimator, reason = build_method(name, source, density)
         if estimator is None:
             skipped[name] = reason
             continue
-        diag = run_diagnostics(source.model, batch, estimator, design)
-        diag = with_extra(diag, estimator=repr(estimator))
-        diagnostics[name] = diag
-        results[name] = diag.to_dict()
+        key = {"method": name, "estimator": repr(estimator),  # its density, its token ids
+               "design": asdict(design), "n_examples": len(batch), "model": model,
+               "normalizer": source.config.estimator.normalizer}
+        record = reuse_or_run(out / "configurations" / f"{name}.json", key,
+                              lambda: _measure(source, batch, estimator, design),
+                              on_change="recompute", what="measurement", required=("result",))
+        results[name] = record["result"]
+        if record.get("curves") is not None:
+            curves[name] = record["curves"]
     doc = {
         "format": JSON_FORMAT, "version": JSON_VERSION,
         "model": source.description,
@@ -167,14 +175,22 @@ def run_decompose(source: ModelSource, settings: DecomposeSettings, out: str | P
         "gpots": infos.get("gradient"),
         "configurations": results,
         "skipped": skipped,
-        "curves": {name: d.curves.to_dict() for name, d in diagnostics.items()
-                   if d.curves is not None},
+        "curves": curves,
         "seconds": time.perf_counter() - start,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
     }
     write_outputs(out, doc)
     return _finite(doc)
+
+
+def _measure(source: ModelSource, batch: Batch, estimator: Estimator,
+             design: DiagnosticsDesign) -> dict[str, Any]:
+    """One configuration's diagnostics: the record of ``OUT/configurations/NAME.json``."""
+    diag = with_extra(run_diagnostics(source.model, batch, estimator, design),
+                      estimator=repr(estimator))
+    return _finite({"result": diag.to_dict(),
+                    "curves": None if diag.curves is None else diag.curves.to_dict()})
 
 
 def _densities(source: ModelSource, batch: Batch, settings: DecomposeSettings,
@@ -212,93 +228,6 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-# ---------------------------------------------------------------------------------- plots
-
-
-def _clip(value: float | None) -> float:
-    return 0.0 if value is None else max(0.0, value)
-
-
-def plot_components(path: str | Path, configurations: dict[str, dict[str, Any]]) -> None:
-    """Stacked bars of A, B, C (clipped at 0) per configuration (``decompose.json``'s
-    ``configurations``), with the unbiased total's ±1 SE, the cost-aware total (× forward
-    passes) and the batch-level per-example variance (n × Var of the batch mean) as markers."""
-    from maskdiff.plotting import pyplot
-
-    plt = pyplot()
-
-    names = list(configurations)
-    rows = [configurations[n] for n in names]
-    x = list(range(len(names)))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2) + 3.0, 4.8))
-    bottom = [0.0] * len(names)
-    colours = {"A": "#4c72b0", "B": "#dd8452", "C": "#55a868"}
-    labels = {"A": "A: masking pattern", "B": "B: masking rate", "C": "C: data"}
-    for comp in ("A", "B", "C"):
-        values = [_clip(r[comp]) for r in rows]
-        ax.bar(x, values, bottom=bottom, color=colours[comp], label=labels[comp], width=0.7)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    ax.errorbar(x, [r["total"] for r in rows], yerr=[r["se"]["total"] or 0.0 for r in rows],
-                fmt="none", ecolor="black", capsize=3, label="total (unbiased) ± SE")
-    ax.scatter(x, [r["cost_aware"]["total"] for r in rows], marker="D", color="black",
-               facecolor="white", zorder=3, label="total × forward passes")
-    batch = [r["batch_variance"]["per_example"] for r in rows]
-    ax.scatter(x, [math.nan if b is None else b["value"] for b in batch], marker="^",
-               color="#c44e52", zorder=3, label="batch variance × n (repeated batches)")
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=30, ha="right")
-    ax.set_ylabel("variance of the per-example value")
-    ax.set_title("A/B/C decomposition per configuration (unbiased, bars clipped at 0)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_curves(path: str | Path, curves: dict[str, dict[str, Any]]) -> None:
-    """g(t) and v(t) per configuration (``decompose.json``'s ``curves``). The curves are
-    conditional on t and carry no w, so configurations that differ only in the rate sampler
-    have identical curves (same seed): each distinct curve is drawn once, labelled with every
-    configuration it belongs to."""
-    from maskdiff.plotting import pyplot
-
-    plt = pyplot()
-
-    groups: list[tuple[list[str], dict[str, Any]]] = []
-    for name, cur in curves.items():
-        for members, seen in groups:
-            if seen["g"] == cur["g"] and seen["v"] == cur["v"]:
-                members.append(name)
-                break
-        else:
-            groups.append(([name], cur))
-    fig, (ax_g, ax_v) = plt.subplots(1, 2, figsize=(12, 4.6))
-    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("v", ":"), ("D", "-"), ("x", "--"),
-              ("P", "-."), ("*", ":")]
-    for index, (members, cur) in enumerate(groups):
-        label = " = ".join(members)
-        marker, line = styles[index % len(styles)]
-        t = np.asarray(cur["t"], dtype=float)
-        g = np.asarray([math.nan if v is None else v for v in cur["g"]])
-        g_se = np.asarray([0.0 if v is None else v for v in cur["g_se"]])
-        v = np.asarray([math.nan if x is None or x <= 0 else x for x in cur["v"]])
-        ax_g.errorbar(t, g, yerr=g_se, label=label, capsize=2, marker=marker, linestyle=line,
-                      markersize=4, markerfacecolor="none")
-        ax_v.plot(t, v, label=label, marker=marker, linestyle=line, markersize=4,
-                  markerfacecolor="none")
-    ax_g.set_xlabel("masking rate t")
-    ax_g.set_ylabel("g(t) = E[l | t]")
-    ax_v.set_xlabel("masking rate t")
-    ax_v.set_ylabel("v(t) = Var(l | t)")
-    ax_v.set_yscale("log")
-    ax_g.set_title("conditional mean (per-example value, without w)")
-    ax_v.set_title("conditional variance: data + masks (log scale)")
-    ax_g.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_outputs(out: str | Path, doc: dict[str, Any]) -> None:

@@ -14,7 +14,6 @@ gradient ``tr Cov`` it gives (paired: same draws). ``maskdiff decompose`` runs i
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from maskdiff.diagnostics.gradient import paired_difference
 from maskdiff.diagnostics.measure import _eval_mode, estimator_gradient_variance
 from maskdiff.diagnostics.nested import nested_losses, rates_on_grid
 from maskdiff.diagnostics.probe import estimator_gradient_fn, estimator_loss_fn
-from maskdiff.fileio import atomic_write_text
+from maskdiff.jobs import reuse_or_run
 
 __all__ = ["STATISTICS", "GradientTargets", "measure_gradient_targets", "gradient_density",
            "density_gradient_variance", "plot_densities", "report_lines"]
@@ -124,37 +123,40 @@ def gradient_density(model, batch: Batch, *, out: Path, mask_token_id: int, norm
                      mix: float = 0.05) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """The ``gpots`` methods' density (exact-gradient target) and the validation record: runs
     the design once into ``out`` (``gradient_targets.json``, ``gpots.json`` = the exact
-    target's fit, ``gpots_<proxy>.json``, ``densities.png``) and reuses it when its settings
-    match."""
-    from maskdiff.ppots import density_from_ppots, save_ppots_json
+    target's fit, ``gpots_<proxy>.json``, ``densities.png``), a :mod:`maskdiff.jobs` record
+    reused when its settings match (else measured again)."""
+    from maskdiff.ppots import density_from_ppots, load_ppots_json, save_ppots_json
 
     settings = {"a": len(batch), "b": n_rates, "c": n_masks, "seed": seed,
                 "normalizer": normalizer, "grad_draws": grad_draws, "mix": mix}
-    record_path = out / "gradient_targets.json"
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
-        if record.get("settings") == settings and (out / "gpots.json").exists():
-            return density_from_ppots(out / "gpots.json"), record
-    targets = measure_gradient_targets(model, batch, mask_token_id=mask_token_id,
-                                       n_rates=n_rates, n_masks=n_masks,
-                                       normalizer=normalizer, seed=seed)
-    fits = _fits(targets, mix=mix, seed=seed)
-    for statistic, result in fits.items():
-        if statistic != "loss":
-            name = "gpots.json" if statistic == "gradient" else f"gpots_{statistic}.json"
-            save_ppots_json(out / name, result)
-    tables = {s: r.density().as_tuple() for s, r in fits.items()}
-    variance = density_gradient_variance(model, batch, tables, mask_token_id=mask_token_id,
-                                         normalizer=normalizer, n_draws=grad_draws, seed=seed,
-                                         mix=mix)
-    record = {"settings": settings, "t": targets.t.tolist(),
-              "second_moment": {s: v.tolist() for s, v in targets.second_moment.items()},
-              "second_moment_se": {s: v.tolist() for s, v in targets.se.items()},
-              "correlation": {p: targets.correlation(p) for p in PROXIES},
-              "epr_kl": {s: r.epr.kl for s, r in fits.items()},
-              "gradient_variance": variance, "seconds": targets.seconds}
-    atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
-    plot_densities(out / "densities.png", targets, fits)
+
+    def compute() -> dict:
+        targets = measure_gradient_targets(model, batch, mask_token_id=mask_token_id,
+                                           n_rates=n_rates, n_masks=n_masks,
+                                           normalizer=normalizer, seed=seed)
+        fits = _fits(targets, mix=mix, seed=seed)
+        for statistic, result in fits.items():
+            if statistic != "loss":
+                name = "gpots.json" if statistic == "gradient" else f"gpots_{statistic}.json"
+                save_ppots_json(out / name, result)
+        tables = {s: r.density().as_tuple() for s, r in fits.items()}
+        variance = density_gradient_variance(model, batch, tables, mask_token_id=mask_token_id,
+                                             normalizer=normalizer, n_draws=grad_draws,
+                                             seed=seed, mix=mix)
+        plot_densities(out / "densities.png", targets, fits)
+        return {"settings": settings, "t": targets.t.tolist(),
+                "second_moment": {s: v.tolist() for s, v in targets.second_moment.items()},
+                "second_moment_se": {s: v.tolist() for s, v in targets.se.items()},
+                "correlation": {p: targets.correlation(p) for p in PROXIES},
+                "epr_kl": {s: r.epr.kl for s, r in fits.items()},
+                "gradient_variance": variance, "seconds": targets.seconds}
+
+    # The record is reused only with its fit: a missing or damaged gpots.json recomputes both.
+    record = reuse_or_run(out / "gradient_targets.json", settings, compute, on_change="recompute",
+                          what="gradient-target measurement",
+                          required=("settings", "gradient_variance"),
+                          check=lambda r: load_ppots_json(out / "gpots.json"),
+                          legacy=lambda r: r.get("settings"))
     return density_from_ppots(out / "gpots.json"), record
 
 

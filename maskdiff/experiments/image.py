@@ -24,8 +24,9 @@ Protocol (issue 10):
 5. Scores: class accuracy, mean probability of the requested class, Fréchet distance to real
    held-out images in the classifier's feature space; mean ± sd over seeds per method.
 
-A finished run leaves ``image.json`` in its directory and is reused when the job restarts; an
-interrupted run resumes from its last checkpoint.
+A finished run leaves ``image.json`` in its directory and is reused when the job restarts, the
+starting checkpoint ``start/finished.json`` too (:mod:`maskdiff.jobs`: only under the
+configuration they were made under); an interrupted run resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ import torch
 from tqdm.auto import tqdm
 
 from maskdiff.experiments.compare_presets import EQUAL_COMPUTE
-from maskdiff.training.runs import check_finished_config
+from maskdiff.jobs import load_record
+from maskdiff.training.needs import apply_method
+from maskdiff.training.runs import finished_weights, reuse_run_result
 from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.data.digits import (
     N_PIXELS, PROMPT_WIDTH, digits_task, image_collator, image_to_text, text_to_image,
@@ -55,6 +58,7 @@ from maskdiff.fileio import atomic_write_text
 DEFAULT_SEEDS = (42, 731, 20231)
 DEFAULT_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", EQUAL_COMPUTE)
 START_SEED = 0
+IMAGE_FIELDS = ("method", "seed", "steps", "history", "labels", "samples")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,13 +199,8 @@ class ImageJob:
             p.base.data, n_train=p.n_train, n_val=p.n_val, n_test=p.n_test, data_seed=p.data_seed,
             difficulty={"levels": p.levels}))
         run_dir = self.out_dir / "runs" / method.replace("@", "_at_") / f"s{seed}"
-        spec = get_method(method)
-        config = replace(base, seed=seed, out_dir=str(run_dir),
-                         estimator=spec.estimator_config(density=density, window=DEFAULT_WINDOW))
-        if spec.batch_factor != 1:
-            batch_size = spec.batch_factor * base.optim.batch_size
-            config = replace(config, optim=replace(base.optim, batch_size=batch_size))
-        return config
+        return apply_method(replace(base, seed=seed, out_dir=str(run_dir)), method,
+                            density=density, window=DEFAULT_WINDOW)
 
     def start_config(self) -> TrainConfig:
         p = self.preset
@@ -214,17 +213,10 @@ class ImageJob:
     def start_weights(self) -> dict[str, torch.Tensor]:
         """The cached starting checkpoint: the last step of the standard pre-training run."""
         if self._start is None:
-            from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint
-
             config = self.start_config()
-            done = Path(config.out_dir) / "results.json"
-            # Refitting a finished run would do no work but overwrite its timing in results.json.
-            finished = (done.exists()
-                        and json.loads(done.read_text())["steps"] >= config.optim.max_steps)
-            if not finished:
-                self._trainer(config).fit(resume=True)
-            path = latest_checkpoint(Path(config.out_dir) / "checkpoints")
-            self._start = load_checkpoint(path).weights
+            # Reused only under this very config: a changed preset trains a new start (refused
+            # where its directory holds the old one), never silently reuses the old weights.
+            self._start = finished_weights(config, lambda: self._trainer(config).fit(resume=True))
         return self._start
 
     def run_config(self, method: str, seed: int) -> TrainConfig:
@@ -245,37 +237,43 @@ class ImageJob:
             return estimate_ppots(trainer.model, batch, mask_token_id=self.task.tokenizer.mask_id,
                                   n_rates=b, n_masks=c, restarts=8, seed=0, progress=False)
 
-        self._density = cached_density(self.out_dir / "ppots", estimate)
+        start = {k: v for k, v in to_dict(self.start_config()).items()
+                 if k not in ("device", "out_dir")}  # where it runs and lies: not what it is
+        key = {"design": self.preset.ppots_design, "restarts": 8, "seed": 0, "start": start}
+        self._density = cached_density(self.out_dir / "ppots", estimate, key=key)
         return self._density
 
     def run_one(self, method: str, seed: int) -> dict:
         """Train (or resume) one run, draw its images and score them; reuse ``image.json``."""
         config = self.run_config(method, seed)
-        run_dir = Path(config.out_dir)
-        done = run_dir / "image.json"
-        if done.exists():  # only under the configuration it was trained with
-            check_finished_config(run_dir, config, self.task)
-            return json.loads(done.read_text())
         p = self.preset
-        trainer = self._trainer(config, init_weights=self.start_weights())
-        result = trainer.fit(resume=True)
-        trainer.load_best()
-        labels = np.repeat(np.arange(10), p.samples_per_class)
-        t0 = time.perf_counter()
-        images = sample_images(trainer.model, self.task.tokenizer, labels.tolist(), levels=p.levels,
-                               temperature=p.temperature, gen_steps=p.gen_steps,
-                               block_length=p.block_length, seed=seed, device=trainer.device)
-        gen_seconds = time.perf_counter() - t0
-        record = {
-            "method": method, "seed": seed, **self.evaluator.score(images, labels),
-            "best_val": result.best_val, "best_val_se": result.best_val_se,
-            "best_step": result.best_step, "steps": result.steps, "final_val": result.final_val,
-            "forward_passes": result.forward_passes, "train_seconds": result.seconds,
-            "generate_seconds": gen_seconds, "history": result.history,
-            "labels": labels.tolist(), "samples": [image_to_text(im, p.levels) for im in images],
-        }
-        atomic_write_text(done, json.dumps(record, indent=1) + "\n")
-        return record
+
+        def compute() -> dict:
+            trainer = self._trainer(config, init_weights=self.start_weights())
+            result = trainer.fit(resume=True)
+            trainer.load_best()
+            labels = np.repeat(np.arange(10), p.samples_per_class)
+            t0 = time.perf_counter()
+            images = sample_images(trainer.model, self.task.tokenizer, labels.tolist(),
+                                   levels=p.levels, temperature=p.temperature,
+                                   gen_steps=p.gen_steps, block_length=p.block_length, seed=seed,
+                                   device=trainer.device)
+            gen_seconds = time.perf_counter() - t0
+            return {
+                "method": method, "seed": seed, **self.evaluator.score(images, labels),
+                "best_val": result.best_val, "best_val_se": result.best_val_se,
+                "best_step": result.best_step, "steps": result.steps,
+                "final_val": result.final_val, "forward_passes": result.forward_passes,
+                "train_seconds": result.seconds, "generate_seconds": gen_seconds,
+                "history": result.history, "labels": labels.tolist(),
+                "samples": [image_to_text(im, p.levels) for im in images],
+            }
+
+        score = {"samples_per_class": p.samples_per_class, "temperature": p.temperature,
+                 "gen_steps": p.gen_steps, "block_length": p.block_length,
+                 "classifier": to_dict(p.classifier)}
+        return reuse_run_result(Path(config.out_dir) / "image.json", config, compute,
+                                task=self.task, required=IMAGE_FIELDS, score=score)
 
     def run(self) -> dict:
         """Every run, then ``results.json``, the PNGs and ``report.md``."""
@@ -299,17 +297,15 @@ class ImageJob:
         return results
 
     def _ppots_info(self) -> dict | None:
-        path = self.out_dir / "ppots" / "ppots.json"
-        if not path.exists():
+        doc = load_record(self.out_dir / "ppots" / "ppots.json")
+        if doc is None:
             return None
-        doc = json.loads(path.read_text())
         return {k: doc.get(k) for k in ("epr", "forward_passes", "seconds", "mix", "estimator")}
 
     def _start_info(self) -> dict | None:
-        path = self.out_dir / "start" / "results.json"
-        if not path.exists():
+        doc = load_record(self.out_dir / "start" / "results.json")
+        if doc is None:
             return None
-        doc = json.loads(path.read_text())
         return {k: doc.get(k) for k in ("steps", "final_val", "forward_passes", "seconds")}
 
 

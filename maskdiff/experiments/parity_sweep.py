@@ -30,6 +30,7 @@ from maskdiff.experiments.report_md import write_report_md
 from maskdiff.labs.parity import ParityModelConfig, ParityRunConfig, steps_to_accuracy, train_parity
 from maskdiff.labs.theory import ps_optimal_t1, signal_optimal_rate, signal_probability
 from maskdiff.fileio import atomic_write_text
+from maskdiff.jobs import reuse_or_run
 
 __all__ = [
     "PRESETS", "ParitySetting", "ParitySweepPreset", "curves_on_grid", "paper_settings",
@@ -37,6 +38,16 @@ __all__ = [
 ]
 
 THRESHOLD = 0.95
+RECORD_FIELDS = ("history", "seconds")
+
+
+def _check_record(record: dict) -> None:
+    """A run record the summary can read: a non-empty history of accuracy rows."""
+    history = record["history"]
+    if not isinstance(history, list) or not history:
+        raise ValueError("field 'history' is not a non-empty list")
+    for row in history:
+        float(row["step"]), float(row["train_acc"]), float(row["val_acc"])
 
 
 @dataclass(frozen=True)
@@ -196,15 +207,13 @@ def run_parity_sweep(preset: ParitySweepPreset, out_dir: str | Path, *,
                 done[0] += steps
                 bar.update(steps)
 
-            if path.exists():
-                record = json.loads(path.read_text())
-                if record["config"] != json.loads(json.dumps(asdict(config))):
-                    raise ValueError(f"{path} was written by a different config; "
-                                     f"use another output directory")
-            else:
+            def compute(setting=setting, seed=seed, config=config, advance=advance) -> dict:
                 bar.set_postfix_str(f"{setting.label} seed {seed}")
-                record = train_parity(config, data, progress=advance).to_dict()
-                atomic_write_text(path, json.dumps(record) + "\n")
+                return train_parity(config, data, progress=advance).to_dict()
+
+            record = reuse_or_run(path, asdict(config), compute, what="run",
+                                  required=RECORD_FIELDS, check=_check_record,
+                                  legacy=lambda r: r.get("config"))
             bar.update(base.max_steps - done[0])  # skipped or stopped early: the rest at once
             runs[setting.label].append(record)
     summary = {s.label: summarise_setting(s, runs[s.label], base.k) for s in settings}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from maskdiff.experiments import compare_report as report
 from maskdiff.fileio import atomic_write_text
+from maskdiff.jobs import read_record
 
 END = "<!-- /results -->"
 BLOCK = re.compile(r"(<!-- results:([\w.-]+):([\w-]+) -->\n)(.*?)(" + re.escape(END) + ")",
@@ -121,7 +122,22 @@ def render(results_dir: Path, name: str, table: str) -> str:
     path = Path(results_dir) / f"{name}.json"
     if not path.exists():
         raise ValueError(f"README block {name}:{table}: no results file {path}")
-    return "\n".join(TABLES[table](json.loads(path.read_text()))) + "\n"
+    doc = read_results(path)
+    try:
+        return "\n".join(TABLES[table](doc)) + "\n"
+    except KeyError as err:
+        raise ValueError(f"{path}: missing key {err} (README block {name}:{table})") from None
+    except (TypeError, ValueError, IndexError, AttributeError) as err:
+        raise ValueError(f"{path}: unreadable for README block {name}:{table} "
+                         f"({type(err).__name__}: {err})") from None
+
+
+def read_results(path: Path) -> dict:
+    """A results file's JSON object; a damaged one is a ValueError naming the file."""
+    record, why = read_record(path)
+    if why is not None:
+        raise ValueError(f"{path}: {why}")
+    return record
 
 
 def update(text: str, results_dir: Path) -> tuple[str, list[str]]:
@@ -168,7 +184,7 @@ def add(results_dir: Path, name: str, source: Path) -> Path:
         raise ValueError(f"--add: the name must be letters, digits, '.', '_' or '-', got {name!r}")
     target = Path(results_dir) / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target, json.dumps(slim(json.loads(source.read_text())),
+    atomic_write_text(target, json.dumps(slim(read_results(source)),
                                          separators=(",", ":")) + "\n")
     return target
 

@@ -4,7 +4,6 @@ both load their model here."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,7 +12,9 @@ from typing import Any
 import torch
 
 from maskdiff.core.batch import Batch
+from maskdiff.jobs import load_record
 from maskdiff.training.config import TrainConfig
+from maskdiff.training.runs import finished_weights
 
 __all__ = ["ModelSource", "load_model_source"]
 
@@ -78,8 +79,9 @@ def load_model_source(*, run: str | Path | None = None, preset: str | None = Non
     model_dir = Path(out) / ("model" if task is None else f"model-{task}")
     config = replace(config, out_dir=str(model_dir), device=device)
     start = time.perf_counter()
-    if not (model_dir / "results.json").exists():
-        Trainer(config, quiet=quiet).fit(resume=True)
+    # Reused only when it finished under this very config (maskdiff.jobs): a changed preset
+    # is refused in one line instead of diagnosing the old model.
+    finished_weights(config, lambda: Trainer(config, quiet=quiet).fit(resume=True))
     loaded = load_run(model_dir, device=device)
     model_task = load_task(loaded.config.data)
     return ModelSource(model=loaded.model, config=loaded.config, task=model_task,
@@ -107,9 +109,8 @@ def _hf_source(name: str, data: str | None, *, options: dict[str, Any], device: 
 
 
 def _training_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "results.json"
-    if not path.exists():
+    doc = load_record(run_dir / "results.json")
+    if doc is None:
         return {}
-    doc = json.loads(path.read_text())
     return {key: doc.get(key) for key in ("steps", "best_val", "best_step", "seconds",
                                           "n_parameters")}

@@ -35,6 +35,8 @@ from maskdiff.training.evaluate import per_example_elbo
 from maskdiff.core.methods import method_config
 from maskdiff.experiments.window_sweep_report import write_plots, write_report
 from maskdiff.fileio import atomic_write_text
+from maskdiff.jobs import reuse_or_run
+from maskdiff.training.runs import reuse_run_result
 
 __all__ = [
     "PRESETS", "Setting", "WindowSweepPreset", "paired_delta", "per_example_elbo",
@@ -166,26 +168,29 @@ def _predict(preset: WindowSweepPreset, task, out_dir: Path, t_star: float | Non
         record = {"t_star": float(t_star), "source": "given", "weights": None}
         atomic_write_text(path, json.dumps(record, indent=1) + "\n")
         return record
-    if path.exists():
-        record = json.loads(path.read_text())
-        if record.get("source") == "corpus" and record.get("corpus_chars") == preset.corpus_chars:
-            return record
-    from maskdiff.data.corpus import load_corpus
-    from maskdiff.labs.ngram import predict_window
 
-    text = load_corpus("train")
-    if preset.corpus_chars is not None:
-        text = text[: preset.corpus_chars]
-    prediction = predict_window(text, level=preset.level, min_count=preset.min_count)
-    record = {
-        "t_star": prediction.t_star, "source": "corpus", "corpus": "text task, train split",
-        "corpus_chars": preset.corpus_chars, "level": prediction.level,
-        "min_count": prediction.min_count, "estimator": prediction.estimator,
-        "n_tokens": prediction.n_tokens,
-        "weights": {str(k): v for k, v in prediction.weights.items()},
-    }
-    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
-    return record
+    def compute() -> dict:
+        from maskdiff.data.corpus import load_corpus
+        from maskdiff.labs.ngram import predict_window
+
+        text = load_corpus("train")
+        if preset.corpus_chars is not None:
+            text = text[: preset.corpus_chars]
+        prediction = predict_window(text, level=preset.level, min_count=preset.min_count)
+        return {
+            "t_star": prediction.t_star, "source": "corpus", "corpus": "text task, train split",
+            "corpus_chars": preset.corpus_chars, "level": prediction.level,
+            "min_count": prediction.min_count, "estimator": prediction.estimator,
+            "n_tokens": prediction.n_tokens,
+            "weights": {str(k): v for k, v in prediction.weights.items()},
+        }
+
+    key = {"corpus_chars": preset.corpus_chars, "level": preset.level,
+           "min_count": preset.min_count}
+    return reuse_or_run(path, key, compute, on_change="recompute", what="window prediction",
+                        required=("t_star",), check=lambda r: float(r["t_star"]),
+                        legacy=lambda r: ({**key, "corpus_chars": r.get("corpus_chars")}
+                                          if r.get("source") == "corpus" else None))
 
 
 def _run_one(setting: Setting, seed: int, preset: WindowSweepPreset, task, out_dir: Path,
@@ -195,42 +200,40 @@ def _run_one(setting: Setting, seed: int, preset: WindowSweepPreset, task, out_d
     from maskdiff.training.trainer import Trainer
 
     run_dir = out_dir / "runs" / f"{setting.slug}-s{seed}"
-    done = run_dir / "test.json"
-    if done.exists():
-        record = json.loads(done.read_text())
-        if "test_per_example" not in record:  # written before per-example values were kept
-            from maskdiff.training.runs import load_run, make_collator
-
-            loaded = load_run(run_dir, which="latest", device=device)
-            record["test_per_example"] = per_example_elbo(
-                loaded.model, list(task.test)[: preset.n_test],
-                make_collator(loaded.config, task), mask_token_id=task.tokenizer.mask_id,
-                rates_per_example=preset.test_rates, seed=preset.test_seed,
-                normalizer=loaded.config.estimator.normalizer, device=device).tolist()
-            atomic_write_text(done, json.dumps(record, indent=1) + "\n")
-        return record
     config = replace(preset.train, seed=seed, estimator=setting.estimator(),
                      out_dir=str(run_dir), device=device)
-    trainer = Trainer(config, task=task, quiet=True)
-    result = trainer.fit(resume=True)
-    examples = list(task.test)[: preset.n_test]
-    test = elbo(trainer.model, examples, trainer.collate,
-                mask_token_id=task.tokenizer.mask_id, rates_per_example=preset.test_rates,
-                seed=preset.test_seed, batch_size=64, normalizer=config.estimator.normalizer,
-                device=trainer.device)
-    per_example = per_example_elbo(
-        trainer.model, examples, trainer.collate, mask_token_id=task.tokenizer.mask_id,
-        rates_per_example=preset.test_rates, seed=preset.test_seed,
-        normalizer=config.estimator.normalizer, device=trainer.device)
-    record = {
-        "label": setting.label, "window": setting.window, "kind": setting.kind, "seed": seed,
-        "test_loss": test.mean, "test_se": test.se, "test_n": test.n,
-        "steps": result.steps, "train_seconds": result.seconds,
-        "val_history": result.history, "n_parameters": result.n_parameters,
-        "test_per_example": per_example.tolist(),
-    }
-    atomic_write_text(done, json.dumps(record, indent=1) + "\n")
-    return record
+
+    def compute() -> dict:
+        trainer = Trainer(config, task=task, quiet=True)
+        result = trainer.fit(resume=True)
+        examples = list(task.test)[: preset.n_test]
+        test = elbo(trainer.model, examples, trainer.collate,
+                    mask_token_id=task.tokenizer.mask_id, rates_per_example=preset.test_rates,
+                    seed=preset.test_seed, batch_size=64, normalizer=config.estimator.normalizer,
+                    device=trainer.device)
+        per_example = per_example_elbo(
+            trainer.model, examples, trainer.collate, mask_token_id=task.tokenizer.mask_id,
+            rates_per_example=preset.test_rates, seed=preset.test_seed,
+            normalizer=config.estimator.normalizer, device=trainer.device)
+        return {
+            "label": setting.label, "window": setting.window, "kind": setting.kind, "seed": seed,
+            "test_loss": test.mean, "test_se": test.se, "test_n": test.n,
+            "steps": result.steps, "train_seconds": result.seconds,
+            "val_history": result.history, "n_parameters": result.n_parameters,
+            "test_per_example": per_example.tolist(),
+        }
+
+    score = {"n_test": preset.n_test, "test_rates": preset.test_rates,
+             "test_seed": preset.test_seed}
+    return reuse_run_result(run_dir / "test.json", config, compute, task=task, score=score,
+                            required=("label", "seed", "test_loss", "test_per_example"),
+                            check=_check_test_record)
+
+
+def _check_test_record(record: dict) -> None:
+    float(record["test_loss"])
+    if not isinstance(record["test_per_example"], list):
+        raise TypeError("field 'test_per_example' is not a list")
 
 
 def paired_delta(records: list[dict], label: str, baseline: str = BASELINE) -> dict | None:

@@ -15,23 +15,32 @@ import numpy as np
 from maskdiff.ppots.estimate import PPotsResult
 from maskdiff.ppots.fit import EPRFit, PolyFit, epr_log_p
 from maskdiff.fileio import atomic_write_text
+from maskdiff.jobs import reuse_or_run
 
 JSON_FORMAT = "maskdiff.ppots"
 JSON_VERSION = 1
+REQUIRED = ("t", "p_hat", "epr", "mix", "estimator")
 
 
-def cached_density(out_dir: str | Path, estimate) -> dict[str, list[float]]:
-    """The density of ``out_dir/ppots.json`` as a config table; when the file is missing, call
-    ``estimate()`` (→ :class:`PPotsResult`) first and write ``ppots.json`` and ``ppots.png``.
-    Experiments use it so a restarted job estimates P-POTS once."""
+def cached_density(out_dir: str | Path, estimate, key=None) -> dict[str, list[float]]:
+    """The density of ``out_dir/ppots.json`` as a config table, a job of
+    :func:`maskdiff.jobs.reuse_or_run` keyed on ``key`` (what it was estimated from and how):
+    reused under the same key, else ``estimate()`` (→ :class:`PPotsResult`) runs and
+    ``ppots.json`` and ``ppots.png`` are written. A damaged file, or one estimated under another
+    key, is set aside and estimated again. Experiments use it so a restarted job estimates
+    P-POTS once."""
     out = Path(out_dir)
     path = out / "ppots.json"
-    if not path.exists():
+
+    def compute() -> dict:
         result = estimate()
         out.mkdir(parents=True, exist_ok=True)
-        save_ppots_json(path, result)
         plot_ppots(out / "ppots.png", result)
-    return density_from_ppots(path)
+        return ppots_doc(result)
+
+    doc = reuse_or_run(path, {} if key is None else key, compute, on_change="recompute",
+                       what="fitted density", required=REQUIRED, check=_ppots_from_doc)
+    return density_table(_ppots_from_doc(doc))
 
 
 def _floats(values: np.ndarray | None) -> list[float] | None:
@@ -39,7 +48,12 @@ def _floats(values: np.ndarray | None) -> list[float] | None:
 
 
 def save_ppots_json(path: str | Path, result: PPotsResult) -> None:
-    """Write the result as JSON: ``t``, ``p_hat``, ``epr {params, kl}``, ``poly7 {coeffs, kl,
+    """Write :func:`ppots_doc` of the result (atomically)."""
+    atomic_write_text(path, json.dumps(ppots_doc(result), indent=1) + "\n")
+
+
+def ppots_doc(result: PPotsResult) -> dict:
+    """The result as the JSON object of ``ppots.json``: ``t``, ``p_hat``, ``epr {params, kl}``, ``poly7 {coeffs, kl,
     floor}``, ``mix``, ``estimator``, ``eps`` and, when known, ``p_hat_paper``, ``p_hat_direct``,
     ``forward_passes``, ``seconds``; ``target``: what p̂ is the root second moment of
     (``loss``; ``gradient``, ``logits``, ``bias``: gradient-targeted, docs/method.md §4)."""
@@ -56,7 +70,7 @@ def save_ppots_json(path: str | Path, result: PPotsResult) -> None:
         doc["forward_passes"] = int(result.forward_passes)
     if result.seconds is not None:
         doc["seconds"] = float(result.seconds)
-    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return doc
 
 
 def load_ppots_json(path: str | Path) -> PPotsResult:
@@ -67,7 +81,7 @@ def load_ppots_json(path: str | Path) -> PPotsResult:
         raise ValueError(f"{path}: not a P-POTS result (not valid JSON: {err})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not a P-POTS result (a JSON object is expected)")
-    missing = [k for k in ("t", "p_hat", "epr", "mix", "estimator") if k not in doc]
+    missing = [k for k in REQUIRED if k not in doc]
     if missing:
         raise ValueError(f"{path}: not a P-POTS result, missing keys {missing}")
     try:
@@ -160,7 +174,12 @@ def density_from_ppots(path: str | Path, model: str = "epr", n_points: int = 256
     The fit (EPR by default, or ``poly7``) is tabulated on ``n_points`` rates, denser near
     both ends where EPR bends most; the importance sampler interpolates it linearly.
     """
-    result = load_ppots_json(path)
+    return density_table(load_ppots_json(path), model, n_points)
+
+
+def density_table(result: PPotsResult, model: str = "epr",
+                  n_points: int = 256) -> dict[str, list[float]]:
+    """:func:`density_from_ppots` of a result already read."""
     table = result.density(model)
     eps = result.eps
     half = n_points // 2

@@ -15,8 +15,10 @@ from typing import Any
 
 from maskdiff.core.config import ComponentConfig, EstimatorConfig
 from maskdiff.core.masking import MASKERS
+from maskdiff.core.methods import Method, get_method
+from maskdiff.training.config import TrainConfig
 
-__all__ = ["resolve_estimator", "task_value", "unmet_need"]
+__all__ = ["apply_method", "resolve_estimator", "task_value", "unmet_need"]
 
 
 def task_value(need: str, task: Any) -> list[int] | tuple[str, ...]:
@@ -55,3 +57,21 @@ def resolve_estimator(config: EstimatorConfig, task: Any) -> EstimatorConfig:
         params = {**masker.params, **{param: task_value(need, task) for param, need in missing.items()}}
         masker = ComponentConfig(name=masker.name, params=params)
     return replace(config, masker=masker)
+
+
+def apply_method(config: TrainConfig, method: "Method | str", *,
+                 density: dict[str, list[float]] | None = None,
+                 window: tuple[float, float] | None = None) -> TrainConfig:
+    """``config`` trained by ``method``: the one place a method meets a run's configuration
+    (``maskdiff train``, ``compare``, ``compare --hf``, ``image``). It sets the estimator
+    (:meth:`~maskdiff.core.methods.Method.estimator_config` with ``density`` / ``window``),
+    the model kind (``causal``) and, for an equal-compute variant, the batch it is given times
+    ``batch_factor``; every other field (``optim.beta2``, ``min_lr_ratio``, ``grad_accum``, …)
+    is kept as it is."""
+    method = get_method(method) if isinstance(method, str) else method
+    config = replace(config, estimator=method.estimator_config(density=density, window=window),
+                     model=replace(config.model, causal=method.causal))
+    if method.batch_factor != 1:
+        config = replace(config, optim=replace(
+            config.optim, batch_size=method.batch_factor * config.optim.batch_size))
+    return config

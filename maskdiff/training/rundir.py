@@ -36,7 +36,9 @@ except ImportError:  # pragma: no cover  (Windows: no lock)
     fcntl = None
 
 LOCK_FILE = ".lock"
-RUN_OUTPUTS = ("checkpoints", "best", "metrics.jsonl", "results.json", "tensorboard")
+# What --overwrite removes: the run, and the experiment records made from it (maskdiff.jobs).
+RUN_OUTPUTS = ("checkpoints", "best", "metrics.jsonl", "results.json", "tensorboard",
+               "finished.json", "compare.json", "image.json", "test.json")
 
 
 @contextmanager

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from maskdiff.training.checkpoint import CheckpointError, find_checkpoint
+from maskdiff.jobs import differences, plain, refusal, reuse_or_run, set_aside
+from maskdiff.training.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from maskdiff.training.config import TrainConfig, config_differences, from_dict, to_dict
 from maskdiff.training.needs import resolve_estimator
 from maskdiff.core.batch import Batch
@@ -114,27 +115,85 @@ def example_batch(config: TrainConfig, task: TaskData, n_examples: int, split: s
     return make_collator(config, task)([(i, examples[i]) for i in range(n_examples)])
 
 
-def finished_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
-    """The final weights of a finished run of ``config`` (its last checkpoint, read without
-    taking the run's lock), or None when the run is unfinished or was made with another config."""
-    ckpt = find_checkpoint(Path(config.out_dir) / "checkpoints").checkpoint
-    if ckpt is None or int(ckpt.state["step"]) != config.optim.max_steps:
-        return None
-    if config_differences(ckpt.config, to_dict(config)):
-        return None
-    return ckpt.weights
+def run_key(config: TrainConfig, task: TaskData | None = None, **extra) -> dict:
+    """The key of a result made from a run of ``config`` (:func:`maskdiff.jobs.reuse_or_run`):
+    the config as the run saves it (the task's parameters filled in, e.g. ISAD's delimiter ids,
+    when ``task`` is given), plus ``extra`` (how the run is scored)."""
+    if task is not None:
+        config = replace(config, estimator=resolve_estimator(config.estimator, task))
+    return {"config": to_dict(config), **extra}
 
 
-def check_finished_config(run_dir: Path, config: TrainConfig, task: TaskData) -> None:
-    """A finished run is reused only for the configuration it was trained with: a changed preset
-    (or a changed default after an upgrade) must not pass old scores off as new ones. The run
-    saved its config with the task's parameters filled in (ISAD's delimiter ids), so ``config``
-    is compared after the same filling."""
-    resolved = replace(config, estimator=resolve_estimator(config.estimator, task))
-    saved = run_dir / "config.json"
-    differences = (config_differences(json.loads(saved.read_text()), to_dict(resolved))
-                   if saved.exists() else ["config.json is missing"])
-    if differences:
-        raise ValueError(f"{run_dir}: finished with another configuration "
-                         f"({', '.join(differences[:5])}); remove that directory to rerun it, "
-                         "or give the job another --out")
+def _at(tree, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def run_key_differences(old, new) -> list[str]:
+    """:func:`maskdiff.jobs.differences` of two :func:`run_key` s, the configs compared as
+    :func:`~maskdiff.training.config.config_differences` does (its free fields ignored, a field
+    added by an upgrade at its default equal to its absence)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)
+            and isinstance(old.get("config"), dict) and isinstance(new.get("config"), dict)):
+        return differences(old, new)
+    fields = config_differences(old["config"], new["config"])
+    out = [f"config.{f}: {json.dumps(_at(old['config'], f))} → {json.dumps(_at(new['config'], f))}"
+           for f in fields]
+    rest = lambda key: {k: v for k, v in key.items() if k != "config"}  # noqa: E731
+    return out + differences(rest(old), rest(new))
+
+
+def run_legacy_key(run_dir: Path, **extra):
+    """The key of a record written before records carried one: the run's own ``config.json``
+    (``extra`` as asked: older records did not say how they were scored), or None."""
+    def legacy(record: dict):
+        try:
+            saved = json.loads((Path(run_dir) / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return {"config": saved, **extra} if isinstance(saved, dict) else None
+    return legacy
+
+
+def reuse_run_result(path: Path, config: TrainConfig, compute, *, task: TaskData | None = None,
+                     what: str = "run", required: tuple[str, ...] = (), check=None,
+                     **extra) -> dict:
+    """:func:`maskdiff.jobs.reuse_or_run` for a result of one training run (its scores): keyed
+    on :func:`run_key`, a changed configuration refused (the run is trained work)."""
+    return reuse_or_run(path, run_key(config, task, **extra), compute, what=what,
+                        required=required, check=check, differ=run_key_differences,
+                        legacy=run_legacy_key(Path(path).parent, **plain(extra)))
+
+
+FINISHED = "finished.json"
+
+
+def finished_weights(config: TrainConfig, train,
+                     task: TaskData | None = None) -> dict[str, torch.Tensor]:
+    """The final weights of the run of ``config`` (a starting checkpoint several experiment
+    workers share): ``OUT/finished.json`` names its last checkpoint and is reused under the same
+    config; else ``train()`` (a resumable fit of ``config``) runs first, once, under the job's
+    lock. A record whose checkpoint no longer loads is set aside and the run resumed. ``task``
+    fills in the task's parameters the run saves (ISAD's delimiter ids), as :func:`run_key`."""
+    run_dir, key = Path(config.out_dir), run_key(config, task)
+
+    def compute() -> dict:
+        found = find_checkpoint(run_dir / "checkpoints").checkpoint
+        if found is not None and config_differences(found.config, key["config"]):
+            raise refusal(found.path, run_key_differences({"config": found.config}, key), "run")
+        train()
+        found = find_checkpoint(run_dir / "checkpoints").checkpoint
+        if found is None:
+            raise CheckpointError(f"{run_dir}: training left no checkpoint")
+        return {"steps": int(found.state["step"]),
+                "checkpoint": found.path.relative_to(run_dir).as_posix()}
+
+    for _ in range(2):
+        record = reuse_or_run(run_dir / FINISHED, key, compute, what="run",
+                              required=("steps", "checkpoint"), differ=run_key_differences)
+        try:
+            return load_checkpoint(run_dir / str(record["checkpoint"])).weights
+        except CheckpointError as err:
+            set_aside(run_dir / FINISHED, f"is damaged (its checkpoint: {err})")
+    raise CheckpointError(f"{run_dir}: no loadable final checkpoint after resuming the run")
