@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from maskdiff import jsonio
 from maskdiff.core.control import CONTROLS, build_control
 from maskdiff.core.masking import MASKERS, build_masker
 from maskdiff.core.objective import GRAD_PROXIES, NORMALIZERS, Estimator
@@ -65,7 +66,7 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
 
 
 def save_json(config: Any, path: str | Path) -> None:
-    atomic_write_text(path, json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, jsonio.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
 
 
 def load_json(cls: type[C], path: str | Path) -> C:

@@ -15,7 +15,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from maskdiff import jsonio
 from maskdiff.data.examples import Example
+from maskdiff.fileio import naming
 
 _KINDS = {"sft": ("prompt", "response"), "text": ("text",)}
 
@@ -107,8 +109,8 @@ def save_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
     if not examples:
         raise ValueError("examples is empty: nothing to write")
     pretraining = all(e.is_pretraining for e in examples)
-    with Path(path).open("w", encoding="utf-8") as handle:
+    with naming(path), Path(path).open("w", encoding="utf-8") as handle:
         for example in examples:
             row = ({"text": example.response} if pretraining
                    else {"prompt": example.prompt, "response": example.response})
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(jsonio.dumps(row, ensure_ascii=False) + "\n")

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import jsonio
 from maskdiff.core.methods import BASELINE, METHODS, get_method
 from maskdiff.data.setup import load_task
 from maskdiff.experiments.compare_eval import (
@@ -231,7 +232,7 @@ class CompareJob:
         pool = example_batch(self.preset.base, task, min(256, len(task.train)))
         doc = gradient_noise(self._start_model(task_name), pool, estimators, n_draws=n)
         doc.update(n_draws=n, seconds=time.perf_counter() - t0)
-        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+        atomic_write_text(path, jsonio.dumps(doc, indent=1) + "\n")
         return doc
 
     def window(self) -> tuple[float, float]:
@@ -283,7 +284,7 @@ class CompareJob:
             "history": [{**h, "fwd": h["step"] * fwd_per_step} for h in result.history],
             "loss_per_t_bin": mean_loss_per_bin(run_dir / "metrics.jsonl"),
         }
-        atomic_write_text(done, json.dumps(record, indent=1) + "\n")
+        atomic_write_text(done, jsonio.dumps(record, indent=1) + "\n")
         return record
 
     def run(self) -> dict:
@@ -327,7 +328,7 @@ class CompareJob:
                             grad_noise=noise, task=self._task_info(),
                             workers=self.workers, threads=self.training_threads())
         results["invocations"] = _invocations(self.out_dir / "results.json", results["seconds"])
-        atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+        atomic_write_text(self.out_dir / "results.json", jsonio.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results)
         return results
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from maskdiff import jsonio
 from maskdiff.core.methods import get_method
 from maskdiff.experiments.compare import RunSpec, plan
 from maskdiff.experiments.compare_presets import ComparePreset
@@ -136,7 +137,7 @@ class HFCompareJob:
                   "fwd_per_step": fwd_step, "train_seconds": seconds,
                   "threads": torch.get_num_threads(), "history": history, "loss_per_t_bin": []}
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(done, json.dumps(record, indent=1) + "\n")
+        atomic_write_text(done, jsonio.dumps(record, indent=1) + "\n")
         return record
 
     def score(self, model, tok, mask_id: int) -> dict:
@@ -173,7 +174,7 @@ class HFCompareJob:
                 "n_val": len(self.test_rows), "n_test": len(self.test_rows)}
         results = summarise(self.preset, records, seconds=time.perf_counter() - started,
                             ppots=None, window=None, task=task, threads=torch.get_num_threads())
-        atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+        atomic_write_text(self.out_dir / "results.json", jsonio.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results)
         return results
 

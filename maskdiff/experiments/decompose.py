@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import jsonio
 from maskdiff.core.checks import int_at_least
 from maskdiff.core.batch import Batch
 from maskdiff.diagnostics.estimators import DiagnosticsDesign, EstimatorDiagnostics, run_diagnostics, with_extra
@@ -63,7 +64,7 @@ def ppots_density(source: ModelSource, batch: Batch, *, out: Path, n_rates: int,
                                 n_rates=n_rates, n_masks=n_masks, seed=seed,
                                 normalizer=settings["normalizer"], progress=progress)
         save_ppots_json(cache, result)
-        atomic_write_text(meta_path, json.dumps(settings) + "\n")
+        atomic_write_text(meta_path, jsonio.dumps(settings) + "\n")
     return density_from_ppots(cache), {"source": str(cache), **settings}
 
 
@@ -306,7 +307,7 @@ def write_outputs(out: str | Path, doc: dict[str, Any]) -> None:
     (also regenerates the plots and report of an earlier ``decompose.json``)."""
     out = Path(out)
     doc = _finite(doc)
-    atomic_write_text(out / "decompose.json", json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(out / "decompose.json", jsonio.dumps(doc, indent=1) + "\n")
     if doc["configurations"]:
         plot_components(out / "components.png", doc["configurations"])
     if doc.get("curves"):
@@ -331,7 +332,7 @@ def write_report(path: str | Path, doc: dict[str, Any]) -> None:
     lines = [
         "# Variance decomposition (docs/method.md §2)",
         "",
-        f"Model: `{json.dumps(doc['model'])}`",
+        f"Model: `{jsonio.dumps(doc['model'])}`",
         "",
         f"Design: a = {doc['n_examples']} examples × b = {design['n_rates']} i.i.d. rates × "
         f"c = {design['n_masks']} masks per configuration (unbiased nested ANOVA, bootstrap SE "
@@ -388,7 +389,7 @@ def write_report(path: str | Path, doc: dict[str, Any]) -> None:
     if doc["skipped"]:
         lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in doc["skipped"].items()] + [""]
     if doc.get("ppots"):
-        lines += [f"P-POTS density: `{json.dumps(doc['ppots'])}`", ""]
+        lines += [f"P-POTS density: `{jsonio.dumps(doc['ppots'])}`", ""]
     if doc.get("gpots"):
         from maskdiff.experiments.gradient_targets import report_lines
 

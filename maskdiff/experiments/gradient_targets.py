@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from maskdiff import jsonio
 from maskdiff.core.batch import Batch
 from maskdiff.core.masking import Bernoulli
 from maskdiff.core.objective import Estimator
@@ -153,7 +154,7 @@ def gradient_density(model, batch: Batch, *, out: Path, mask_token_id: int, norm
               "correlation": {p: targets.correlation(p) for p in PROXIES},
               "epr_kl": {s: r.epr.kl for s, r in fits.items()},
               "gradient_variance": variance, "seconds": targets.seconds}
-    atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+    atomic_write_text(record_path, jsonio.dumps(record, indent=1) + "\n")
     plot_densities(out / "densities.png", targets, fits)
     return density_from_ppots(out / "gpots.json"), record
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import jsonio
 from maskdiff.experiments.compare_presets import EQUAL_COMPUTE
 from maskdiff.training.runs import check_finished_config
 from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
@@ -274,7 +275,7 @@ class ImageJob:
             "generate_seconds": gen_seconds, "history": result.history,
             "labels": labels.tolist(), "samples": [image_to_text(im, p.levels) for im in images],
         }
-        atomic_write_text(done, json.dumps(record, indent=1) + "\n")
+        atomic_write_text(done, jsonio.dumps(record, indent=1) + "\n")
         return record
 
     def run(self) -> dict:
@@ -294,7 +295,7 @@ class ImageJob:
                 bar.update(1)
         results = summarise(p, records, self.evaluator, seconds=time.perf_counter() - started,
                             ppots=self._ppots_info(), start=self._start_info())
-        atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+        atomic_write_text(self.out_dir / "results.json", jsonio.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results, records, self.task)
         return results
 

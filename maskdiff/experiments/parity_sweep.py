@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import jsonio
 from maskdiff.experiments.report_md import write_report_md
 from maskdiff.labs.parity import ParityModelConfig, ParityRunConfig, steps_to_accuracy, train_parity
 from maskdiff.labs.theory import ps_optimal_t1, signal_optimal_rate, signal_probability
@@ -198,13 +199,13 @@ def run_parity_sweep(preset: ParitySweepPreset, out_dir: str | Path, *,
 
             if path.exists():
                 record = json.loads(path.read_text())
-                if record["config"] != json.loads(json.dumps(asdict(config))):
+                if record["config"] != json.loads(jsonio.dumps(asdict(config))):
                     raise ValueError(f"{path} was written by a different config; "
                                      f"use another output directory")
             else:
                 bar.set_postfix_str(f"{setting.label} seed {seed}")
                 record = train_parity(config, data, progress=advance).to_dict()
-                atomic_write_text(path, json.dumps(record) + "\n")
+                atomic_write_text(path, jsonio.dumps(record) + "\n")
             bar.update(base.max_steps - done[0])  # skipped or stopped early: the rest at once
             runs[setting.label].append(record)
     summary = {s.label: summarise_setting(s, runs[s.label], base.k) for s in settings}
@@ -213,7 +214,7 @@ def run_parity_sweep(preset: ParitySweepPreset, out_dir: str | Path, *,
         "n": base.n, "k": base.k, "secret": data.secret.tolist(), "seeds": list(seeds),
         "threshold": THRESHOLD, "ps_optimal_t1": ps_optimal_t1(base.k),
         "signal_optimal_rate": signal_optimal_rate(base.k),
-        "base_config": json.loads(json.dumps(asdict(base))),
+        "base_config": json.loads(jsonio.dumps(asdict(base))),
         "deviations": preset.deviations,
         "settings": [asdict(s) for s in settings],
         "summary": summary,
@@ -223,7 +224,7 @@ def run_parity_sweep(preset: ParitySweepPreset, out_dir: str | Path, *,
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
     }
-    atomic_write_text(out_dir / "results.json", json.dumps(results) + "\n")
+    atomic_write_text(out_dir / "results.json", jsonio.dumps(results) + "\n")
     write_plots(results, out_dir)
     write_report(results, out_dir)
     return results

@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from maskdiff import jsonio
 from maskdiff.experiments import compare_report as report
 from maskdiff.fileio import atomic_write_text
 
@@ -168,7 +169,7 @@ def add(results_dir: Path, name: str, source: Path) -> Path:
         raise ValueError(f"--add: the name must be letters, digits, '.', '_' or '-', got {name!r}")
     target = Path(results_dir) / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target, json.dumps(slim(json.loads(source.read_text())),
+    atomic_write_text(target, jsonio.dumps(slim(json.loads(source.read_text())),
                                          separators=(",", ":")) + "\n")
     return target
 

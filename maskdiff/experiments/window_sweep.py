@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import jsonio
 from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.training.evaluate import per_example_elbo
 from maskdiff.core.methods import method_config
@@ -164,7 +165,7 @@ def _predict(preset: WindowSweepPreset, task, out_dir: Path, t_star: float | Non
     path = out_dir / "prediction.json"
     if t_star is not None:
         record = {"t_star": float(t_star), "source": "given", "weights": None}
-        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+        atomic_write_text(path, jsonio.dumps(record, indent=1) + "\n")
         return record
     if path.exists():
         record = json.loads(path.read_text())
@@ -184,7 +185,7 @@ def _predict(preset: WindowSweepPreset, task, out_dir: Path, t_star: float | Non
         "n_tokens": prediction.n_tokens,
         "weights": {str(k): v for k, v in prediction.weights.items()},
     }
-    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    atomic_write_text(path, jsonio.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -207,7 +208,7 @@ def _run_one(setting: Setting, seed: int, preset: WindowSweepPreset, task, out_d
                 make_collator(loaded.config, task), mask_token_id=task.tokenizer.mask_id,
                 rates_per_example=preset.test_rates, seed=preset.test_seed,
                 normalizer=loaded.config.estimator.normalizer, device=device).tolist()
-            atomic_write_text(done, json.dumps(record, indent=1) + "\n")
+            atomic_write_text(done, jsonio.dumps(record, indent=1) + "\n")
         return record
     config = replace(preset.train, seed=seed, estimator=setting.estimator(),
                      out_dir=str(run_dir), device=device)
@@ -229,7 +230,7 @@ def _run_one(setting: Setting, seed: int, preset: WindowSweepPreset, task, out_d
         "val_history": result.history, "n_parameters": result.n_parameters,
         "test_per_example": per_example.tolist(),
     }
-    atomic_write_text(done, json.dumps(record, indent=1) + "\n")
+    atomic_write_text(done, jsonio.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -334,7 +335,7 @@ def run_window_sweep(preset: WindowSweepPreset, out_dir: str | Path, *,
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
     }
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out_dir / "results.json", jsonio.dumps(results, indent=1) + "\n")
     write_plots(results, out_dir)
     write_report(results, out_dir, preset)
     return results

@@ -21,6 +21,7 @@ import torch
 import transformers
 from torch import nn
 
+from maskdiff import jsonio
 from maskdiff.core.control import VarianceProxy
 from maskdiff.core.masking import Masker
 from maskdiff.core.objective import NORMALIZERS, Estimator
@@ -258,7 +259,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
             **self.estimator.state_dict(),  # "sampler", "control"
             "proxy": self.proxy.state_dict(),
             "tracker": self.ppots_tracker.state_dict() if self.refitter is not None else {},
-            "refit": json.dumps({"params": self.refit_params, "refits": self.refits,
+            "refit": jsonio.dumps({"params": self.refit_params, "refits": self.refits,
                                  "history": self.refit_history}),
         }
 

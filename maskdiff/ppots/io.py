@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskdiff import jsonio
 from maskdiff.ppots.estimate import PPotsResult
 from maskdiff.ppots.fit import EPRFit, PolyFit, epr_log_p
 from maskdiff.fileio import atomic_write_text
@@ -56,7 +57,7 @@ def save_ppots_json(path: str | Path, result: PPotsResult) -> None:
         doc["forward_passes"] = int(result.forward_passes)
     if result.seconds is not None:
         doc["seconds"] = float(result.seconds)
-    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(path, jsonio.dumps(doc, indent=1) + "\n")
 
 
 def load_ppots_json(path: str | Path) -> PPotsResult:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from maskdiff.training.checkpoint import CheckpointError, find_checkpoint
+from maskdiff.training.checkpoint import CheckpointError, Found, find_checkpoint
 from maskdiff.training.config import TrainConfig, config_differences, from_dict, to_dict
 from maskdiff.training.needs import resolve_estimator
 from maskdiff.core.batch import Batch
@@ -36,9 +36,13 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> L
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     if not (run_dir / "config.json").exists():
         raise ValueError(f"{run_dir} is not a run directory (no config.json)")
-    found = find_checkpoint(run_dir / ("best" if which == "best" else "checkpoints"))
+    tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
+    fits = weights_fit_config(tokenizer)  # a checkpoint whose config.json disagrees is damaged
+    found = find_checkpoint(run_dir / ("best" if which == "best" else "checkpoints"), fits)
     if found.checkpoint is None and which == "best":
-        found = find_checkpoint(run_dir / "checkpoints")
+        best = found
+        found = find_checkpoint(run_dir / "checkpoints", fits)
+        found = Found(found.checkpoint, best.skipped + found.skipped)
     if found.checkpoint is None:
         if found.skipped:
             raise CheckpointError(f"{run_dir} has no valid checkpoint ({found.note()})")
@@ -47,13 +51,63 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> L
         print(f"maskdiff: {found.note()}", file=sys.stderr, flush=True)
     ckpt, path = found.checkpoint, found.checkpoint.path
     config = from_dict(TrainConfig, ckpt.config)
-    tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
-    model_cfg = TransformerConfig(vocab_size=tokenizer.vocab_size, max_len=config.data.max_len,
-                                  mask_token_id=tokenizer.mask_id, **to_dict(config.model))
-    model = build_model(model_cfg)
+    model = build_model(_model_config(config, tokenizer))
     model.load_state_dict(ckpt.weights)
     return LoadedRun(config=config, model=model.to(device).eval(), tokenizer=tokenizer,
                      checkpoint=path)
+
+
+def _model_config(config: TrainConfig, tokenizer) -> TransformerConfig:
+    return TransformerConfig(vocab_size=tokenizer.vocab_size, max_len=config.data.max_len,
+                             mask_token_id=tokenizer.mask_id, **to_dict(config.model))
+
+
+def checked_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor],
+                    where: str) -> dict[str, torch.Tensor]:
+    """``weights`` when they fit ``model`` (the same names and shapes), else a
+    :class:`CheckpointError` naming ``where`` and the first mismatches, never a long
+    ``load_state_dict`` traceback."""
+    expected = model.state_dict()
+    problems = [f"{k}: {tuple(weights[k].shape)} where the model has {tuple(v.shape)}"
+                for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    problems += [f"missing {missing[:3]}"] * bool(missing) + [f"unexpected {extra[:3]}"] * bool(extra)
+    if problems:
+        raise CheckpointError(f"{where} does not fit the model of its config ("
+                              f"{'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''})")
+    return weights
+
+
+def weights_fit_config(tokenizer):
+    """A :func:`find_checkpoint` validator: a checkpoint whose weights do not fit the model its
+    own ``config.json`` describes (a hand-edited or mixed-up file) is damaged, and skipped."""
+    def validate(ckpt) -> None:
+        try:
+            config = from_dict(TrainConfig, ckpt.config)
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{ckpt.path / 'config.json'} is not a run config ({err})") from None
+        with torch.device("meta"):  # shapes only: nothing allocated
+            model = build_model(_model_config(config, tokenizer))
+        checked_weights(model, ckpt.weights, f"{ckpt.path / 'model.safetensors'}")
+    return validate
+
+
+def start_notes(task: TaskData, truncated: dict, config: TrainConfig, step: int,
+                extension: dict | None) -> list[str]:
+    """What a run says once at its start (each a line): examples cut to ``max_len``, repeated
+    rows of a train_file, a validation split too small for a standard error, an extension."""
+    from maskdiff.training.extend import extension_line
+
+    lines = [truncation_line(truncated, config.data.max_len), task.params.get("notes")]
+    n_val = truncated.get("val", {}).get("of", 2)
+    if n_val < 2:
+        lines.append(f"warning: the validation split has {n_val} example: early stopping "
+                     f"compares single-example losses and the standard error is undefined "
+                     f"(n/a; null in results.json); give a larger val_file or more rows")
+    if extension is not None:
+        lines.append(extension_line(Path(config.out_dir), step, extension["from_max_steps"],
+                                    config))
+    return [line for line in lines if line]
 
 
 def make_collator(config: TrainConfig, task: TaskData) -> Collator:
