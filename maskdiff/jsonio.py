@@ -29,3 +29,21 @@ def finite_or_none(value: Any) -> Any:
 def dumps(obj: Any, **kwargs: Any) -> str:
     """``json.dumps`` that writes non-finite floats as ``null`` and never emits NaN/Infinity."""
     return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
+
+
+def load(path: Any) -> Any:
+    """The JSON document in the file ``path``. A file that is not UTF-8 or not JSON is a
+    ValueError naming the file and the line (Python's own errors name neither); a missing
+    file is the usual ``FileNotFoundError``, which names it."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 (byte {raw[err.start]:#04x})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column "
+                         f"{err.colno})") from None

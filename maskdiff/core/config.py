@@ -9,7 +9,6 @@ value and what is allowed, and builds the object it describes with ``build()``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -70,11 +69,7 @@ def save_json(config: Any, path: str | Path) -> None:
 
 
 def load_json(cls: type[C], path: str | Path) -> C:
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    return from_dict(cls, data)
+    return from_dict(cls, jsonio.load(path))  # a bad file: one line naming it and its line
 
 
 def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

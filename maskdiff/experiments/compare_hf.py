@@ -14,6 +14,7 @@ Causal and own-task methods are left out (they need maskdiff's own models and ta
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch
 
 from maskdiff import jsonio
 from maskdiff.core.methods import get_method
+from maskdiff.data.holdout import holdout
+from maskdiff.data.jsonl import read_json_lines
 from maskdiff.experiments.compare import RunSpec, plan
 from maskdiff.experiments.compare_presets import ComparePreset
 from maskdiff.training.answers import answers_match, extract_answer, gold_answer
@@ -44,17 +47,14 @@ def rows_of(train_file: str | None, preset: ComparePreset) -> tuple[list[dict], 
     path = Path(train_file)
     if not path.exists():
         raise ValueError(f"--train-file {path}: no such file")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+    rows = [row for _, row in read_json_lines(path)]  # names file and line of a bad one
     if len(rows) < 4:
         raise ValueError(f"{path}: need at least 4 rows to hold out a test split, got {len(rows)}")
-    n_test = max(2, int(len(rows) * HOLDOUT))
-    return rows[:-n_test], rows[-n_test:]
+    split = holdout(rows, key=lambda row: jsonio.dumps(row, sort_keys=True), fraction=HOLDOUT,
+                    minimum=2, where=str(path))  # leak-free: repeated rows on one side only
+    if split.notes(str(path)):
+        print(f"maskdiff: {split.notes(str(path))}", file=sys.stderr, flush=True)
+    return split.train, split.val
 
 
 @dataclass

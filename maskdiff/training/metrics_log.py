@@ -67,7 +67,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # a torn line is dropped
         try:
             record = json.loads(line)
         except json.JSONDecodeError:

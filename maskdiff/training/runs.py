@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from maskdiff import jsonio
 from maskdiff.training.checkpoint import CheckpointError, Found, find_checkpoint
 from maskdiff.training.config import TrainConfig, config_differences, from_dict, to_dict
 from maskdiff.training.needs import resolve_estimator
@@ -186,7 +186,7 @@ def check_finished_config(run_dir: Path, config: TrainConfig, task: TaskData) ->
     is compared after the same filling."""
     resolved = replace(config, estimator=resolve_estimator(config.estimator, task))
     saved = run_dir / "config.json"
-    differences = (config_differences(json.loads(saved.read_text()), to_dict(resolved))
+    differences = (config_differences(jsonio.load(saved), to_dict(resolved))
                    if saved.exists() else ["config.json is missing"])
     if differences:
         raise ValueError(f"{run_dir}: finished with another configuration "
