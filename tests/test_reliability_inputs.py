@@ -228,16 +228,22 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, capsys, monkeyp
     from maskdiff.training import checkpoint as checkpoint_module
 
     run = tmp_path / "run"
-    real_open = io.open
+    real_open, real_fdopen = io.open, os.fdopen
+
+    def full(handle, file, mode):  # a write under RUN to a file named like NAME (or its temp)
+        writing = any(m in mode for m in "wa+")
+        hit = writing and str(file).startswith(str(run)) and name in Path(file).name
+        return _FullDisk(handle) if hit else handle
 
     def full_open(file, mode="r", *args, **kwargs):
-        handle = real_open(file, mode, *args, **kwargs)
-        writing = any(m in mode for m in "wa+")
-        if writing and str(file).startswith(str(run)) and Path(file).name.startswith(name):
-            return _FullDisk(handle)
-        return handle
+        return full(real_open(file, mode, *args, **kwargs), file, mode)
+
+    def full_fdopen(fd, mode="r", *args, **kwargs):  # temporary files made with mkstemp
+        return full(real_fdopen(fd, mode, *args, **kwargs), os.readlink(f"/proc/self/fd/{fd}"),
+                    mode)
     monkeypatch.setattr(builtins, "open", full_open)
     monkeypatch.setattr(io, "open", full_open)
+    monkeypatch.setattr(os, "fdopen", full_fdopen)
     if name == "state.pt":  # torch writes from C++: its error names no file either
         def full_save(*args, **kwargs):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -260,6 +266,8 @@ def test_extending_a_finished_run_needs_the_flag_and_continues_honestly(tmp_path
     assert "differs in ['optim.max_steps'] (12 -> 24)" in err and "pass --extend" in err
     assert main(_smoke(run, "--steps", "6", "--extend")) == 2
     assert "must exceed it" in capsys.readouterr().err
+    assert main(_smoke(tmp_path / "empty", "--extend")) == 2
+    assert "holds no checkpoint to extend" in capsys.readouterr().err
     from safetensors.torch import load_file
     before = load_file(run / "checkpoints" / "step-000012" / "model.safetensors")
     assert main(_smoke(run, "--steps", "24", "--extend")) == 0

@@ -53,6 +53,15 @@ def extension_of(path: Path, differ: list[str], saved: dict, config: TrainConfig
     return old
 
 
+def fresh_start(root: Path, extend: bool) -> bool:
+    """False (a resume that found no checkpoint starts fresh), unless ``extend``: there is
+    nothing to extend, and training from scratch under that flag would be a silent surprise."""
+    if extend:
+        raise ValueError(f"--extend: {root} holds no checkpoint to extend; start the run "
+                         f"without --extend")
+    return False
+
+
 def extension_line(out_dir: Path, step: int, old: int, config: TrainConfig) -> str:
     """The one line an extension prints: what continues and what the schedule does."""
     optim = config.optim

@@ -171,7 +171,9 @@ def example_batch(config: TrainConfig, task: TaskData, n_examples: int, split: s
 def finished_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     """The final weights of a finished run of ``config`` (its last checkpoint, read without
     taking the run's lock), or None when the run is unfinished or was made with another config."""
-    ckpt = find_checkpoint(Path(config.out_dir) / "checkpoints").checkpoint
+    tokenizer = Path(config.out_dir) / TOKENIZER_FILE
+    fits = weights_fit_config(load_tokenizer(tokenizer)) if tokenizer.is_file() else None
+    ckpt = find_checkpoint(Path(config.out_dir) / "checkpoints", fits).checkpoint
     if ckpt is None or int(ckpt.state["step"]) != config.optim.max_steps:
         return None
     if config_differences(ckpt.config, to_dict(config)):

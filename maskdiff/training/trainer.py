@@ -39,7 +39,7 @@ from maskdiff.training.evaluate import EvalResult, causal_nll, elbo
 from maskdiff.training.needs import resolve_estimator
 from maskdiff.models import TransformerConfig, build_model
 from maskdiff.training.objective import build_objective
-from maskdiff.training.extend import extension_of
+from maskdiff.training.extend import extension_of, fresh_start
 from maskdiff.training.runs import (
     TOKENIZER_FILE, check_step_memory, checked_weights, make_collator, start_notes,
     truncation_counts, weights_fit_config,
@@ -168,7 +168,7 @@ class Trainer:
             raise CheckpointError(f"no valid checkpoint under {root} ({found.note()}); "
                                   f"use --overwrite to start the run over")
         if found.checkpoint is None:
-            return False
+            return fresh_start(root, extend)  # False; --extend without a checkpoint: refused
         if found.skipped and self.rank == 0:
             print(f"maskdiff: {found.note()}", file=sys.stderr, flush=True)
         ckpt, path = found.checkpoint, found.checkpoint.path
