@@ -132,13 +132,30 @@ def _widen(checkpoint: Path) -> None:
     path.write_text(json.dumps(config))
 
 
-def test_a_checkpoint_whose_config_disagrees_with_its_weights_falls_back(tmp_path, capsys):
+def _edit_state(checkpoint: Path, edit) -> None:
+    state = torch.load(checkpoint / "state.pt", weights_only=True)
+    edit(state)
+    torch.save(state, checkpoint / "state.pt")
+
+
+def _one_group(state):
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_widen, "model.safetensors does not fit the model of its config"),
+    (lambda c: _edit_state(c, lambda s: s.pop("optimizer")), "state.pt does not fit this run"),
+    (lambda c: _edit_state(c, _one_group), "state.pt does not fit this run (ValueError"),
+    (lambda c: _edit_state(c, lambda s: s.pop("step")), "state.pt holds no step"),
+], ids=["config-wider", "state-no-optimizer", "state-other-optimizer", "state-no-step"])
+def test_a_checkpoint_that_contradicts_itself_or_the_run_falls_back(tmp_path, capsys, damage,
+                                                                     reason):
     config, root = _two_checkpoints(tmp_path)
-    _widen(root / "step-000004")
+    damage(root / "step-000004")
     trainer = Trainer(config, quiet=True)
     trainer.fit()
     err = capsys.readouterr().err
-    assert "skipped damaged checkpoint" in err and "does not fit the model of its config" in err
+    assert "skipped damaged checkpoint" in err and reason in err, err
     straight = Trainer(replace(config, out_dir=str(tmp_path / "straight")), quiet=True)
     straight.fit()
     for name, value in _weights(straight).items():  # resumed from step 2: still exact

@@ -46,7 +46,8 @@ from maskdiff.training.runs import (
 )
 from maskdiff.training.metrics_log import LogWindow, open_metrics, plain_line, truncate_metrics
 from maskdiff.training.stats import StepStats, finish_step
-from maskdiff.core.seeding import STREAM_DATA_ORDER, BatchRandomness, generator_for
+from maskdiff.core.seeding import BatchRandomness
+from maskdiff.training.data_order import DataOrder
 
 
 @dataclass
@@ -74,25 +75,6 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-class DataOrder:
-    """Global example order: a fresh seeded permutation of the training set every epoch."""
-
-    def __init__(self, n_examples: int, seed: int) -> None:
-        self.n, self.seed, self._cache = n_examples, seed, {}
-
-    def _epoch(self, epoch: int) -> list[int]:
-        if epoch not in self._cache:
-            self._cache = {epoch: torch.randperm(
-                self.n, generator=generator_for(self.seed, STREAM_DATA_ORDER, epoch)).tolist()}
-        return self._cache[epoch]
-
-    def global_batch(self, step: int, batch_size: int) -> list[int]:
-        out = []
-        for position in range(step * batch_size, (step + 1) * batch_size):
-            out.append(self._epoch(position // self.n)[position % self.n])
-        return out
 
 
 class Trainer:
@@ -163,7 +145,12 @@ class Trainer:
 
     def _resume(self, extend: bool = False) -> bool:
         root = self.out_dir / "checkpoints"
-        found = find_checkpoint(root, validate=weights_fit_config(self.task.tokenizer))
+        fits = weights_fit_config(self.task.tokenizer)
+
+        def usable(ckpt) -> None:  # loads it: one that does not fit this run is damaged
+            fits(ckpt)
+            self._load(ckpt, extend)
+        found = find_checkpoint(root, validate=usable)
         if found.checkpoint is None and found.skipped:
             raise CheckpointError(f"no valid checkpoint under {root} ({found.note()}); "
                                   f"use --overwrite to start the run over")
@@ -171,12 +158,25 @@ class Trainer:
             return fresh_start(root, extend)  # False; --extend without a checkpoint: refused
         if found.skipped and self.rank == 0:
             print(f"maskdiff: {found.note()}", file=sys.stderr, flush=True)
-        ckpt, path = found.checkpoint, found.checkpoint.path
-        differ = config_differences(ckpt.config, to_dict(self.config))
-        state = ckpt.state
+        return True
+
+    def _load(self, ckpt, extend: bool) -> None:
+        """The run's state from ``ckpt``: a refused config is a ValueError; a state file that
+        does not fit this run (keys, optimiser groups) a CheckpointError (damaged: skipped)."""
+        state, differ = ckpt.state, config_differences(ckpt.config, to_dict(self.config))
+        if not isinstance(state.get("step"), int):
+            raise CheckpointError(f"{ckpt.path / 'state.pt'} holds no step")
+        old = extension_of(ckpt.path, differ, ckpt.config, self.config, state["step"], extend)
+        try:
+            self._load_state(ckpt.weights, state, old)
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise CheckpointError(f"{ckpt.path / 'state.pt'} does not fit this run "
+                                  f"({type(err).__name__}: {str(err).splitlines()[0][:160]})"
+                                  ) from None
+
+    def _load_state(self, weights, state: dict, old: int | None) -> None:
         self.step = int(state["step"])
-        old = extension_of(path, differ, ckpt.config, self.config, self.step, extend)
-        self.model.load_state_dict(ckpt.weights)
+        self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.estimator.load_state_dict({key: state[key] for key in self.estimator.state_dict()})
         self.proxy.load_state_dict(state["proxy"])
@@ -195,7 +195,6 @@ class Trainer:
             self.extended_from.append(old)
             self.extension, self.bad_evals = {"from_max_steps": old,
                                               "to_max_steps": self.config.optim.max_steps}, 0
-        return True
 
     def _checkpoint(self) -> None:
         if self.rank == 0:
