@@ -204,6 +204,21 @@ def test_hf_rows_longer_than_the_context_are_one_line_naming_the_row(tmp_path, c
     assert "Traceback" not in err and err.count("error") == 1  # (transformers' bars aside)
 
 
+def test_compare_hf_refuses_a_training_row_longer_than_the_context(tmp_path, capsys):
+    from test_compare_data import _tiny_hf_model  # max_position_embeddings=32
+
+    model = _tiny_hf_model(tmp_path / "bert")
+    rows = [{"prompt": f"add {a} {b}", "response": f"{a + b} #### {a + b}"}
+            for a in range(4) for b in range(4)]
+    rows[5]["response"] = " ".join(["1"] * 40)
+    data = _rows(tmp_path / "rows.jsonl", rows)
+    assert main(["compare", "--preset", "smoke", "--hf", str(model), "--train-file", str(data),
+                 "--methods", "standard", "--seeds", "1", "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:6: the row is 44 tokens, longer than the 32-token context" in err, err
+
+
 def test_data_that_is_not_utf8_names_the_file_and_line(tmp_path, capsys):
     pytest.importorskip("transformers")
     from test_evaluation import bert_dir

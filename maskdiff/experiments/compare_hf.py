@@ -77,9 +77,15 @@ class HFCompareJob:
 
     def load(self):
         from maskdiff.hf import load_hf_model
+        from maskdiff.hf.source import check_context, context_limit
 
-        return load_hf_model(self.hf, mask_token_id=self.mask_token_id, device=self.device,
-                             trust_remote_code=self.trust_remote_code)
+        model, tok, mask_id = load_hf_model(self.hf, mask_token_id=self.mask_token_id,
+                                            device=self.device,
+                                            trust_remote_code=self.trust_remote_code)
+        if self.train_file is not None:  # a row longer than the context: one line naming it
+            check_context(tok, read_json_lines(self.train_file), context_limit(model),
+                          self.train_file, self.hf)
+        return model, tok, mask_id
 
     def specs(self) -> list[RunSpec]:
         ok = lambda m: not m.causal and m.task is None and not ({"delimiters", "syntax"} & m.needs)  # noqa: E731
