@@ -171,7 +171,7 @@ class Trainer:
             self._load_state(ckpt.weights, state, old)
         except (KeyError, ValueError, RuntimeError, TypeError) as err:
             raise CheckpointError(f"{ckpt.path / 'state.pt'} does not fit this run "
-                                  f"({type(err).__name__}: {str(err).splitlines()[0][:160]})"
+                                  f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]})"
                                   ) from None
 
     def _load_state(self, weights, state: dict, old: int | None) -> None:
