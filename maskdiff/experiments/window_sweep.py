@@ -277,7 +277,8 @@ def summarise(records: list[dict], settings: list[Setting]) -> dict[str, dict]:
         if not rows:
             continue
         losses = torch.tensor([r["test_loss"] for r in rows], dtype=torch.float64)
-        ses = torch.tensor([r["test_se"] for r in rows], dtype=torch.float64)
+        ses = torch.tensor([math.nan if r["test_se"] is None else r["test_se"] for r in rows],
+                           dtype=torch.float64)  # null in JSON: undefined (one test example)
         sd = float(losses.std(unbiased=True)) if len(rows) > 1 else 0.0
         se = math.sqrt(sd ** 2 / len(rows) + float((ses ** 2).mean()))
         out[s.label] = {
