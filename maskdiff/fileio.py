@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 STALE_SECONDS = 3600.0  # an old-style NAME.tmp (no writer's pid in it) older than this is stale
 
@@ -68,9 +70,22 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> N
     path = Path(path)
     tmp = temp_name(path)
     try:
-        with open(tmp, "w", encoding=encoding) as handle:
+        with naming(path), open(tmp, "w", encoding=encoding) as handle:
             handle.write(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     clean_stale_temps(path)
+
+
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Let no write error go unnamed: an ``OSError`` without a file name (what ``write(2)`` and
+    ``close(2)`` report for a full disk or an exceeded quota: ``[Errno 28] No space left on
+    device``) is raised again as the same error naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from maskdiff import jsonio
 from maskdiff.fileio import atomic_write_text
 
 try:
@@ -55,7 +56,7 @@ class JobRefused(ValueError):
 def plain(value: Any) -> Any:
     """``value`` as JSON reads it back (tuples become lists, keys strings): keys compare equal
     before and after a round trip through a record."""
-    return json.loads(json.dumps(value))
+    return json.loads(jsonio.dumps(value))
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -68,7 +69,7 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
         return out
     if old == new:
         return []
-    show = lambda v: (json.dumps(v) if len(json.dumps(v)) <= 40 else "…")  # noqa: E731
+    show = lambda v: (jsonio.dumps(v) if len(jsonio.dumps(v)) <= 40 else "…")  # noqa: E731
     return [f"{prefix.rstrip('.') or 'key'}: {show(old)} → {show(new)}"]
 
 
@@ -217,5 +218,5 @@ def reuse_or_run(path: str | Path, key: Any, compute: Callable[[], dict], *,
         if not isinstance(record, dict):
             raise TypeError(f"{path}: compute() must return a dict, got {type(record).__name__}")
         record.pop(KEY_FIELD, None)
-        atomic_write_text(path, json.dumps({**record, KEY_FIELD: key}, indent=1) + "\n")
+        atomic_write_text(path, jsonio.dumps({**record, KEY_FIELD: key}, indent=1) + "\n")
         return record

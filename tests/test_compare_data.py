@@ -70,10 +70,9 @@ def _tiny_hf_model(path):
 def test_compare_runs_the_protocol_on_a_hugging_face_model(tmp_path):
     model = _tiny_hf_model(tmp_path / "bert")
     rng = np.random.default_rng(1)
-    rows = []
-    for _ in range(40):
-        a, b = (int(x) for x in rng.integers(0, 5, 2))
-        rows.append({"prompt": f"add {a} {b}", "response": f"{a + b} #### {a + b}"})
+    pairs = [(a, b) for a in range(10) for b in range(10) if a + b <= 9]  # 40 distinct rows:
+    rows = [{"prompt": f"add {a} {b}", "response": f"{a + b} #### {a + b}"}  # repeats would be
+            for a, b in (pairs[k] for k in rng.permutation(len(pairs))[:40])]  # held out once
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "hf"

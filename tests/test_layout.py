@@ -168,7 +168,7 @@ def test_cycle_allow_list_is_not_stale():
 # inside a function) only from its own layer and the layers before it. The utilities import
 # nothing of maskdiff; the package root only re-exports.
 LAYERS = [
-    {"fileio", "jobs", "memory", "plotting"},
+    {"fileio", "jobs", "jsonio", "memory", "plotting"},
     {"core"}, {"diagnostics"}, {"ppots"}, {"data", "models"}, {"training"}, {"hf"}, {"labs"},
     {"evaluation"}, {"experiments"}, {"commands", "cli"}, {"maskdiff"},
 ]

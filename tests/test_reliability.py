@@ -191,7 +191,8 @@ def test_a_resumed_start_over_logs_of_another_config_is_refused(tmp_path):
 # -- 4. truncation is counted and reported; the test split of a train_file ----------------------
 def test_truncation_is_counted_in_results_and_reported(tmp_path, capsys):
     data = tmp_path / "data.jsonl"
-    rows = [{"prompt": "q", "response": "a" * (1000 if i % 4 == 0 else 3)} for i in range(40)]
+    rows = [{"prompt": "q", "response": "a" * 996 + f"{i:04d}" if i % 4 == 0 else f"{i:03d}"}
+            for i in range(40)]  # distinct rows: repeated ones would not be split as 36 + 4
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "run"
     assert main(_smoke(run, "--train-file", str(data), "--steps", "2", "--set",

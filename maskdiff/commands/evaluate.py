@@ -3,10 +3,10 @@ run or of a Hugging Face model on a JSONL file (docs/method.md §8, docs/evaluat
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from maskdiff import jsonio
 from maskdiff.commands import (
     add_decoding_arguments, add_model_source_arguments, add_threads_argument, apply_threads, positive,
 )
@@ -14,7 +14,7 @@ from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
 from maskdiff.fileio import atomic_write_text
 from maskdiff.training.evaluate import (
-    ELBO_SCHEMES, EVAL_SCHEME, causal_nll, elbo, elbo_scheme, pass_at_1,
+    ELBO_SCHEMES, EVAL_SCHEME, causal_nll, elbo, elbo_scheme, pass_at_1, se_text,
 )
 from maskdiff.training.runs import load_run
 
@@ -74,7 +74,7 @@ def run(args) -> int:
                         device=args.device)
         report["pass_at_1"] = gen.pass_at_1
         print(f"pass@1 {gen.pass_at_1:.3f} over {gen.n} examples")
-    atomic_write_text(Path(args.run) / "eval.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(Path(args.run) / "eval.json", jsonio.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -86,7 +86,7 @@ def _scheme_keys(args, causal: bool) -> dict:
 
 
 def _print_loss(name: str, loss) -> None:
-    print(f"{name} loss {loss.mean:.4f} ± {loss.se:.4f} nats/token "
+    print(f"{name} loss {loss.mean:.4f} ± {se_text(loss.se, loss.n)} nats/token "
           f"({loss.bits:.4f} bits) over {loss.n} examples")
 
 
@@ -107,5 +107,5 @@ def _run_hf(args, threads: int) -> int:
         print(f"pass@1 {report['pass_at_1']:.3f} over {report['loss']['n']} examples")
     report.update(_scheme_keys(args, False), model=args.hf, data=str(args.data), threads=threads)
     if args.out:
-        atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
+        atomic_write_text(Path(args.out), jsonio.dumps(report, indent=2) + "\n")
     return 0

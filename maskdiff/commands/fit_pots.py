@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskdiff import jsonio
 from maskdiff.commands import add_hf_load_arguments, add_threads_argument, apply_threads, hf_load_kwargs
 from maskdiff.ppots import ESTIMATORS, TARGETS, fit_ppots, plot_ppots, save_ppots_json
 from maskdiff.fileio import atomic_write_text
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             doc["cost_fraction"] = result.seconds / trained
             print(f"estimation + fit: {result.seconds:.1f}s = {100 * doc['cost_fraction']:.1f}% of "
                   f"the {trained:.1f}s training run; {result.forward_passes} forward passes")
-        atomic_write_text(out / "ppots.json", json.dumps(doc, indent=1) + "\n")
+        atomic_write_text(out / "ppots.json", jsonio.dumps(doc, indent=1) + "\n")
     plot_ppots(out / "ppots.png", result)
     params = "  ".join(f"{key}={value:.6g}" for key, value in result.epr.params.items())
     print(f"EPR params: {params}")

@@ -13,10 +13,10 @@ loss against steps; ``parity-sweep`` runs supervised, U[0,0.1], U[0,t1*], U[0,0.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
+from maskdiff import jsonio
 from maskdiff.commands import add_threads_argument, apply_threads, parse_ints
 from maskdiff.fileio import atomic_write_text
 
@@ -121,7 +121,7 @@ def run(args) -> int:
               + ("         —" if row["objective"] is None else f"{row['objective']:>10.4f}"))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps({**result.to_dict(), "threads": threads},
+        atomic_write_text(args.out, jsonio.dumps({**result.to_dict(), "threads": threads},
                                              indent=1) + "\n")
         print(f"history written to {args.out}")
     return 0

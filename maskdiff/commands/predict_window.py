@@ -9,9 +9,9 @@ in :mod:`maskdiff.labs.ngram`) and ``t* = argmax Signal(t)``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from maskdiff import jsonio
 from maskdiff.labs.ngram import ESTIMATORS, LEVELS, predict_window
 
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         "window": [low, high],
     }
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(jsonio.dumps(report, indent=2))
         return 0
     unit = (
         "nats of information gain" if prediction.estimator == "information" else "kept n-gram types"

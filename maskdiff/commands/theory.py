@@ -7,9 +7,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
+from maskdiff import jsonio
 from maskdiff.labs import theory
 
 ORDERS = (2, 3, 4, 5, 6)
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if args.theory_command == "parity":
         report = parity_report(args.k, args.t0, args.t1, args.n, args.delta)
         if args.json:
-            print(json.dumps(report, indent=2))
+            print(jsonio.dumps(report, indent=2))
         else:
             print(f"k-parity theory, k = {args.k}, t ~ U[{args.t0:g}, {args.t1:g}]")
             _print_table(
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if args.theory_command == "window":
         report = window_report(parse_weights(args.weights), args.power, args.points)
         if args.json:
-            print(json.dumps(report, indent=2))
+            print(jsonio.dumps(report, indent=2))
         else:
             print(
                 "weights  "

@@ -67,6 +67,10 @@ def register(subparsers) -> None:
                    help="start a fresh run (refused where the directory holds another run)")
     p.add_argument("--overwrite", action="store_true",
                    help="start a fresh run, first removing the run the directory holds")
+    p.add_argument("--extend", action="store_true",
+                   help="continue the run in --out to a larger --steps: the learning-rate "
+                        "schedule is recomputed for the new optim.max_steps from the current step "
+                        "(README, Reliability: how to extend a run)")
     add_threads_argument(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -150,9 +154,15 @@ def run(args) -> int:
 
     config = build_config(args)
     apply_threads(args)
+    from maskdiff.training.evaluate import se_text
+
+    if args.extend and (args.no_resume or args.overwrite):
+        raise ValueError("--extend continues the run in --out: it goes without --no-resume "
+                         "and --overwrite")
     result = Trainer(config, quiet=args.quiet).fit(resume=not args.no_resume,
-                                                   overwrite=args.overwrite)
-    best = "n/a" if result.best_val is None else f"{result.best_val:.4f} ± {result.best_val_se:.4f}"
+                                                   overwrite=args.overwrite, extend=args.extend)
+    best = ("n/a" if result.best_val is None else f"{result.best_val:.4f} ± "
+            f"{se_text(result.best_val_se, result.val_examples, 'validation example')}")
     print(f"{config.out_dir}: {result.steps} steps in {result.seconds:.1f}s, best validation "
           f"loss {best} (step {result.best_step}), variance proxy {result.variance_proxy:.4f}")
     return 0

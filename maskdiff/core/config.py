@@ -9,7 +9,6 @@ value and what is allowed, and builds the object it describes with ``build()``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from maskdiff import jsonio
 from maskdiff.core.control import CONTROLS, build_control
 from maskdiff.core.masking import MASKERS, build_masker
 from maskdiff.core.objective import GRAD_PROXIES, NORMALIZERS, Estimator
@@ -66,15 +66,11 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
 
 
 def save_json(config: Any, path: str | Path) -> None:
-    atomic_write_text(path, json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, jsonio.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
 
 
 def load_json(cls: type[C], path: str | Path) -> C:
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    return from_dict(cls, data)
+    return from_dict(cls, jsonio.load(path))  # a bad file: one line naming it and its line
 
 
 def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from maskdiff import jsonio
 from maskdiff.fileio import atomic_write_text
 from maskdiff.data.sizing import auto_vocab_size
 from maskdiff.data.tokenizer import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, checked_id
@@ -134,7 +135,7 @@ class BPETokenizer:
             "use_bos": self._use_bos,
             "hf_tokenizer": self._hf.to_str(),
         }
-        atomic_write_text(path, json.dumps(data, ensure_ascii=False))
+        atomic_write_text(path, jsonio.dumps(data, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "BPETokenizer":

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from maskdiff import jsonio
 from maskdiff.fileio import atomic_write_text
 from maskdiff.data.tokenizer import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, checked_id
 
@@ -164,7 +165,7 @@ class CharTokenizer:
         }
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
+        atomic_write_text(path, jsonio.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "CharTokenizer":

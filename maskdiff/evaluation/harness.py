@@ -15,7 +15,6 @@ Importing this module imports ``lm_eval`` and registers the model, so that
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from maskdiff import jsonio
 from maskdiff.evaluation.model import load_eval_model
 from maskdiff.evaluation.scoring import DEFAULT_RATES, generate, loglikelihoods
 from maskdiff.training.evaluate import EVAL_SCHEME
@@ -91,7 +91,7 @@ class MaskdiffLM(LM):
         self.details.extend(rows)
         if self.se_file is not None:
             with self.se_file.open("a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
+                f.writelines(jsonio.dumps(r) + "\n" for r in rows)
         return scores
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -123,7 +123,7 @@ class MaskdiffLM(LM):
         out: list[str | None] = [None] * len(requests)
         by_kwargs: dict[str, list[int]] = {}
         for k, request in enumerate(requests):
-            by_kwargs.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(k)
+            by_kwargs.setdefault(jsonio.dumps(request.args[1], sort_keys=True, default=str), []).append(k)
         for members in by_kwargs.values():
             kwargs = dict(requests[members[0]].args[1] or {})
             until = kwargs.get("until") or []

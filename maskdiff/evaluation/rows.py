@@ -9,7 +9,7 @@ from typing import Any
 from maskdiff.evaluation.model import EvalModel
 from maskdiff.evaluation.scoring import generate
 from maskdiff.hf.collate import hf_batch
-from maskdiff.hf.source import read_rows
+from maskdiff.hf.source import check_context, read_numbered_rows
 from maskdiff.training.answers import answers_match, extract_answer, gold_answer
 from maskdiff.training.evaluate import EVAL_SCHEME, elbo
 
@@ -26,8 +26,10 @@ def evaluate_rows(model: EvalModel, data: str | os.PathLike, *, n: int | None = 
     (``"pass_at_1"``, ``"predictions"``, ``"golds"``)."""
     if model.native:
         raise ValueError("evaluate_rows scores a Hugging Face model; a run evaluates on its task")
-    rows = read_rows(data)[:n]
+    numbered = read_numbered_rows(data)[:n]
     tok = model.tokenizer
+    check_context(tok, numbered, model.max_length, data, model.name)
+    rows = [row for _, row in numbered]
 
     def collate(items):
         return hf_batch(tok, [row for _, row in items], first_index=items[0][0]).to(device)

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import jsonio
 from maskdiff.core.methods import BASELINE, METHODS, get_method
 from maskdiff.data.setup import load_task
 from maskdiff.experiments.compare_eval import (
@@ -337,7 +338,7 @@ class CompareJob:
                             grad_noise=noise, task=self._task_info(),
                             workers=self.workers, threads=self.training_threads())
         results["invocations"] = _invocations(self.out_dir / "results.json", results["seconds"])
-        atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+        atomic_write_text(self.out_dir / "results.json", jsonio.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results)
         return results
 

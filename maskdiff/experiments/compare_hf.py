@@ -14,13 +14,17 @@ Causal and own-task methods are left out (they need maskdiff's own models and ta
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from maskdiff import jsonio
 from maskdiff.core.methods import get_method
+from maskdiff.data.holdout import holdout
+from maskdiff.data.jsonl import read_json_lines
 from maskdiff.experiments.compare import RunSpec, plan
 from maskdiff.experiments.compare_eval import RECORD_FIELDS, check_record, scoring_key
 from maskdiff.experiments.compare_presets import ComparePreset
@@ -47,17 +51,14 @@ def rows_of(train_file: str | None, preset: ComparePreset) -> tuple[list[dict], 
     path = Path(train_file)
     if not path.exists():
         raise ValueError(f"--train-file {path}: no such file")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+    rows = [row for _, row in read_json_lines(path)]  # names file and line of a bad one
     if len(rows) < 4:
         raise ValueError(f"{path}: need at least 4 rows to hold out a test split, got {len(rows)}")
-    n_test = max(2, int(len(rows) * HOLDOUT))
-    return rows[:-n_test], rows[-n_test:]
+    split = holdout(rows, key=lambda row: jsonio.dumps(row, sort_keys=True), fraction=HOLDOUT,
+                    minimum=2, where=str(path))  # leak-free: repeated rows on one side only
+    if split.notes(str(path)):
+        print(f"maskdiff: {split.notes(str(path))}", file=sys.stderr, flush=True)
+    return split.train, split.val
 
 
 @dataclass
@@ -81,10 +82,15 @@ class HFCompareJob:
 
     def load(self):
         from maskdiff.hf import load_hf_model
+        from maskdiff.hf.source import check_context, context_limit
 
         options = {"mask_token_id": self.mask_token_id,
                    "trust_remote_code": self.trust_remote_code, **(self.hf_options or {})}
-        return load_hf_model(self.hf, device=self.device, **options)
+        model, tok, mask_id = load_hf_model(self.hf, device=self.device, **options)
+        if self.train_file is not None:  # a row longer than the context: one line naming it
+            check_context(tok, read_json_lines(self.train_file), context_limit(model),
+                          self.train_file, self.hf)
+        return model, tok, mask_id
 
     def specs(self) -> list[RunSpec]:
         ok = lambda m: not m.causal and m.task is None and not ({"delimiters", "syntax"} & m.needs)  # noqa: E731
@@ -193,7 +199,7 @@ class HFCompareJob:
                 "n_val": len(self.test_rows), "n_test": len(self.test_rows)}
         results = summarise(self.preset, records, seconds=time.perf_counter() - started,
                             ppots=None, window=None, task=task, threads=torch.get_num_threads())
-        atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+        atomic_write_text(self.out_dir / "results.json", jsonio.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results)
         return results
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from maskdiff import jsonio
 from maskdiff.core.methods import BASELINE
 from maskdiff.experiments.compare import CompareJob
 from maskdiff.experiments.compare_eval import predicted_multiplier
@@ -75,7 +76,7 @@ class SweepJob:
                "examples": self.preset.base.optim.max_steps * self.preset.base.optim.batch_size,
                "seconds": time.perf_counter() - started}
         _add_predictions(doc)
-        atomic_write_text(out / "sweep.json", json.dumps(doc, indent=1) + "\n")
+        atomic_write_text(out / "sweep.json", jsonio.dumps(doc, indent=1) + "\n")
         plot_sweep(out / "sweep.png", doc)
         atomic_write_text(out / "sweep.md", "\n".join(
             [f"# compare sweep over the batch size — preset `{self.preset.name}`", ""]

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import jsonio
 from maskdiff.core.checks import int_at_least
 from maskdiff.core.batch import Batch
 from maskdiff.diagnostics.estimators import DiagnosticsDesign, run_diagnostics, with_extra
@@ -235,7 +236,7 @@ def write_outputs(out: str | Path, doc: dict[str, Any]) -> None:
     (also regenerates the plots and report of an earlier ``decompose.json``)."""
     out = Path(out)
     doc = _finite(doc)
-    atomic_write_text(out / "decompose.json", json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(out / "decompose.json", jsonio.dumps(doc, indent=1) + "\n")
     if doc["configurations"]:
         plot_components(out / "components.png", doc["configurations"])
     if doc.get("curves"):
@@ -260,7 +261,7 @@ def write_report(path: str | Path, doc: dict[str, Any]) -> None:
     lines = [
         "# Variance decomposition (docs/method.md §2)",
         "",
-        f"Model: `{json.dumps(doc['model'])}`",
+        f"Model: `{jsonio.dumps(doc['model'])}`",
         "",
         f"Design: a = {doc['n_examples']} examples × b = {design['n_rates']} i.i.d. rates × "
         f"c = {design['n_masks']} masks per configuration (unbiased nested ANOVA, bootstrap SE "
@@ -317,7 +318,7 @@ def write_report(path: str | Path, doc: dict[str, Any]) -> None:
     if doc["skipped"]:
         lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in doc["skipped"].items()] + [""]
     if doc.get("ppots"):
-        lines += [f"P-POTS density: `{json.dumps(doc['ppots'])}`", ""]
+        lines += [f"P-POTS density: `{jsonio.dumps(doc['ppots'])}`", ""]
     if doc.get("gpots"):
         from maskdiff.experiments.gradient_targets import report_lines
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import jsonio
 from maskdiff.experiments.compare_presets import EQUAL_COMPUTE
 from maskdiff.jobs import load_record
 from maskdiff.training.needs import apply_method
@@ -292,7 +293,7 @@ class ImageJob:
                 bar.update(1)
         results = summarise(p, records, self.evaluator, seconds=time.perf_counter() - started,
                             ppots=self._ppots_info(), start=self._start_info())
-        atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+        atomic_write_text(self.out_dir / "results.json", jsonio.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results, records, self.task)
         return results
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import jsonio
 from maskdiff.experiments.report_md import write_report_md
 from maskdiff.labs.parity import ParityModelConfig, ParityRunConfig, steps_to_accuracy, train_parity
 from maskdiff.labs.theory import ps_optimal_t1, signal_optimal_rate, signal_probability
@@ -222,7 +223,7 @@ def run_parity_sweep(preset: ParitySweepPreset, out_dir: str | Path, *,
         "n": base.n, "k": base.k, "secret": data.secret.tolist(), "seeds": list(seeds),
         "threshold": THRESHOLD, "ps_optimal_t1": ps_optimal_t1(base.k),
         "signal_optimal_rate": signal_optimal_rate(base.k),
-        "base_config": json.loads(json.dumps(asdict(base))),
+        "base_config": json.loads(jsonio.dumps(asdict(base))),
         "deviations": preset.deviations,
         "settings": [asdict(s) for s in settings],
         "summary": summary,
@@ -232,7 +233,7 @@ def run_parity_sweep(preset: ParitySweepPreset, out_dir: str | Path, *,
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
     }
-    atomic_write_text(out_dir / "results.json", json.dumps(results) + "\n")
+    atomic_write_text(out_dir / "results.json", jsonio.dumps(results) + "\n")
     write_plots(results, out_dir)
     write_report(results, out_dir)
     return results

@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from maskdiff import jsonio
 from maskdiff.experiments import compare_report as report
 from maskdiff.fileio import atomic_write_text
 from maskdiff.jobs import read_record
@@ -184,7 +185,7 @@ def add(results_dir: Path, name: str, source: Path) -> Path:
         raise ValueError(f"--add: the name must be letters, digits, '.', '_' or '-', got {name!r}")
     target = Path(results_dir) / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target, json.dumps(slim(read_results(source)),
+    atomic_write_text(target, jsonio.dumps(slim(read_results(source)),
                                          separators=(",", ":")) + "\n")
     return target
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import jsonio
 from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from maskdiff.training.evaluate import per_example_elbo
 from maskdiff.core.methods import method_config
@@ -166,7 +167,7 @@ def _predict(preset: WindowSweepPreset, task, out_dir: Path, t_star: float | Non
     path = out_dir / "prediction.json"
     if t_star is not None:
         record = {"t_star": float(t_star), "source": "given", "weights": None}
-        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+        atomic_write_text(path, jsonio.dumps(record, indent=1) + "\n")
         return record
 
     def compute() -> dict:
@@ -279,7 +280,8 @@ def summarise(records: list[dict], settings: list[Setting]) -> dict[str, dict]:
         if not rows:
             continue
         losses = torch.tensor([r["test_loss"] for r in rows], dtype=torch.float64)
-        ses = torch.tensor([r["test_se"] for r in rows], dtype=torch.float64)
+        ses = torch.tensor([math.nan if r["test_se"] is None else r["test_se"] for r in rows],
+                           dtype=torch.float64)  # null in JSON: undefined (one test example)
         sd = float(losses.std(unbiased=True)) if len(rows) > 1 else 0.0
         se = math.sqrt(sd ** 2 / len(rows) + float((ses ** 2).mean()))
         out[s.label] = {
@@ -337,7 +339,7 @@ def run_window_sweep(preset: WindowSweepPreset, out_dir: str | Path, *,
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
     }
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out_dir / "results.json", jsonio.dumps(results, indent=1) + "\n")
     write_plots(results, out_dir)
     write_report(results, out_dir, preset)
     return results

@@ -23,6 +23,7 @@ import transformers
 from torch import nn
 
 from maskdiff.core.config import EstimatorConfig
+from maskdiff import jsonio
 from maskdiff.core.control import VarianceProxy
 from maskdiff.core.objective import Estimator
 from maskdiff.core.samplers import DEFAULT_EPS
@@ -254,7 +255,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
             **self.estimator.state_dict(),  # "sampler", "control"
             "proxy": self.proxy.state_dict(),
             "tracker": self.ppots_tracker.state_dict() if self.refitter is not None else {},
-            "refit": json.dumps({"params": self.refit_params, "refits": self.refits,
+            "refit": jsonio.dumps({"params": self.refit_params, "refits": self.refits,
                                  "history": self.refit_history}),
             "log_window": self._window.state_dict(),  # the steps since the last log line
         }

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskdiff import jsonio
 from maskdiff.ppots.estimate import PPotsResult
 from maskdiff.ppots.fit import EPRFit, PolyFit, epr_log_p
 from maskdiff.fileio import atomic_write_text
@@ -49,7 +50,7 @@ def _floats(values: np.ndarray | None) -> list[float] | None:
 
 def save_ppots_json(path: str | Path, result: PPotsResult) -> None:
     """Write :func:`ppots_doc` of the result (atomically)."""
-    atomic_write_text(path, json.dumps(ppots_doc(result), indent=1) + "\n")
+    atomic_write_text(path, jsonio.dumps(ppots_doc(result), indent=1) + "\n")
 
 
 def ppots_doc(result: PPotsResult) -> dict:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from maskdiff import jsonio
 from maskdiff.core.checks import int_at_least
 from maskdiff.ppots.fit import (
     MIN_GRID_POINTS, MIN_TABLE_POINTS, DensityTable, EPRFit, check_table, epr_density, fit_epr,
@@ -229,7 +230,7 @@ class OnlineRefitter:
 
     def state_dict(self) -> dict:
         return {"tracker": self.tracker.state_dict(), "refits": self.refits,
-                "params": json.dumps(self.params)}
+                "params": jsonio.dumps(self.params)}
 
     def load_state_dict(self, state: dict) -> None:
         self.tracker.load_state_dict(state["tracker"])

@@ -29,12 +29,13 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from maskdiff.fileio import atomic_write_text
+from maskdiff import jsonio
+from maskdiff.fileio import atomic_write_text, naming
 from maskdiff.training.errors import ExpectedError
 
 LATEST = "LATEST"
@@ -97,13 +98,14 @@ def save_checkpoint(root: str | Path, step: int, weights: dict[str, torch.Tensor
     final, tmp = root / name, root / f"{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir()
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()},
-                  str(tmp / "model.safetensors"))
-        torch.save(state, tmp / "state.pt")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with naming(final):  # a full disk's error names the checkpoint
+            tmp.mkdir()
+            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()},
+                      str(tmp / "model.safetensors"))
+            torch.save(state, tmp / "state.pt")
+            (tmp / "config.json").write_text(jsonio.dumps(config, indent=2, sort_keys=True) + "\n")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
     except (OSError, KeyboardInterrupt):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -147,9 +149,12 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return next((p for p in step_dirs(root) if complete(p)), None)
 
 
-def find_checkpoint(root: str | Path) -> Found:
+def find_checkpoint(root: str | Path,
+                    validate: Callable[[Checkpoint], None] | None = None) -> Found:
     """Load the newest valid checkpoint under ``root``: the one ``LATEST`` names, else the
-    newest step directory that loads in full; every one skipped is listed with its reason."""
+    newest step directory that loads in full (and passes ``validate``, which raises a
+    :class:`CheckpointError` for one that loads but is inconsistent, e.g. weights that do not
+    fit its own ``config.json``); every one skipped is listed with its reason."""
     root = Path(root)
     pointed, problem = _pointed(root)
     skipped: list[tuple[Path, str]] = []
@@ -160,7 +165,10 @@ def find_checkpoint(root: str | Path) -> Found:
         candidates = [pointed] + [p for p in candidates if p != pointed]
     for path in candidates:
         try:
-            return Found(load_checkpoint(path), skipped)
+            checkpoint = load_checkpoint(path)
+            if validate is not None:
+                validate(checkpoint)
+            return Found(checkpoint, skipped)
         except CheckpointError as err:
             skipped.append((path, str(err)))
     return Found(None, skipped)

@@ -43,6 +43,14 @@ class EvalResult:
         return {**asdict(self), "bits": self.bits}
 
 
+def se_text(se: float | None, n: int, what: str = "example") -> str:
+    """A standard error as printed: ``0.0123``, or ``n/a (1 validation example)`` where it is
+    undefined (fewer than two examples: JSON files hold ``null`` there, never NaN)."""
+    if se is not None and math.isfinite(se):
+        return f"{se:.4f}"
+    return f"n/a ({n} {what}{'' if n == 1 else 's'})"
+
+
 def _summarise(per_example: torch.Tensor) -> EvalResult:
     values = per_example.double()
     n = len(values)

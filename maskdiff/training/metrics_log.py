@@ -9,7 +9,8 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-from maskdiff.fileio import atomic_write_text
+from maskdiff import jsonio
+from maskdiff.fileio import atomic_write_text, naming
 from maskdiff.training.stats import StepWindow
 
 
@@ -55,7 +56,8 @@ def plain_line(record: dict, max_steps: int) -> str:
     """The progress line printed where no progress bar is shown (CI, logs)."""
     line = f"step {record['step']}/{max_steps} loss {record['loss']:.4f}"
     if "val_loss" in record:
-        line += f" val {record['val_loss']:.4f}±{record['val_se']:.4f}"
+        se = record["val_se"]
+        line += f" val {record['val_loss']:.4f}±" + (f"{se:.4f}" if math.isfinite(se) else "n/a")
     return line + f" lr {record['lr']:.2e} tok/s {record['tokens_per_s']:.0f}"
 
 
@@ -65,7 +67,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # a torn line is dropped
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -131,14 +133,16 @@ class open_metrics:
 
         def log(record: dict) -> None:
             if self.handle is not None:
-                self.handle.write(json.dumps(record) + "\n")
-                self.handle.flush()
+                with naming(self.path):
+                    self.handle.write(jsonio.dumps(record) + "\n")
+                    self.handle.flush()
             if self.board is not None:
                 self.board.write(record)
         return log
 
     def __exit__(self, *exc) -> None:
         if self.handle is not None:
-            self.handle.close()
+            with naming(self.path):
+                self.handle.close()
         if self.board is not None:
             self.board.close()

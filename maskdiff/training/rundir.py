@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from maskdiff.fileio import naming
 from maskdiff.training.checkpoint import step_dirs
 from maskdiff.training.config import config_differences
 from maskdiff.training.errors import RunDirError
@@ -61,10 +62,11 @@ def _lock(out_dir: Path, wait_if: "callable | None" = None) -> Iterator[None]:
                       f"{holder}); waiting for it to finish, then resuming", file=sys.stderr,
                       flush=True)
                 fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        with naming(path):  # a full disk: the error names the lock file
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
         yield
     finally:
         handle.close()  # closing releases the flock

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -10,8 +9,9 @@ from pathlib import Path
 
 import torch
 
+from maskdiff import jsonio
 from maskdiff.jobs import differences, plain, refusal, reuse_or_run, set_aside
-from maskdiff.training.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from maskdiff.training.checkpoint import CheckpointError, Found, find_checkpoint, load_checkpoint
 from maskdiff.training.config import TrainConfig, config_differences, from_dict, to_dict
 from maskdiff.training.needs import resolve_estimator
 from maskdiff.core.batch import Batch
@@ -37,9 +37,13 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> L
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     if not (run_dir / "config.json").exists():
         raise ValueError(f"{run_dir} is not a run directory (no config.json)")
-    found = find_checkpoint(run_dir / ("best" if which == "best" else "checkpoints"))
+    tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
+    fits = weights_fit_config(tokenizer)  # a checkpoint whose config.json disagrees is damaged
+    found = find_checkpoint(run_dir / ("best" if which == "best" else "checkpoints"), fits)
     if found.checkpoint is None and which == "best":
-        found = find_checkpoint(run_dir / "checkpoints")
+        best = found
+        found = find_checkpoint(run_dir / "checkpoints", fits)
+        found = Found(found.checkpoint, best.skipped + found.skipped)
     if found.checkpoint is None:
         if found.skipped:
             raise CheckpointError(f"{run_dir} has no valid checkpoint ({found.note()})")
@@ -48,13 +52,63 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> L
         print(f"maskdiff: {found.note()}", file=sys.stderr, flush=True)
     ckpt, path = found.checkpoint, found.checkpoint.path
     config = from_dict(TrainConfig, ckpt.config)
-    tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
-    model_cfg = TransformerConfig(vocab_size=tokenizer.vocab_size, max_len=config.data.max_len,
-                                  mask_token_id=tokenizer.mask_id, **to_dict(config.model))
-    model = build_model(model_cfg)
+    model = build_model(_model_config(config, tokenizer))
     model.load_state_dict(ckpt.weights)
     return LoadedRun(config=config, model=model.to(device).eval(), tokenizer=tokenizer,
                      checkpoint=path)
+
+
+def _model_config(config: TrainConfig, tokenizer) -> TransformerConfig:
+    return TransformerConfig(vocab_size=tokenizer.vocab_size, max_len=config.data.max_len,
+                             mask_token_id=tokenizer.mask_id, **to_dict(config.model))
+
+
+def checked_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor],
+                    where: str) -> dict[str, torch.Tensor]:
+    """``weights`` when they fit ``model`` (the same names and shapes), else a
+    :class:`CheckpointError` naming ``where`` and the first mismatches, never a long
+    ``load_state_dict`` traceback."""
+    expected = model.state_dict()
+    problems = [f"{k}: {tuple(weights[k].shape)} where the model has {tuple(v.shape)}"
+                for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    problems += [f"missing {missing[:3]}"] * bool(missing) + [f"unexpected {extra[:3]}"] * bool(extra)
+    if problems:
+        raise CheckpointError(f"{where} does not fit the model of its config ("
+                              f"{'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''})")
+    return weights
+
+
+def weights_fit_config(tokenizer):
+    """A :func:`find_checkpoint` validator: a checkpoint whose weights do not fit the model its
+    own ``config.json`` describes (a hand-edited or mixed-up file) is damaged, and skipped."""
+    def validate(ckpt) -> None:
+        try:
+            config = from_dict(TrainConfig, ckpt.config)
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{ckpt.path / 'config.json'} is not a run config ({err})") from None
+        with torch.device("meta"):  # shapes only: nothing allocated
+            model = build_model(_model_config(config, tokenizer))
+        checked_weights(model, ckpt.weights, f"{ckpt.path / 'model.safetensors'}")
+    return validate
+
+
+def start_notes(task: TaskData, truncated: dict, config: TrainConfig, step: int,
+                extension: dict | None) -> list[str]:
+    """What a run says once at its start (each a line): examples cut to ``max_len``, repeated
+    rows of a train_file, a validation split too small for a standard error, an extension."""
+    from maskdiff.training.extend import extension_line
+
+    lines = [truncation_line(truncated, config.data.max_len), task.params.get("notes")]
+    n_val = truncated.get("val", {}).get("of", 2)
+    if n_val < 2:
+        lines.append(f"warning: the validation split has {n_val} example: early stopping "
+                     f"compares single-example losses and the standard error is undefined "
+                     f"(n/a; null in results.json); give a larger val_file or more rows")
+    if extension is not None:
+        lines.append(extension_line(Path(config.out_dir), step, extension["from_max_steps"],
+                                    config))
+    return [line for line in lines if line]
 
 
 def make_collator(config: TrainConfig, task: TaskData) -> Collator:
@@ -138,7 +192,7 @@ def run_key_differences(old, new) -> list[str]:
             and isinstance(old.get("config"), dict) and isinstance(new.get("config"), dict)):
         return differences(old, new)
     fields = config_differences(old["config"], new["config"])
-    out = [f"config.{f}: {json.dumps(_at(old['config'], f))} → {json.dumps(_at(new['config'], f))}"
+    out = [f"config.{f}: {jsonio.dumps(_at(old['config'], f))} → {jsonio.dumps(_at(new['config'], f))}"
            for f in fields]
     rest = lambda key: {k: v for k, v in key.items() if k != "config"}  # noqa: E731
     return out + differences(rest(old), rest(new))
@@ -149,7 +203,7 @@ def run_legacy_key(run_dir: Path, **extra):
     (``extra`` as asked: older records did not say how they were scored), or None."""
     def legacy(record: dict):
         try:
-            saved = json.loads((Path(run_dir) / "config.json").read_text())
+            saved = jsonio.load(Path(run_dir) / "config.json")
         except (OSError, ValueError):
             return None
         return {"config": saved, **extra} if isinstance(saved, dict) else None
@@ -178,12 +232,17 @@ def finished_weights(config: TrainConfig, train,
     fills in the task's parameters the run saves (ISAD's delimiter ids), as :func:`run_key`."""
     run_dir, key = Path(config.out_dir), run_key(config, task)
 
+    def last_checkpoint():  # one whose weights contradict its own config is damaged: skipped
+        tokenizer = run_dir / TOKENIZER_FILE
+        fits = weights_fit_config(load_tokenizer(tokenizer)) if tokenizer.is_file() else None
+        return find_checkpoint(run_dir / "checkpoints", fits).checkpoint
+
     def compute() -> dict:
-        found = find_checkpoint(run_dir / "checkpoints").checkpoint
+        found = last_checkpoint()
         if found is not None and config_differences(found.config, key["config"]):
             raise refusal(found.path, run_key_differences({"config": found.config}, key), "run")
         train()
-        found = find_checkpoint(run_dir / "checkpoints").checkpoint
+        found = last_checkpoint()
         if found is None:
             raise CheckpointError(f"{run_dir}: training left no checkpoint")
         return {"steps": int(found.state["step"]),

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import jsonio
 from maskdiff.fileio import atomic_write_text
 from maskdiff.training import distributed
 from maskdiff.training import rundir
@@ -39,12 +40,15 @@ from maskdiff.training.needs import resolve_estimator
 from maskdiff.models import TransformerConfig, build_model
 from maskdiff.training.objective import build_objective
 from maskdiff.training.data_sizes import resolve_data_sizes
+from maskdiff.training.extend import extension_of, fresh_start
 from maskdiff.training.runs import (
-    TOKENIZER_FILE, check_step_memory, make_collator, truncation_counts, truncation_line,
+    TOKENIZER_FILE, check_step_memory, checked_weights, make_collator, start_notes,
+    truncation_counts, weights_fit_config,
 )
 from maskdiff.training.metrics_log import LogWindow, open_metrics, plain_line, truncate_metrics
 from maskdiff.training.stats import StepStats, finish_step
-from maskdiff.core.seeding import STREAM_DATA_ORDER, BatchRandomness, generator_for
+from maskdiff.core.seeding import BatchRandomness
+from maskdiff.training.data_order import DataOrder
 
 
 @dataclass
@@ -66,28 +70,12 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     threads: int = 0  # torch's intra-op threads: float results depend on it
     truncated: dict = field(default_factory=dict)  # per split: examples/tokens cut to max_len
+    val_examples: int = 0  # the validation examples each evaluation scores
+    duplicates: dict = field(default_factory=dict)  # repeated rows of a train_file (data.holdout)
+    extended_from: list = field(default_factory=list)  # old max_steps of each --extend
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-class DataOrder:
-    """Global example order: a fresh seeded permutation of the training set every epoch."""
-
-    def __init__(self, n_examples: int, seed: int) -> None:
-        self.n, self.seed, self._cache = n_examples, seed, {}
-
-    def _epoch(self, epoch: int) -> list[int]:
-        if epoch not in self._cache:
-            self._cache = {epoch: torch.randperm(
-                self.n, generator=generator_for(self.seed, STREAM_DATA_ORDER, epoch)).tolist()}
-        return self._cache[epoch]
-
-    def global_batch(self, step: int, batch_size: int) -> list[int]:
-        out = []
-        for position in range(step * batch_size, (step + 1) * batch_size):
-            out.append(self._epoch(position // self.n)[position % self.n])
-        return out
 
 
 class Trainer:
@@ -128,7 +116,7 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.model = build_model(model_cfg).to(self.device)
         if init_weights is not None:
-            self.model.load_state_dict(init_weights)
+            self.model.load_state_dict(checked_weights(self.model, init_weights, "init_weights"))
         self.estimator, self.refitter = build_objective(
             self.config.estimator, causal=self.causal, mask_token_id=tok.mask_id)
         check_step_memory(config, tok.vocab_size, per_rank, self.estimator.forward_passes)
@@ -140,6 +128,7 @@ class Trainer:
         self.step, self.best, self.best_se, self.best_step, self.bad_evals = 0, None, None, None, 0
         self.forward_passes, self.tokens, self.history = 0, 0, []
         self.window, self.window_state = LogWindow(), None  # the steps since the last log line
+        self.extended_from, self.extension, self.truncated = [], None, {}  # training.extend
         # Training time over all sessions of the run (a resumed run adds to what it had).
         self.prior_seconds, self.session_start = 0.0, time.perf_counter()
 
@@ -155,29 +144,44 @@ class Trainer:
             "log_window": self.window.state_dict(),
             "counters": {"forward_passes": self.forward_passes, "tokens": self.tokens,
                          "seconds": self._seconds()},
-            "history": json.dumps(self.history),
+            "history": jsonio.dumps(self.history), "extended_from": list(self.extended_from),
         }
 
-    def _resume(self) -> bool:
+    def _resume(self, extend: bool = False) -> bool:
         root = self.out_dir / "checkpoints"
-        found = find_checkpoint(root)
+        fits = weights_fit_config(self.task.tokenizer)
+
+        def usable(ckpt) -> None:  # loads it: one that does not fit this run is damaged
+            fits(ckpt)
+            self._load(ckpt, extend)
+        found = find_checkpoint(root, validate=usable)
         if found.checkpoint is None and found.skipped:
             raise CheckpointError(f"no valid checkpoint under {root} ({found.note()}); "
                                   f"use --overwrite to start the run over")
         if found.checkpoint is None:
-            return False
+            return fresh_start(root, extend)  # False; --extend without a checkpoint: refused
         if found.skipped and self.rank == 0:
             print(f"maskdiff: {found.note()}", file=sys.stderr, flush=True)
-        ckpt, path = found.checkpoint, found.checkpoint.path
-        note_checkpoint(path)
-        differ = config_differences(ckpt.config, to_dict(self.config))
-        if differ:
-            raise ValueError(
-                f"refusing to resume from {path}: its config differs in {differ}; "
-                f"use another out_dir or the same config")
-        self.model.load_state_dict(ckpt.weights)
-        state = ckpt.state
+        note_checkpoint(found.checkpoint.path)
+        return True
+
+    def _load(self, ckpt, extend: bool) -> None:
+        """The run's state from ``ckpt``: a refused config is a ValueError; a state file that
+        does not fit this run (keys, optimiser groups) a CheckpointError (damaged: skipped)."""
+        state, differ = ckpt.state, config_differences(ckpt.config, to_dict(self.config))
+        if not isinstance(state.get("step"), int):
+            raise CheckpointError(f"{ckpt.path / 'state.pt'} holds no step")
+        old = extension_of(ckpt.path, differ, ckpt.config, self.config, state["step"], extend)
+        try:
+            self._load_state(ckpt.weights, state, old)
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise CheckpointError(f"{ckpt.path / 'state.pt'} does not fit this run "
+                                  f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]})"
+                                  ) from None
+
+    def _load_state(self, weights, state: dict, old: int | None) -> None:
         self.step = int(state["step"])
+        self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.estimator.load_state_dict({key: state[key] for key in self.estimator.state_dict()})
         self.proxy.load_state_dict(state["proxy"])
@@ -191,7 +195,11 @@ class Trainer:
         self.prior_seconds = float(state["counters"].get("seconds", 0.0))
         self.history = json.loads(state["history"])
         self.window_state = state.get("log_window")
-        return True
+        self.extended_from = list(state.get("extended_from", []))
+        if old is not None:  # an extension: recorded, and the patience count restarts
+            self.extended_from.append(old)
+            self.extension, self.bad_evals = {"from_max_steps": old,
+                                              "to_max_steps": self.config.optim.max_steps}, 0
 
     def _checkpoint(self) -> None:
         if self.rank == 0:
@@ -260,36 +268,37 @@ class Trainer:
                 "grad_norm": float(grad_norm), "refit": refit}
 
     def fit(self, resume: bool = True, stop_after: int | None = None,
-            overwrite: bool = False) -> TrainResult:
+            overwrite: bool = False, extend: bool = False) -> TrainResult:
         """Train until ``optim.max_steps`` or early stopping.
 
         ``resume`` continues from the newest valid checkpoint in ``out_dir`` (refusing one
         written by a different config). ``stop_after`` ends the call after that many steps with
         a checkpoint, as an interruption would (tests use it to check exact resumption).
         The run directory is locked meanwhile; a fresh start in a directory holding another run
-        is refused unless ``overwrite`` (:mod:`maskdiff.training.rundir`).
+        is refused unless ``overwrite`` (:mod:`maskdiff.training.rundir`). ``extend`` lets a
+        resume raise ``optim.max_steps`` (:mod:`maskdiff.training.extend` says what it does).
         """
+        free = RESUME_FREE_FIELDS + (("optim.max_steps",) if extend else ())
         with rundir.claim(self.out_dir, rank=self.rank, config=to_dict(self.config),
-                          resume=resume and not overwrite, overwrite=overwrite,
-                          free_fields=RESUME_FREE_FIELDS):
-            return self._fit(resume and not overwrite, stop_after)
+                          resume=resume and not overwrite, overwrite=overwrite, free_fields=free):
+            return self._fit(resume and not overwrite, stop_after, extend)
 
-    def _fit(self, resume: bool, stop_after: int | None) -> TrainResult:
+    def _fit(self, resume: bool, stop_after: int | None, extend: bool = False) -> TrainResult:
         cfg = self.config
-        resumed = resume and self._resume()
+        resumed = resume and self._resume(extend)
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out_dir / "config.json",  # parallel resumers read it
-                              json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+                              jsonio.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
             self.task.tokenizer.save(self.out_dir / TOKENIZER_FILE)
         metrics_path = self.out_dir / "metrics.jsonl"
         if self.rank == 0:
             truncate_metrics(metrics_path, self.step if resumed else -1)
         self.truncated = truncation_counts(self.collate, {
             "train": self.task.train, "val": list(self.task.val)[: cfg.eval.n_examples]})
-        if self.rank == 0 and truncation_line(self.truncated, cfg.data.max_len):
-            print(f"maskdiff: {truncation_line(self.truncated, cfg.data.max_len)}",
-                  file=sys.stderr, flush=True)
+        if self.rank == 0:
+            for line in start_notes(self.task, self.truncated, cfg, self.step, self.extension):
+                print(f"maskdiff: {line}", file=sys.stderr, flush=True)
         self.session_start, self.window = time.perf_counter(), LogWindow()
         self.window.load_state_dict(self.window_state if resumed else None)
         window = self.window
@@ -300,6 +309,8 @@ class Trainer:
         with bar, open_metrics(metrics_path, self.rank, board, self.step if resumed else 0) as log:
             if not resumed:  # the first line: what max_len cut, per split
                 log({"step": 0, "truncated": self.truncated})
+            if self.extension is not None:
+                log({"step": self.step, "extended": self.extension})
             while self.step < cfg.optim.max_steps:
                 with distributed.timed(f"step {self.step + 1} (DDP's gradient all-reduce)"):
                     stats = self.train_step()
@@ -359,10 +370,11 @@ class Trainer:
             forward_passes=self.forward_passes, tokens=self.tokens, seconds=seconds,
             out_dir=str(self.out_dir), n_parameters=count_parameters(self.model),
             history=list(self.history), threads=torch.get_num_threads(),
-            truncated=getattr(self, "truncated", {}))
+            truncated=self.truncated, val_examples=self.truncated.get("val", {}).get("of", 0),
+            duplicates=self.task.params.get("duplicates", {}), extended_from=self.extended_from)
         if self.rank == 0:
             atomic_write_text(self.out_dir / "results.json",
-                              json.dumps(result.to_dict(), indent=2) + "\n")
+                              jsonio.dumps(result.to_dict(), indent=2) + "\n")
         return result
 
     def load_best(self) -> None:
@@ -370,7 +382,9 @@ class Trainer:
         path = latest_checkpoint(self.out_dir / "best")
         if path is None:
             raise ValueError(f"no best checkpoint under {self.out_dir / 'best'}")
-        self.model.load_state_dict(load_checkpoint(path).weights)
+        ckpt = load_checkpoint(path)
+        weights_fit_config(self.task.tokenizer)(ckpt)
+        self.model.load_state_dict(ckpt.weights)
 
 
 def _adamw(model: torch.nn.Module, optim) -> torch.optim.AdamW:
