@@ -30,7 +30,6 @@ checkpoint; a killed job rerun with the same command continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace

@@ -13,7 +13,6 @@ Causal and own-task methods are left out (they need maskdiff's own models and ta
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, replace

@@ -14,7 +14,6 @@ checkpoint, density and noise measurement.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path

@@ -10,7 +10,6 @@ configuration is measured on the same examples with the same seed (common random
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from maskdiff import jsonio
 from maskdiff.core.batch import Batch
 from maskdiff.core.masking import Bernoulli
 from maskdiff.core.objective import Estimator

@@ -31,7 +31,6 @@ configuration they were made under); an interrupted run resumes from its last ch
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence

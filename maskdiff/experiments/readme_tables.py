@@ -15,7 +15,6 @@ README number can only come from a results file in the repository.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path

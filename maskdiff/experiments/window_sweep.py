@@ -19,7 +19,6 @@ interrupted one resumes from its last checkpoint, so a restart loses no finished
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
