@@ -25,13 +25,10 @@ from maskdiff import jsonio
 from maskdiff.fileio import atomic_write_text
 from maskdiff.training import distributed
 from maskdiff.training import rundir
-from maskdiff.training.checkpoint import (
-    CheckpointError, find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
-)
+from maskdiff.training.checkpoint import (CheckpointError, find_checkpoint, latest_checkpoint,
+                                          load_checkpoint, save_checkpoint)
 from maskdiff.training.errors import TrainingError, note_checkpoint
-from maskdiff.training.config import (
-    RESUME_FREE_FIELDS, TrainConfig, config_differences, to_dict,
-)
+from maskdiff.training.config import RESUME_FREE_FIELDS, TrainConfig, config_differences, to_dict
 from maskdiff.core.control import VarianceProxy
 from maskdiff.data import TaskData
 from maskdiff.data.setup import load_task
