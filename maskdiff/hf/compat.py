@@ -37,6 +37,8 @@ SHIMS = {
                              "(an __init__ that never calls post_init())",
     "tie_weights_missing_keys": "tie_weights() got an unexpected keyword argument 'missing_keys'",
     "use_cache": "'...Config' object has no attribute 'use_cache' (5.x configs drop it)",
+    "tie_word_embeddings": "'...Config' object has no attribute 'tie_word_embeddings' (4.x "
+                           "configs always had it, default True)",
     "cpu_init_device": "'Torch not compiled with CUDA enabled' (an __init__ that hard-codes "
                        "device='cuda' on a CPU-only torch)",
 }
@@ -90,17 +92,16 @@ def _module_shims() -> None:
 
 
 class _CpuForCuda(TorchFunctionMode):
-    """Redirects an explicit ``device="cuda"`` to the ambient default device (CPU, or meta while
-    transformers builds an empty model) when this torch has no CUDA."""
+    """Drops an explicit ``device="cuda"`` when this torch has no CUDA: a factory then builds on
+    the default device (CPU), a ``.to("cuda")`` leaves the tensor where it is."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
-        device = kwargs.get("device")
-        if device is not None and torch.device(device).type == "cuda":
-            kwargs["device"] = torch.get_default_device()
+        if _is_cuda(kwargs.get("device")):
+            del kwargs["device"]
             _APPLIED.add("cpu_init_device")
-        elif getattr(func, "__name__", "") == "to" and args[1:] and _is_cuda(args[1]):
-            args = (args[0], torch.get_default_device(), *args[2:])
+        if getattr(func, "__name__", "") == "to" and len(args) > 1 and _is_cuda(args[1]):
+            args = (args[0], *args[2:])
             _APPLIED.add("cpu_init_device")
         return func(*args, **kwargs)
 
@@ -191,26 +192,41 @@ def patch_model_class(cls: type) -> type:
     return cls
 
 
+_CONFIG_4X_DEFAULTS = {"use_cache": False, "tie_word_embeddings": True}
+
+
 def patch_config_class(cls: type) -> type:
-    """Keep ``use_cache`` on a remote config class whose ``__init__`` passes it on (5.x drops it
-    from ``PretrainedConfig``); the value given, else False (diffusion models cache nothing)."""
+    """Keep the attributes 4.x's ``PretrainedConfig`` always had (``use_cache``, and
+    ``tie_word_embeddings``, default True) on a remote config class: 5.x drops them. The value
+    passed, else the class's own default, else 4.x's."""
     if transformers_major() < 5 or not _is_remote(cls) or cls.__dict__.get("_maskdiff_compat"):
         return cls
     original = cls.__init__
+    signature = inspect.signature(original).parameters
 
     @functools.wraps(original)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
-        if "use_cache" not in self.__dict__:
-            default = inspect.signature(original).parameters.get("use_cache")
-            value = kwargs.get("use_cache", default.default if default is not None
-                               and default.default is not inspect.Parameter.empty else False)
-            self.__dict__["use_cache"] = bool(value)
-            _APPLIED.add("use_cache")
+        for name, fallback in _CONFIG_4X_DEFAULTS.items():
+            if _has(self, name):
+                continue
+            default = signature.get(name)
+            own = (default.default if default is not None
+                   and default.default is not inspect.Parameter.empty else fallback)
+            self.__dict__[name] = bool(kwargs.get(name, own))
+            _APPLIED.add(name)
 
     cls.__init__ = __init__
     cls._maskdiff_compat = True
     return cls
+
+
+def _has(config: Any, name: str) -> bool:
+    try:
+        getattr(config, name)
+    except AttributeError:
+        return False
+    return True
 
 
 def resolve_class(config: Any, auto_class: str, name_or_path: str) -> type:
@@ -221,6 +237,7 @@ def resolve_class(config: Any, auto_class: str, name_or_path: str) -> type:
     if isinstance(reference, (list, tuple)):
         reference = reference[0]
     cls = get_class_from_dynamic_module(reference, name_or_path)
+    cls.register_for_auto_class(auto_class)  # save_pretrained copies the code, as AutoModel's
     return patch_model_class(cls)
 
 
@@ -231,7 +248,9 @@ def resolve_config_class(auto_map: dict, name_or_path: str) -> type | None:
         return None
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    return patch_config_class(get_class_from_dynamic_module(reference, name_or_path))
+    cls = get_class_from_dynamic_module(reference, name_or_path)
+    cls.register_for_auto_class()
+    return patch_config_class(cls)
 
 
 def choose_auto_class(config: Any, auto_class: str | None) -> str:
