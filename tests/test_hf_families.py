@@ -149,9 +149,14 @@ def test_dream_position_zero_is_never_eligible(family_dirs, capfd):
 
 
 # ----------------------------------------------------------------------------- training
+SLOW = pytest.mark.slow  # 6-12 s each on a shared CPU: run with -m slow
+
+
 @needs_fixtures
-@pytest.mark.parametrize("method", ["standard", "mirror", "ppots_online"])
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name,method", [
+    (name, method) if name == "llada" or method == "standard" else
+    pytest.param(name, method, marks=SLOW)
+    for name in FAMILIES for method in ("standard", "mirror", "ppots_online")])
 def test_family_trains_30_steps_and_the_loss_falls(family_dirs, name, method, tmp_path):
     adapter, _, _ = load(family_dirs[name])
     data = rows(16)
@@ -161,7 +166,7 @@ def test_family_trains_30_steps_and_the_loss_falls(family_dirs, name, method, tm
     trainer = MaskedDiffusionTrainer(model=adapter, args=train_args(tmp_path), train_dataset=data,
                                      eval_dataset=data, seed=7, **kwargs)
     before = trainer.evaluate()["eval_loss"]
-    assert abs(before - math.log(VOCAB)) < 1.0  # a random model: about log V nats per token
+    assert abs(before - math.log(VOCAB)) < 1.5  # a random model: about log V nats per token
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
     assert trainer.state.global_step == 30
