@@ -302,3 +302,17 @@ def test_unseen_family_with_the_same_4x_patterns_loads(tmp_path, monkeypatch):
     adapter.model.save_pretrained(tmp_path / "saved")
     again, _, _ = load(tmp_path / "saved", tokenizer_name_or_path=path)
     torch.testing.assert_close(again(x), logits)
+
+
+@needs_fixtures
+@pytest.mark.slow
+def test_hf_steps_benchmark_dry_run(tmp_path):
+    """benchmarks/hf_steps.py --dry-run (what gpu_check.sh --dry-run runs): a table and JSON."""
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "benchmarks" / "hf_steps.py"))["main"]
+    out = tmp_path / "hf_steps.json"
+    assert main(["--dry-run", "--steps", "2", "--fixtures", str(FIXTURES), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["method"] for r in report["rows"]] == ["standard", "mirror"]
+    assert all(r["tokens_per_s"] > 0 and math.isfinite(r["train_loss"]) for r in report["rows"])
