@@ -75,8 +75,10 @@ def train_args(tmp_path, **kw):
 # ----------------------------------------------------------------------------- loading
 @needs_fixtures
 @pytest.mark.parametrize("name", FAMILIES)
-def test_family_loads_forwards_and_reloads_equal(family_dirs, name, tmp_path, capsys):
-    adapter, tok, mask_id = load(family_dirs[name])
+def test_family_loads_forwards_and_reloads_equal(family_dirs, name, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CausalAttentionWarning)  # the probe finds it bidirectional
+        adapter, tok, mask_id = load(family_dirs[name])
     family = family_of(adapter.model.config)
     # the detected defaults (docs/huggingface.md's table)
     assert (mask_id, adapter.options.logit_shift, adapter.options.attention) == (

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 __all__ = ["SHIMS", "transformers_major", "loading", "resolve_class", "patch_config_class",
@@ -172,10 +173,14 @@ def _wrap_tie_weights(cls: type) -> None:
 
 
 def patch_model_class(cls: type) -> type:
-    """Apply the class shims to a remote model class and its remote bases (idempotent)."""
+    """Apply the class shims to a remote model class, its remote bases and the other model
+    classes of its module (submodels: a headless base model inside an LM), idempotently."""
     if transformers_major() < 5:
         return cls
-    for klass in cls.__mro__:
+    module = sys.modules.get(cls.__module__)
+    siblings = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, nn.Module)
+                and c.__module__ == cls.__module__] if module is not None else []
+    for klass in [*cls.__mro__, *siblings]:
         if not _is_remote(klass) or klass.__dict__.get("_maskdiff_compat"):
             continue
         tied = klass.__dict__.get("_tied_weights_keys")
@@ -186,7 +191,7 @@ def patch_model_class(cls: type) -> type:
         if tie is not None and "missing_keys" not in inspect.signature(tie).parameters and not any(
                 p.kind is p.VAR_KEYWORD for p in inspect.signature(tie).parameters.values()):
             _wrap_tie_weights(klass)
-        if "__init__" in klass.__dict__:
+        if "__init__" in klass.__dict__ and hasattr(klass, "get_expanded_tied_weights_keys"):
             _wrap_init(klass)
         klass._maskdiff_compat = True
     return cls
@@ -277,6 +282,3 @@ def init_random_weights(model: Any) -> None:
         for module in model.modules():
             init(module)
 
-
-def remote_module(cls: type) -> Any:
-    return sys.modules.get(cls.__module__)
