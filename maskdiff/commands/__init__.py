@@ -75,8 +75,9 @@ def add_model_source_arguments(parser) -> None:
                         help="with --hf: the mask token id if the tokenizer has none")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="with --hf: allow the model's own code (LLaDA, Dream)")
-    parser.add_argument("--logit-shift", type=int, default=0,
-                        help="with --hf: 1 for Dream (token i predicted at position i-1)")
+    parser.add_argument("--logit-shift", type=int, default=None,
+                        help="with --hf: 1 for Dream (token i predicted at position i-1); "
+                             "default: the model family's (maskdiff.hf.families)")
 
 
 def load_model_argument(args):
