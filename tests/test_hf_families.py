@@ -318,3 +318,28 @@ def test_hf_steps_benchmark_dry_run(tmp_path):
     report = json.loads(out.read_text())
     assert [r["method"] for r in report["rows"]] == ["standard", "mirror"]
     assert all(r["tokens_per_s"] > 0 and math.isfinite(r["train_loss"]) for r in report["rows"])
+
+
+@needs_fixtures
+def test_cli_evaluate_and_generate_use_the_family_defaults(family_dirs, tmp_path, capfd,
+                                                          monkeypatch):
+    """`maskdiff evaluate/generate --hf` need no --auto-class / --logit-shift for these families:
+    LLaDA2 loads its LM head class (not the headless AutoModel), Dream gets its shift."""
+    from maskdiff.cli import main
+    from maskdiff.hf import loading
+
+    monkeypatch.setattr(loading, "_SAID", set())  # each line is said once per process
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"text": "In the beginning God created the heaven"}) + "\n")
+    out = tmp_path / "eval.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        assert main(["evaluate", "--hf", str(family_dirs["llada2_moe"]), "--trust-remote-code",
+                     "--data", str(data), "--rates", "2", "--out", str(out)]) == 0
+        assert math.isfinite(json.loads(out.read_text())["loss"]["mean"])
+        assert main(["generate", "--hf", str(family_dirs["dream"]), "--trust-remote-code",
+                     "--prompt", "In the beginning", "--gen-length", "4", "--steps", "4"]) == 0
+    err = capfd.readouterr().err
+    assert ("LLaDA2 family detected: mask_token_id=3, logit_shift=0, attention=4d, "
+            "auto_class=AutoModelForCausalLM") in err
+    assert "Dream family detected: mask_token_id=3, logit_shift=1, attention=4d" in err
