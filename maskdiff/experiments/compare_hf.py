@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -99,6 +99,7 @@ class HFCompareJob:
             model, tok, mask_id = self.load()
             a, b, c = self.preset.ppots_design
             batch = hf_batch(tok, self.train_rows[:a])
+            batch = replace(batch, eligible=model.options.eligible(batch.eligible))
             return estimate_ppots(model, batch, mask_token_id=mask_id, n_rates=b, n_masks=c,
                                   restarts=8, seed=0, progress=False, target=target)
 
