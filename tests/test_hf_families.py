@@ -151,14 +151,9 @@ def test_dream_position_zero_is_never_eligible(family_dirs, capfd):
 
 
 # ----------------------------------------------------------------------------- training
-SLOW = pytest.mark.slow  # 6-12 s each on a shared CPU: run with -m slow
-
-
 @needs_fixtures
-@pytest.mark.parametrize("name,method", [
-    (name, method) if name == "llada" or method == "standard" else
-    pytest.param(name, method, marks=SLOW)
-    for name in FAMILIES for method in ("standard", "mirror", "ppots_online")])
+@pytest.mark.parametrize("method", ["standard", "mirror", "ppots_online"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_family_trains_30_steps_and_the_loss_falls(family_dirs, name, method, tmp_path):
     adapter, _, _ = load(family_dirs[name])
     data = rows(16)
