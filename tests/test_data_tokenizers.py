@@ -152,3 +152,19 @@ def test_decoding_an_id_outside_the_vocabulary_names_its_position(kind):
         with pytest.raises(ValueError, match=rf"^token id {bad} at position {len(good)} is "
                                              rf"outside \[0, vocab_size={tok.vocab_size}\)$"):
             tok.decode(good + [bad])
+
+
+def test_bpe_ids_are_the_same_under_both_tokenizers_lines():
+    """maskdiff's BPE gives these ids under tokenizers 0.23 (the default leg) and 0.22 (the
+    transformers 4.57 leg, make test-tf4): a run trained on one line reads on the other."""
+    from maskdiff.data.bpe import BPETokenizer
+    from maskdiff.data.corpus import corpus_documents
+
+    tok = BPETokenizer.train(corpus_documents("train")[:20], vocab_size=400, extra_tokens=["<sep>"])
+    text = ("In the beginning God created the heaven and the earth.<sep> And God said, "
+            "Let there be light: 12+7=19")
+    assert tok.encode(text) == [
+        41, 78, 260, 292, 71, 268, 78, 299, 340, 288, 280, 279, 273, 260, 322, 65, 361, 267, 260,
+        358, 14, 0, 297, 261, 340, 327, 12, 221, 44, 69, 84, 260, 280, 292, 336, 365, 26, 221, 17,
+        18, 11, 23, 29, 17, 25]
+    assert tok.decode(tok.encode(text)) == text

@@ -135,7 +135,9 @@ def test_trainer_loss_equals_maskdiff_estimator(tmp_path):
 
     trainer.train()  # one step of 2 micro-batches of 2: the same 4 examples, same draws
     log = trainer.state.log_history[0]
-    assert abs(log["loss"] - float(expected.values.mean())) < 1e-5
+    # transformers 4.x's Trainer logs the loss rounded to 4 decimals (make test-tf4)
+    rounding = 5e-5 if transformers.__version__.startswith("4.") else 0.0
+    assert abs(log["loss"] - float(expected.values.mean())) < 1e-5 + rounding
     bins = (torch.ceil(expected.t.double() * 10) - 1).long()
     for j in range(10):
         key = f"loss_per_t_bin_{j}"

@@ -89,10 +89,10 @@ def add_hf_load_arguments(parser) -> None:
                        help="with --hf: allow the model's own code (LLaDA, Dream, LLaDA2)")
     group.add_argument("--logit-shift", type=int, default=None,
                        help="with --hf: 1 for Dream (token i predicted at position i-1); "
-                            "default 0")
+                            "default: the model family's (maskdiff.hf.families)")
     group.add_argument("--attention", choices=ATTENTION_FORMATS, default=None,
                        help="with --hf: how the attention mask is passed: 2d (B, L), 4d "
-                            "(B, 1, L, L) key-padding, none; default 2d")
+                            "(B, 1, L, L) key-padding, none; default: the model family's")
     group.add_argument("--auto-class", metavar="CLASS",
                        help="with --hf: the transformers class to load with, e.g. "
                             "AutoModelForCausalLM or AutoModelForMaskedLM (default: the "

@@ -111,8 +111,8 @@ class EvalModel:
 
 def load_eval_model(*, run: str | os.PathLike | None = None, hf: str | os.PathLike | None = None,
                     checkpoint: str = "best", device: str = "cpu", mask_token_id: int | None = None,
-                    trust_remote_code: bool = False, logit_shift: int = 0,
-                    dtype: str | None = None, attention: str = "2d", auto_class: str | None = None,
+                    trust_remote_code: bool = False, logit_shift: int | None = None,
+                    dtype: str | None = None, attention: str | None = None, auto_class: str | None = None,
                     max_length: int | None = None) -> EvalModel:
     """A native run directory (``run=``, its ``best`` or ``latest`` checkpoint) or a HF model
     (``hf=``: a name or a local directory; a PEFT adapter directory loads on its base model,
@@ -135,7 +135,7 @@ def load_eval_model(*, run: str | os.PathLike | None = None, hf: str | os.PathLi
                          eos_token_id=tok.eos_id, native=True, name=str(run),
                          max_length=min(limit, max_length or limit),
                          normalizer=loaded.config.estimator.normalizer)
-    from maskdiff.hf.adapter import load_hf_model
+    from maskdiff.hf.loading import load_hf_model
 
     adapter, tok, mask_id = load_hf_model(hf, mask_token_id=mask_token_id,
                                           trust_remote_code=trust_remote_code,

@@ -3,6 +3,7 @@ rows, with the evaluator and decoder that score native runs (docs/method.md §8)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -31,8 +32,13 @@ def evaluate_rows(model: EvalModel, data: str | os.PathLike, *, n: int | None = 
     check_context(tok, numbered, model.max_length, data, model.name)
     rows = [row for _, row in numbered]
 
+    options = getattr(model.model, "options", None)
+
     def collate(items):
-        return hf_batch(tok, [row for _, row in items], first_index=items[0][0]).to(device)
+        batch = hf_batch(tok, [row for _, row in items], first_index=items[0][0]).to(device)
+        if options is None:
+            return batch
+        return dataclasses.replace(batch, eligible=options.eligible(batch.eligible))
 
     report: dict[str, Any] = {"loss_result": elbo(
         model.model, rows, collate, mask_token_id=model.mask_token_id, rates_per_example=rates,

@@ -110,6 +110,7 @@ class HFCompareJob:
             model, tok, mask_id = self.load()
             a, b, c = self.preset.ppots_design
             batch = hf_batch(tok, self.train_rows[:a])
+            batch = replace(batch, eligible=model.options.eligible(batch.eligible))
             return estimate_ppots(model, batch, mask_token_id=mask_id, n_rates=b, n_masks=c,
                                   restarts=8, seed=0, progress=False, target=target)
 

@@ -29,8 +29,8 @@ from maskdiff.hf.adapter import (  # noqa: F401
     STATE_FILE,
     AdapterOptions,
     HFAdapter,
-    load_hf_model,
 )
+from maskdiff.hf.loading import load_hf_model  # noqa: F401
 from maskdiff.data.collate import PAD_POLICIES  # noqa: F401 (one vocabulary for both paths)
 from maskdiff.hf.collate import (  # noqa: F401
     ChatCollator,

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import os
+import sys
 import types
-import warnings
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from maskdiff.data.collate import canonical_pad_policy
-from maskdiff.hf.checks import check_model
 
 ATTENTION_FORMATS = ("2d", "4d", "none")
 CHAT_METHODS = ("auto", "template", "diff")
@@ -93,12 +90,56 @@ class AdapterOptions:
         if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(input_ids.shape):
             raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for input "
                              f"{tuple(input_ids.shape)}; expected (B, L, V): load an LM head model")
+        _check_first_logits(model, logits, attend)
         k = self.logit_shift
         if k:
             if k >= logits.shape[1]:
                 raise ValueError(f"logit_shift={k} needs sequences longer than {k}, got L={logits.shape[1]}")
             logits = torch.cat([logits[:, :1].expand(-1, k, -1), logits[:, :-k]], dim=1)
         return logits
+
+
+    def eligible(self, eligible: torch.Tensor) -> torch.Tensor:
+        """``eligible`` with the first ``logit_shift`` positions removed: under a shift their
+        logits are copies of position ``k``'s (said once on stderr when it removes any)."""
+        k = self.logit_shift
+        if not k or not bool(eligible[:, :k].any()):
+            return eligible
+        if "shift" not in _SAID:
+            _SAID.add("shift")
+            print(f"maskdiff: logit_shift={k}: positions 0..{k - 1} are never eligible (their "
+                  f"logits copy position {k}'s; dllm prepends a BOS instead)", file=sys.stderr)
+        out = eligible.clone()
+        out[:, :k] = False
+        return out
+
+
+_SAID: set[str] = set()
+_CHECKED: "weakref.WeakKeyDictionary[nn.Module, set[bool]]" = weakref.WeakKeyDictionary()
+
+
+def reset_first_batch_check(model: nn.Module) -> None:
+    """Check ``model``'s next batch again (in training and in eval mode)."""
+    _CHECKED.pop(model, None)
+
+
+def _check_first_logits(model: nn.Module, logits: torch.Tensor, attend: torch.Tensor) -> None:
+    """The first batch a model scores in training and in eval mode must give finite logits at
+    its real positions: else one line naming the model and the likely cause (never a silent
+    ``loss nan``)."""
+    modes = _CHECKED.setdefault(model, set())
+    if model.training in modes:
+        return
+    modes.add(model.training)
+    real = logits.detach()[attend.to(logits.device)]
+    bad = int((~torch.isfinite(real)).any(dim=-1).sum())
+    if bad:
+        config = getattr(model, "config", None)
+        name = getattr(config, "_name_or_path", None) or type(model).__name__
+        raise ValueError(f"{name}: the first batch gave NaN/inf logits at {bad} of {real.shape[0]} "
+                         f"real positions: likely an uninitialised weight or buffer (a rotary "
+                         f"inv_freq from_pretrained left empty) or a float16 overflow (try "
+                         f"dtype=float32/bfloat16)")
 
 
 def _logits_of(out: Any) -> torch.Tensor:
@@ -142,111 +183,3 @@ def _config_value(config: Any, *names: str) -> Any:
         if value is not None:
             return value
     return None
-
-
-def load_hf_model(name_or_path: str | os.PathLike, *, mask_token_id: int | None = None,
-                  trust_remote_code: bool = False, logit_shift: int = 0, device: str = "cpu",
-                  dtype: torch.dtype | str | None = None, attention: str = "2d",
-                  pad_policy: str = "exclude", auto_class: str | None = None,
-                  tokenizer_name_or_path: str | os.PathLike | None = None,
-                  ) -> tuple[HFAdapter, Any, int]:
-    """Load a HF model and its tokenizer behind the maskdiff contract, in eval mode.
-
-    The model class: ``auto_class`` when given (e.g. ``"AutoModel"``); otherwise a model with an
-    ``auto_map`` (remote code) is loaded by the first of ``AutoModelForMaskedLM``, ``AutoModel``,
-    ``AutoModelForCausalLM`` its map names (LLaDA and Dream map ``AutoModel`` to their LM), and a
-    built-in architecture by ``AutoModelForMaskedLM``. The mask token id: ``mask_token_id``, else
-    the tokenizer's, else ``config.mask_token_id``; none of them → ValueError. The pad id: the
-    tokenizer's pad token (``eos`` under ``pad_policy="eos"``), else the config's.
-
-    Both ids must index the model's vocabulary (ValueError otherwise) and a model whose attention
-    is causal warns (:func:`maskdiff.hf.checks.check_model`).
-
-    A PEFT adapter directory (one with ``adapter_config.json``, as ``save_pretrained`` of a
-    LoRA model writes it) is loaded on top of its ``base_model_name_or_path``; its tokenizer is
-    the adapter directory's when it holds one, else the base model's.
-
-    Returns ``(adapter, tokenizer, mask_token_id)``. Loading needs the files locally or a
-    reachable hub; ``trust_remote_code=True`` runs the repository's Python code.
-    """
-    import transformers
-
-    peft_base = _peft_base(name_or_path)
-    if peft_base is not None:
-        return _load_peft(name_or_path, peft_base, mask_token_id=mask_token_id,
-                          trust_remote_code=trust_remote_code, logit_shift=logit_shift,
-                          device=device, dtype=dtype, attention=attention, pad_policy=pad_policy,
-                          auto_class=auto_class, tokenizer_name_or_path=tokenizer_name_or_path)
-    if auto_class is not None and not hasattr(transformers, auto_class):
-        raise ValueError(f"auto_class={auto_class!r} is not a transformers class")
-    config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    if auto_class is None:
-        auto_map = getattr(config, "auto_map", None) or {}
-        if auto_map:
-            choices = [c for c in ("AutoModelForMaskedLM", "AutoModel", "AutoModelForCausalLM")
-                       if c in auto_map]
-            if not choices:
-                raise ValueError(f"{name_or_path}: auto_map names none of the LM classes, got "
-                                 f"{sorted(auto_map)}; pass auto_class=")
-            auto_class = choices[0]
-        else:
-            auto_class = "AutoModelForMaskedLM"
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-    model = getattr(transformers, auto_class).from_pretrained(name_or_path, **kwargs)
-    model.to(device).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        tokenizer_name_or_path or name_or_path, trust_remote_code=trust_remote_code)
-    if mask_token_id is None:
-        mask_token_id = getattr(tokenizer, "mask_token_id", None)
-    if mask_token_id is None:
-        mask_token_id = _config_value(config, "mask_token_id")
-    if mask_token_id is None:
-        raise ValueError(f"{name_or_path}: neither the tokenizer nor the config names a mask "
-                         f"token; pass mask_token_id= (LLaDA: 126336)")
-    if (getattr(config, "model_type", "") or "").lower() == "dream" and logit_shift == 0:
-        warnings.warn("Dream models predict token i at position i-1: pass logit_shift=1",
-                      stacklevel=2)
-    if pad_policy == "eos":
-        pad = getattr(tokenizer, "eos_token_id", None)
-        pad = pad if pad is not None else _config_value(config, "eos_token_id")
-    else:
-        pad = getattr(tokenizer, "pad_token_id", None)
-        pad = pad if pad is not None else _config_value(config, "pad_token_id")
-    if isinstance(pad, (list, tuple)):
-        pad = pad[0] if pad else None
-    check_model(model, mask_token_id=int(mask_token_id), pad_token_id=None if pad is None else int(pad))
-    options = AdapterOptions(mask_token_id=int(mask_token_id), logit_shift=logit_shift,
-                             attention=attention, pad_policy=pad_policy,
-                             pad_token_id=None if pad is None else int(pad))
-    return HFAdapter(model, options), tokenizer, int(mask_token_id)
-
-
-def _peft_base(name_or_path: str | os.PathLike) -> str | None:
-    """The base model of a local PEFT adapter directory, or None when it is not one."""
-    config = Path(name_or_path) / "adapter_config.json"
-    if not config.is_file():
-        return None
-    base = json.loads(config.read_text()).get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{config} names no base_model_name_or_path: cannot load the adapter")
-    return str(base)
-
-
-def _load_peft(path: str | os.PathLike, base: str, *, tokenizer_name_or_path, **kwargs: Any,
-               ) -> tuple[HFAdapter, Any, int]:
-    """A PEFT (e.g. LoRA) adapter on its base model, behind the same contract (eval mode)."""
-    try:
-        import peft
-    except ImportError as err:
-        raise ValueError(f"{path} is a PEFT adapter: pip install -e '.[hf]' (peft)") from err
-    if tokenizer_name_or_path is None:
-        has_tokenizer = any((Path(path) / name).is_file()
-                            for name in ("tokenizer.json", "tokenizer_config.json"))
-        tokenizer_name_or_path = path if has_tokenizer else base
-    adapter, tokenizer, mask_id = load_hf_model(base, tokenizer_name_or_path=tokenizer_name_or_path,
-                                                **kwargs)
-    model = peft.PeftModel.from_pretrained(adapter.model, str(path))
-    model.to(kwargs.get("device", "cpu")).eval()
-    return HFAdapter(model, adapter.options), tokenizer, mask_id

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from maskdiff.core.batch import Batch
-from maskdiff.hf.adapter import HFAdapter, load_hf_model
+from maskdiff.hf.adapter import HFAdapter
+from maskdiff.hf.loading import load_hf_model
 from maskdiff.data.jsonl import read_json_lines
 from maskdiff.hf.collate import encode_row, hf_batch
 
@@ -27,11 +29,12 @@ class HFSource:
     def batch(self, n: int) -> Batch:
         if not 1 <= n:
             raise ValueError(f"need at least one example, got n={n}")
-        return hf_batch(self.tokenizer, self.rows[:n])
+        batch = hf_batch(self.tokenizer, self.rows[:n])
+        return dataclasses.replace(batch, eligible=self.model.options.eligible(batch.eligible))
 
 
 def load_hf_source(name_or_path: str, data: str | os.PathLike, *, mask_token_id: int | None = None,
-                   trust_remote_code: bool = False, logit_shift: int = 0,
+                   trust_remote_code: bool = False, logit_shift: int | None = None,
                    device: str = "cpu", **load_options: Any) -> HFSource:
     """A HF model plus the rows of a JSONL file (``{"text"}``, ``{"prompt", "response"}`` or
     ``{"messages"}`` per line; see :func:`encode_row`). A malformed line names file and line.

@@ -11,6 +11,8 @@ statistics and t-bins (:mod:`maskdiff.training.stats`), the tensor collectives
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -183,6 +185,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = batch_from_inputs(inputs)
+        batch = dataclasses.replace(batch, eligible=self.options.eligible(batch.eligible))
         randomness = self.randomness(batch.example_index.tolist())
         adapter, logits = self.adapter(model), []
 
