@@ -74,7 +74,8 @@ def test_gpu_check_dry_run_prints_one_table_and_writes_the_json(tmp_path):
 
     hf = [r for r in rows if r["part"] == "hf steps"]
     if (ROOT / "benchmarks" / "hf_steps.py").exists():
-        assert hf and all(r["status"] == "ok" for r in hf), hf
+        fixtures = (ROOT.parent / "shared" / "fixtures" / "models" / "llada").is_dir()
+        assert hf and all(r["status"] == ("ok" if fixtures else "skipped") for r in hf), hf
     else:
         assert [r["status"] for r in hf] == ["absent"]
 
