@@ -13,7 +13,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 import maskdiff.hf  # noqa: E402
-import maskdiff.hf.adapter  # noqa: E402
+import maskdiff.hf.loading  # noqa: E402
 import maskdiff.hf.source  # noqa: E402
 from maskdiff.cli import build_parser, main  # noqa: E402
 from test_evaluation import MASK_ID, bert_dir  # noqa: E402
@@ -34,14 +34,14 @@ def spy(monkeypatch):
     """load_hf_model at every place that imports it: records its keywords, loads for real
     (the options must be valid), then stops the command."""
     calls = []
-    real = maskdiff.hf.adapter.load_hf_model
+    real = maskdiff.hf.loading.load_hf_model
 
     def fake(name, **kwargs):
         calls.append(kwargs)
         real(name, **kwargs)
         raise _Loaded
 
-    for module in (maskdiff.hf.adapter, maskdiff.hf.source, maskdiff.hf):
+    for module in (maskdiff.hf.loading, maskdiff.hf.source, maskdiff.hf):
         monkeypatch.setattr(module, "load_hf_model", fake)
     return calls
 
@@ -51,9 +51,9 @@ def bert(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf") / "bert"
     bert_dir(path)
     rows = tmp_path_factory.mktemp("data") / "rows.jsonl"
-    rows.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"prompt": "what is two plus three", "response": "five"},
-        {"prompt": "hello", "response": "world"}] * 4))
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
+    rows.write_text("".join(json.dumps({"prompt": f"what is {a} plus two", "response": b}) + "\n"
+                            for a, b in zip(words, words[2:] + words[:2])))  # distinct rows
     return path, rows
 
 

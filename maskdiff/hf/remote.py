@@ -10,7 +10,6 @@ checkpoint. The code files are copied, never modified.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterable, Mapping
@@ -19,6 +18,8 @@ from typing import Any
 
 import torch
 
+from maskdiff import jsonio
+from maskdiff.fileio import atomic_write_text
 from maskdiff.hf.families import family_of
 
 __all__ = ["SPECIAL_TOKENS", "small_tokenizer", "sized_config", "save_random_model"]
@@ -85,7 +86,7 @@ def save_random_model(code_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in code_dir.glob("*.py"):
         shutil.copyfile(path, out_dir / path.name)
-    (out_dir / "config.json").write_text(json.dumps(dict(config), indent=2))
+    atomic_write_text(out_dir / "config.json", jsonio.dumps(dict(config), indent=2))
     hf_config = transformers.AutoConfig.from_pretrained(out_dir, trust_remote_code=True)
     auto_class = compat.choose_auto_class(hf_config, None)
     torch.manual_seed(seed)
