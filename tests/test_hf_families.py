@@ -338,3 +338,23 @@ def test_cli_evaluate_and_generate_use_the_family_defaults(family_dirs, tmp_path
     assert ("LLaDA2 family detected: mask_token_id=3, logit_shift=0, attention=4d, "
             "auto_class=AutoModelForCausalLM") in err
     assert "Dream family detected: mask_token_id=3, logit_shift=1, attention=4d" in err
+
+
+@needs_fixtures
+def test_a_raw_model_handed_to_the_trainer_gets_its_familys_shift_and_attention(
+        family_dirs, tmp_path, capsys):
+    """A Dream or LLaDA2 model passed to MaskedDiffusionTrainer without the adapter keeps its
+    family's logit shift and attention format (not the generic 0 / "2d"), and says so once."""
+    from maskdiff.hf import MaskedDiffusionTrainer
+    from maskdiff.hf.families import family_of
+
+    for name in ("dream", "llada2_moe"):
+        adapter, _, mask_id = load(family_dirs[name])
+        capsys.readouterr()
+        trainer = MaskedDiffusionTrainer(model=adapter.model, args=train_args(tmp_path / name),
+                                         train_dataset=rows(4), mask_token_id=mask_id)
+        expected = family_of(adapter.model.config)
+        assert (trainer.options.logit_shift, trainer.options.attention) == (
+            expected.logit_shift, expected.attention)
+        assert capsys.readouterr().err.count(f"{expected.name} family detected") == 1
+    assert (family_of("dream").logit_shift, family_of("llada2_moe").attention) == (1, "4d")

@@ -33,6 +33,7 @@ from maskdiff.core.seeding import BatchRandomness
 from maskdiff.hf import checkpoints
 from maskdiff.hf.adapter import AdapterOptions, HFAdapter, _config_value
 from maskdiff.hf.checks import check_model
+from maskdiff.hf.families import GENERIC, family_of
 from maskdiff.hf.lora import logger, parameter_counts
 from maskdiff.hf.collate import IndexedDataset, MaskedDiffusionCollator, batch_from_inputs
 from maskdiff.hf.methods import LEGACY_ARGS, trainer_objective
@@ -81,7 +82,9 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         seed: keys the rates and masks with (global step, example index); default
             ``args.seed``.
         logit_shift, attention, pad_token_id, pad_policy, forward_kwargs: adapter options
-            (:class:`AdapterOptions`) when ``model`` is not an adapter.
+            (:class:`AdapterOptions`) when ``model`` is not an adapter; ``logit_shift`` and
+            ``attention`` default to the model family's (:mod:`maskdiff.hf.families`: Dream
+            shift 1, LLaDA2 "4d"; otherwise 0 and "2d"), said once on stderr.
         eval_rates_per_example, eval_seed: evaluation is the full-range objective over
             U[eps, 1] with stratified rates and common random numbers, exactly
             :func:`maskdiff.training.evaluate.elbo`; it never uses the training sampler's weights.
@@ -104,7 +107,8 @@ class MaskedDiffusionTrainer(transformers.Trainer):
     def __init__(self, model=None, args=None, data_collator=None, train_dataset=None,
                  eval_dataset=None, *, estimator: EstimatorConfig | Estimator | None = None,
                  mask_token_id: int | None = None, seed: int | None = None,
-                 logit_shift: int = 0, attention: str = "2d", pad_token_id: int | None = None,
+                 logit_shift: int | None = None, attention: str | None = None,
+                 pad_token_id: int | None = None,
                  pad_policy: str = "exclude", forward_kwargs: Mapping[str, Any] | None = None,
                  eval_rates_per_example: int = 4, eval_seed: int = 1234, **kwargs) -> None:
         if model is None:
@@ -307,8 +311,9 @@ class MaskedDiffusionTrainer(transformers.Trainer):
 
 
 # ----------------------------------------------------------------------------- set-up helpers
-def _model_and_options(model, mask_token_id: int | None, processing, *, logit_shift: int,
-                       attention: str, pad_token_id: int | None, pad_policy: str,
+def _model_and_options(model, mask_token_id: int | None, processing, *,
+                       logit_shift: int | None, attention: str | None,
+                       pad_token_id: int | None, pad_policy: str,
                        forward_kwargs: Mapping[str, Any] | None
                        ) -> tuple[nn.Module, AdapterOptions]:
     """The model to train and how to call it: an adapter's own, else built from the arguments,
@@ -330,6 +335,11 @@ def _model_and_options(model, mask_token_id: int | None, processing, *, logit_sh
             config, "eos_token_id" if pad_policy == "eos" else "pad_token_id")
     if isinstance(pad_token_id, (list, tuple)):
         pad_token_id = pad_token_id[0]
+    family = family_of(config)  # a raw model of a known family: its shift and attention format
+    if family is not GENERIC and (logit_shift is None or attention is None):
+        print(family.describe(logit_shift=logit_shift, attention=attention), file=sys.stderr)
+    logit_shift = family.logit_shift if logit_shift is None else logit_shift
+    attention = family.attention if attention is None else attention
     return model, AdapterOptions(
         mask_token_id=int(mask_token_id), logit_shift=logit_shift, attention=attention,
         pad_token_id=None if pad_token_id is None else int(pad_token_id),
