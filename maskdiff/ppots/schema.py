@@ -88,8 +88,9 @@ class _Checker:
                 bad = [i for i, v in enumerate(p) if v < 0]
                 if bad:
                     self.fail(f"{name}[{bad[0]}]", f"must be >= 0, got {p[bad[0]]!r}")
-                if sum(p) <= 0:
-                    self.fail(name, "must have a positive sum (all rates are zero)")
+                total = math.fsum(p) if all(abs(v) < 1e300 for v in p) else math.inf
+                if not 0.0 < total < math.inf:
+                    self.fail(name, f"must have a finite, positive sum, got {total!r}")
 
     def fits(self, doc: dict) -> None:
         epr = doc["epr"]
