@@ -40,10 +40,11 @@ import torch
 
 from maskdiff.commands import add_hf_load_arguments, hf_load_kwargs
 from maskdiff.core.config import ComponentConfig, EstimatorConfig, RefitConfig
+from maskdiff.core.methods import importance_params
 from maskdiff.core.weighting import LOSS_CONVENTIONS
 from maskdiff.hf import ChatCollator, MaskedDiffusionTrainer, load_hf_model
 from maskdiff.hf.lora import apply_lora
-from maskdiff.ppots import estimate_ppots, load_ppots_json, save_ppots_json
+from maskdiff.ppots import density_table, estimate_ppots, load_ppots_json, save_ppots_json
 
 LLADA = "GSAI-ML/LLaDA-8B-Instruct"
 LLADA_MASK_ID = 126336
@@ -130,6 +131,7 @@ def build_estimator(args, adapter, collate, rows, device) -> EstimatorConfig:
     """P-POTS+MIRROR: the density loaded, or estimated from the model on the first a rows
     (docs/method.md §4); with --online-refit-every, refitted during training."""
     out = Path(args.output_dir)
+    source = args.ppots or out / "ppots.json"
     if args.ppots:
         result = load_ppots_json(args.ppots)
     elif (out / "ppots.json").is_file():  # a resumed run reuses its own estimate
@@ -146,13 +148,13 @@ def build_estimator(args, adapter, collate, rows, device) -> EstimatorConfig:
         save_ppots_json(out / "ppots.json", result)
         print(f"P-POTS: {result.forward_passes} loss evaluations in {result.seconds:.0f} s, "
               f"EPR KL {result.epr.kl:.4f}", flush=True)
-    t, p = result.as_tuple()
-    density = {"t": [float(x) for x in t], "p": [float(x) for x in p]}
+    # The fitted table with the file's mix and eps (said once on stderr where it reaches
+    # beyond the rates p̂ was estimated on), as `maskdiff train --ppots` uses it.
+    density = density_table(result, source=source)
     refit = (RefitConfig(refit_every=args.online_refit_every, n_bins=20)
              if args.online_refit_every > 0 else None)
     return EstimatorConfig(
-        sampler=ComponentConfig(name="importance", params={"density": density, "mix": result.mix,
-                                                           "eps": result.eps}),
+        sampler=ComponentConfig(name="importance", params=importance_params(density)),
         masker=ComponentConfig(name="mirror"), refit=refit)
 
 

@@ -371,7 +371,7 @@ def test_json_round_trip_gives_the_same_density(tmp_path):
             np.testing.assert_array_equal(a, b)
     assert loaded.epr == result.epr and loaded.forward_passes == 15750
     (tmp_path / "bad.json").write_text(json.dumps({"t": [0.5]}))
-    with pytest.raises(ValueError, match="missing keys"):
+    with pytest.raises(ValueError, match="field 'p_hat' is missing"):
         load_ppots_json(tmp_path / "bad.json")
 
 

@@ -20,7 +20,9 @@ import numpy as np
 
 from maskdiff import jsonio
 from maskdiff.commands import add_hf_load_arguments, add_threads_argument, apply_threads, hf_load_kwargs
-from maskdiff.ppots import ESTIMATORS, TARGETS, fit_ppots, plot_ppots, save_ppots_json
+from maskdiff.ppots import ESTIMATORS, TARGETS, check_table, fit_ppots, plot_ppots
+from maskdiff.ppots.io import density_table, ppots_doc
+from maskdiff.ppots.schema import check_ppots_doc
 from maskdiff.fileio import atomic_write_text
 
 
@@ -47,20 +49,32 @@ def table_from_file(args: argparse.Namespace) -> TableInput | None:
     path = Path(args.from_table)
     try:
         doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"--from-table {path}: cannot read JSON ({err})") from err
+    except (OSError, ValueError) as err:  # ValueError: not JSON, not UTF-8
+        raise ValueError(f"--from-table {path}: cannot read JSON ({err})") from None
     if not isinstance(doc, dict) or "t" not in doc or "p_hat" not in doc:
         raise ValueError(f"--from-table {path}: needs an object with keys 't' and 'p_hat'")
 
     def optional(key: str) -> np.ndarray | None:
         return None if doc.get(key) is None else np.asarray(doc[key], dtype=np.float64)
 
-    return TableInput(
-        t=np.asarray(doc["t"], dtype=np.float64), p_hat=np.asarray(doc["p_hat"], dtype=np.float64),
-        estimator=doc.get("estimator", "direct"), eps=float(doc.get("eps", 1e-3)),
-        p_hat_paper=optional("p_hat_paper"), p_hat_direct=optional("p_hat_direct"),
-        forward_passes=doc.get("forward_passes"), seconds=doc.get("seconds"),
-        target=doc.get("target", args.target))
+    try:
+        table = TableInput(
+            t=np.asarray(doc["t"], dtype=np.float64), p_hat=np.asarray(doc["p_hat"], dtype=np.float64),
+            estimator=doc.get("estimator", "direct"), eps=_eps(doc.get("eps", 1e-3), "eps"),
+            p_hat_paper=optional("p_hat_paper"), p_hat_direct=optional("p_hat_direct"),
+            forward_passes=doc.get("forward_passes"), seconds=doc.get("seconds"),
+            target=doc.get("target", args.target))
+        check_table(table.t, table.p_hat)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--from-table {path}: {err}") from None
+    return table
+
+
+def _eps(value, name: str) -> float:
+    """A rate floor in (0, 1), or ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1) (the rate floor), got {value!r}")
+    return float(value)
 
 
 def table_from_model(args: argparse.Namespace) -> TableInput | None:
@@ -132,10 +146,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """``--mix`` and ``--eps`` before any work: the values the sampler will train with."""
+    if not (0.0 <= args.mix < 1.0):  # also refuses NaN
+        raise ValueError(f"--mix must lie in [0, 1) (the sampler's weights are <= 1/mix), "
+                         f"got {args.mix}")
+    if args.eps is not None:
+        _eps(args.eps, "--eps")
+
+
 def run(args: argparse.Namespace) -> int:
     given = [args.from_table, args.run, args.preset, args.hf]
     if sum(x is not None for x in given) != 1:
         raise ValueError("give exactly one table source: --from-table FILE.json, --run DIR, --preset NAME or --hf NAME")
+    _check_args(args)
     threads = apply_threads(args)
     tables = [table for source in TABLE_SOURCES if (table := source(args)) is not None]
     if len(tables) != 1:
@@ -143,8 +167,12 @@ def run(args: argparse.Namespace) -> int:
     table = tables[0]
     if table.estimator not in ESTIMATORS:
         raise ValueError(f"table estimator must be one of {ESTIMATORS}, got {table.estimator!r}")
+    eps = table.eps if args.eps is None else args.eps
+    if table.t[0] < eps:
+        raise ValueError(f"--eps {eps:g} is above the table's first rate t = {table.t[0]:g}: the "
+                         f"density lives on [eps, 1] (give --eps <= {table.t[0]:g})")
     fit_start = time.perf_counter()
-    result = fit_ppots(table.t, table.p_hat, eps=table.eps if args.eps is None else args.eps,
+    result = fit_ppots(table.t, table.p_hat, eps=eps,
                        mix=args.mix, restarts=args.restarts, seed=args.seed,
                        estimator=table.estimator, p_hat_paper=table.p_hat_paper,
                        p_hat_direct=table.p_hat_direct, forward_passes=table.forward_passes,
@@ -152,10 +180,9 @@ def run(args: argparse.Namespace) -> int:
     if table.seconds is not None and table.source is not None:  # measured: cost includes the fits
         result = replace(result, seconds=table.seconds + time.perf_counter() - fit_start)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_ppots_json(out / "ppots.json", result)
+    path = out / "ppots.json"
+    doc = ppots_doc(result)
     if table.source is not None:
-        doc = json.loads((out / "ppots.json").read_text())
         doc["source"] = table.source
         doc["threads"] = threads  # p̂ came from the model's losses: float results depend on it
         trained = table.source.get("seconds")  # the model's training time, when its run recorded it
@@ -163,11 +190,17 @@ def run(args: argparse.Namespace) -> int:
             doc["cost_fraction"] = result.seconds / trained
             print(f"estimation + fit: {result.seconds:.1f}s = {100 * doc['cost_fraction']:.1f}% of "
                   f"the {trained:.1f}s training run; {result.forward_passes} forward passes")
-        atomic_write_text(out / "ppots.json", jsonio.dumps(doc, indent=1) + "\n")
+    # Never write a file `train --ppots` cannot read: the checks train runs, first.
+    text = jsonio.dumps(doc, indent=1) + "\n"
+    check_ppots_doc(json.loads(text), str(path))
+    density_table(result, source=path)  # refuses an unusable fit; notes extrapolation
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
     plot_ppots(out / "ppots.png", result)
     params = "  ".join(f"{key}={value:.6g}" for key, value in result.epr.params.items())
     print(f"EPR params: {params}")
     print(f"KL(p_hat || EPR)   = {result.epr.kl:.4e}")
     print(f"KL(p_hat || poly7) = {result.poly7.kl:.4e}")
-    print(f"wrote {out / 'ppots.json'} and {out / 'ppots.png'}")
+    print(f"wrote {path} and {out / 'ppots.png'} (the sampler: mix {result.mix:g}, so weights "
+          f"<= {1 / result.mix if result.mix else float('inf'):.3g}; rates in [{result.eps:g}, 1])")
     return 0

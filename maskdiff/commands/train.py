@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from maskdiff.training.config import TrainConfig, from_dict, load_json, to_dict
@@ -32,6 +33,12 @@ def register(subparsers) -> None:
                    help="ppots.json (from `maskdiff fit-pots`): the fitted density of the ppots "
                         "methods; ppots_online starts from it (else from uniform) and refits online; "
                         "the gpots methods need one fitted with --target gradient (or logits, bias)")
+    p.add_argument("--mix", type=float, metavar="LAMBDA",
+                   help="the importance sampler's uniform share, p <- (1-λ) p + λ u, so weights "
+                        "<= 1/λ (default: the --ppots file's mix, else 0.05)")
+    p.add_argument("--eps", type=float, metavar="EPS",
+                   help="the importance sampler's rate floor: rates in [EPS, 1] (default: the "
+                        "--ppots file's eps, else 1e-3; not below the file's)")
     p.add_argument("--window", type=float, nargs=2, metavar=("T_MIN", "T_MAX"),
                    default=DEFAULT_WINDOW, help="the window of --method window")
     p.add_argument("--loss-convention", choices=sorted(LOSS_CONVENTIONS), metavar="NAME",
@@ -128,25 +135,74 @@ def build_config(args) -> TrainConfig:
         data["tensorboard"] = True
     name = f"{args.preset or 'run'}-{args.method or 'standard'}-s{data['seed']}"
     data["out_dir"] = args.out or (data["out_dir"] if args.config else f"runs/{name}")
+    density = _density(args)
     if args.method:  # after the flags: an equal-compute variant scales the batch it is given
         data = to_dict(apply_method(from_dict(TrainConfig, data), args.method,
-                                    density=_density(args), window=tuple(args.window)))
+                                    density=density, window=tuple(args.window)))
     if getattr(args, "loss_convention", None):
         data["estimator"].update(LOSS_CONVENTIONS[args.loss_convention].fields())
+    _sampler_flags(args, data)
     for item in args.set:
         _set(data, item)
+    _note_overrides(args, data, density)
     return from_dict(TrainConfig, data)
 
 
 def _density(args) -> dict | None:
-    """The fitted density of ``--ppots`` for ``--method`` (checked against its target)."""
-    if args.ppots is None:
+    """The fitted density of ``--ppots`` for ``--method`` (checked against its target): the
+    table with the file's ``mix`` and ``eps``, which the importance sampler then uses."""
+    if getattr(args, "ppots", None) is None:
         return None
-    from maskdiff.ppots import density_for_method, density_from_ppots
+    takers = [m.name for m in METHODS.values() if "density" in m.needs | m.optional]
+    if not args.method or "density" not in (get_method(args.method).needs
+                                              | get_method(args.method).optional):
+        raise ValueError(f"--ppots {args.ppots} is the density of a method that takes one "
+                         f"(--method {', '.join(takers)}); "
+                         + ("no --method is given" if not args.method else
+                            f"method {args.method!r} takes none"))
+    from maskdiff.ppots import density_for_method
 
-    method = get_method(args.method)
-    takes = "density" in method.needs | method.optional
-    return density_for_method(args.ppots, method) if takes else density_from_ppots(args.ppots)
+    return density_for_method(args.ppots, get_method(args.method))
+
+
+def _sampler_flags(args, data: dict) -> None:
+    """``--mix`` / ``--eps``: the importance sampler's, checked here so a bad value is named."""
+    flags = {"mix": getattr(args, "mix", None), "eps": getattr(args, "eps", None)}
+    if all(value is None for value in flags.values()):
+        return
+    sampler = data["estimator"]["sampler"]
+    if sampler["name"] != "importance":
+        raise ValueError(f"--mix and --eps set the importance sampler of a P-POTS method "
+                         f"(--method ppots, gpots, ...); this run samples rates with "
+                         f"{sampler['name']!r}")
+    if flags["mix"] is not None and not 0.0 <= flags["mix"] < 1.0:
+        raise ValueError(f"--mix must lie in [0, 1) (weights <= 1/mix), got {flags['mix']}")
+    if flags["eps"] is not None and not 0.0 < flags["eps"] < 1.0:
+        raise ValueError(f"--eps must lie in (0, 1), got {flags['eps']}")
+    sampler["params"].update({key: value for key, value in flags.items() if value is not None})
+
+
+def _note_overrides(args, data: dict, density: dict | None) -> None:
+    """Say once (stderr) where the importance sampler's ``mix`` / ``eps`` differ from the
+    ``--ppots`` file's (an explicit ``--mix``, ``--eps`` or ``--set``); refuse an ``eps`` below
+    the file's, where the fitted density is not defined."""
+    sampler = data["estimator"]["sampler"]
+    if density is None or sampler["name"] != "importance":
+        return
+    from maskdiff.core.samplers import DEFAULT_EPS
+
+    used = {"mix": sampler["params"].get("mix", 0.05),
+            "eps": sampler["params"].get("eps", DEFAULT_EPS)}
+    if used["eps"] < density["eps"]:
+        raise ValueError(f"eps {used['eps']:g} is below {args.ppots}'s eps {density['eps']:g}: "
+                         f"its density is fitted on [{density['eps']:g}, 1] only (refit with "
+                         f"`maskdiff fit-pots --eps {used['eps']:g}`)")
+    changed = [f"{key}={used[key]:g} ({'--' + key if getattr(args, key, None) is not None else '--set'}"
+               f"; the file has {density[key]:g})" for key in ("mix", "eps")
+               if used[key] != density[key]]
+    if changed:
+        print(f"maskdiff train: note: the importance sampler uses {', '.join(changed)}, "
+              f"overriding {args.ppots}", file=sys.stderr, flush=True)
 
 
 def run(args) -> int:

@@ -19,11 +19,13 @@ fitted by ``maskdiff fit-pots --target gradient`` or tracked online from a free 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from maskdiff.core.config import ComponentConfig, EstimatorConfig, RefitConfig
 from maskdiff.core.masking import MASKERS
+from maskdiff.core.samplers import DEFAULT_EPS
 
 C = ComponentConfig
 
@@ -39,6 +41,7 @@ NEEDS: dict[str, str] = {
 INPUTS = ("density", "window")  # the needs that are arguments of Method.estimator_config
 BASELINE = "standard"  # the method every report compares against
 DEFAULT_WINDOW = (0.45, 0.55)  # the window of `maskdiff train --method window` and decompose
+DEFAULT_MIX = 0.05  # the importance sampler's uniform share when neither caller nor density says
 # What a method's density is fitted to (docs/method.md §4): the loss's second moment (P-POTS) or
 # the parameter gradient's (gradient-targeted P-POTS).
 DENSITY_TARGETS = ("loss", "gradient")
@@ -127,9 +130,13 @@ class Method:
 
     def estimator_config(self, *, density: dict[str, Any] | None = None,
                          window: tuple[float, float] | None = None,
-                         mix: float = 0.05) -> EstimatorConfig:
+                         mix: float | None = None, eps: float | None = None) -> EstimatorConfig:
         """The estimator configuration, with the ``density`` / ``window`` it needs filled in
-        (inputs it does not take are ignored). ValueError names a missing one."""
+        (inputs it does not take are ignored). ValueError names a missing one.
+
+        The importance sampler's ``mix`` and ``eps`` are the arguments when given, else the
+        fitted density's own (``density_from_ppots`` carries the ``ppots.json``'s ``mix`` and
+        ``eps`` in the table), else :data:`DEFAULT_MIX` and the sampler's default rate floor."""
         given = {"density": density, "window": window}
         for need in INPUTS:
             if need in self.needs and given[need] is None:
@@ -139,12 +146,30 @@ class Method:
                 raise ValueError(f"method {self.name!r} needs {NEEDS[need]}{hint}")
         config = self.estimator
         if "density" in self.needs | self.optional:
-            start = density if density is not None else uniform_density()
-            config = replace(config, sampler=C(name="importance", params={"density": start, "mix": mix}))
+            config = replace(config, sampler=C(name="importance", params=importance_params(
+                density if density is not None else uniform_density(), mix=mix, eps=eps)))
         if "window" in self.needs | self.optional and window is not None:
             config = replace(config, sampler=C(name="window", params={"t_min": window[0],
                                                                        "t_max": window[1]}))
         return config
+
+
+def importance_params(density: Any, *, mix: float | None = None,
+                      eps: float | None = None) -> dict[str, Any]:
+    """The ``importance`` sampler's parameters for a fitted ``density``: the ``{"t", "p"}``
+    table, and ``mix`` / ``eps`` from the arguments, else from the density (a fitted table
+    carries its ``ppots.json``'s), else :data:`DEFAULT_MIX` and the sampler's default floor
+    (``eps`` is written only when it is not that default, so configs of older runs stay
+    identical)."""
+    fitted = density if isinstance(density, Mapping) else {}
+    table = ({"t": density["t"], "p": density["p"]}
+             if isinstance(density, Mapping) and "t" in density and "p" in density else density)
+    mix = mix if mix is not None else fitted.get("mix", DEFAULT_MIX)
+    eps = eps if eps is not None else fitted.get("eps")
+    params: dict[str, Any] = {"density": table, "mix": mix}
+    if eps is not None and eps != DEFAULT_EPS:
+        params["eps"] = eps
+    return params
 
 
 METHODS: dict[str, Method] = {}
@@ -178,14 +203,15 @@ def equal_compute(base: str, factor: int) -> Method:
 
 
 def method_config(name: str, *, density: dict[str, Any] | None = None,
-                  window: tuple[float, float] | None = None, mix: float = 0.05) -> EstimatorConfig:
+                  window: tuple[float, float] | None = None, mix: float | None = None,
+                  eps: float | None = None) -> EstimatorConfig:
     """``get_method(name).estimator_config(...)``: the estimator configuration of ``name``."""
-    return get_method(name).estimator_config(density=density, window=window, mix=mix)
+    return get_method(name).estimator_config(density=density, window=window, mix=mix, eps=eps)
 
 
 def method_estimator(name: str, *, density: dict[str, Any] | None = None,
                      window: tuple[float, float] = DEFAULT_WINDOW,
-                     mix: float = 0.05) -> EstimatorConfig:
+                     mix: float | None = None) -> EstimatorConfig:
     """Deprecated alias of :func:`method_config` (it returns a configuration, not an
     :class:`~maskdiff.core.objective.Estimator`), with the old default window."""
     return method_config(name, density=density, window=window, mix=mix)

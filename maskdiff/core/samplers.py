@@ -261,7 +261,8 @@ class Importance(RateSampler):
     mapping with keys ``t`` and ``p``) interpolated linearly. It is tabulated on ``n_grid``
     points of [eps, 1], normalised by exact quadrature of the piecewise-linear table, and
     mixed with the uniform density, ``p <- (1 - mix)·p + mix/(1 - eps)``, which bounds the
-    weights by ``1/mix`` (the safety guard of docs/method.md §4 "Safety"; ``mix = 0`` disables it). The target is
+    weights by ``1/mix`` (``mix`` and ``eps`` default to a fitted mapping's own keys, else
+    0.05 and 1e-3) (the safety guard of docs/method.md §4 "Safety"; ``mix = 0`` disables it). The target is
     U[eps, 1]: the constant ``1 - eps`` of the uniform density is folded into ``w``.
 
     ``stratified=True`` stratifies the uniforms in quantile space (docs/method.md §3 [beyond]):
@@ -273,12 +274,16 @@ class Importance(RateSampler):
     def __init__(
         self,
         density: Density | Mapping[str, Sequence[float]],
-        mix: float = 0.05,
+        mix: float | None = None,
         stratified: bool = False,
-        eps: float = DEFAULT_EPS,
+        eps: float | None = None,
         n_grid: int = 4096,
     ) -> None:
-        self.eps = _check_eps(eps)
+        # A fitted table (maskdiff.ppots.density_from_ppots) carries its file's mix and eps:
+        # they hold unless given here.
+        fitted = density if isinstance(density, Mapping) else {}
+        mix = fitted.get("mix", 0.05) if mix is None else mix
+        self.eps = _check_eps(fitted.get("eps", DEFAULT_EPS) if eps is None else eps)
         if not (0.0 <= mix < 1.0):
             raise ValueError(f"mix must lie in [0, 1), got mix={mix}")
         if n_grid < 4096:

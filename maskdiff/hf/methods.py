@@ -38,11 +38,13 @@ MIGRATION = ("MaskedDiffusionTrainer(rate_sampler=, masker=, control=, normalize
 
 
 def method_estimator(name: str, *, density: dict[str, Any] | None = None,
-                     window: tuple[float, float] | None = None, mix: float = 0.05,
-                     delimiter_ids: Iterable[int] | None = None,
+                     window: tuple[float, float] | None = None, mix: float | None = None,
+                     eps: float | None = None, delimiter_ids: Iterable[int] | None = None,
                      loss_convention: str | None = None) -> EstimatorConfig:
     """The :class:`EstimatorConfig` of method ``name`` for ``MaskedDiffusionTrainer(estimator=)``.
-    ``density`` / ``window`` as in :meth:`~maskdiff.core.methods.Method.estimator_config`;
+    ``density`` / ``window`` / ``mix`` / ``eps`` as in
+    :meth:`~maskdiff.core.methods.Method.estimator_config` (a ``density_from_ppots`` table
+    brings its file's ``mix`` and ``eps``);
     ``delimiter_ids`` are the answer delimiters a method that needs ``"delimiters"`` (ISAD)
     masks more often. SyRM also needs a collator that marks syntax tokens
     (``ChatCollator(..., syntax_tokens=...)``). ``loss_convention``: a peer's normaliser and
@@ -54,7 +56,7 @@ def method_estimator(name: str, *, density: dict[str, Any] | None = None,
     if method.base is not None:
         raise ValueError(f"method {name!r} is {method.base!r} with {method.batch_factor}x the "
                          f"batch: use {method.base!r} and scale the batch size in the arguments")
-    config = method.estimator_config(density=density, window=window, mix=mix)
+    config = method.estimator_config(density=density, window=window, mix=mix, eps=eps)
     if loss_convention is not None:
         config = config.with_convention(loss_convention)
     provided = {"delimiters": sorted({int(i) for i in delimiter_ids or ()})}

@@ -3,6 +3,7 @@
 - :mod:`.estimate` -- p̂ from the nested design on a model, the fitted result;
 - :mod:`.fit`      -- the EPR and degree-7 polynomial fits, density tables;
 - :mod:`.io`       -- the result file (``ppots.json``, plot) and its per-directory cache;
+- :mod:`.schema`   -- what a valid ``ppots.json`` holds, checked field by field;
 - :mod:`.online`   -- the online second-moment tracker and the trainer's refit hook.
 
 Everything public is re-exported here: ``from maskdiff.ppots import estimate_ppots, fit_epr``.
@@ -17,9 +18,10 @@ from maskdiff.ppots.fit import (  # noqa: F401
     epr_density, epr_log_p, epr_p, fit_epr, fit_poly7, poly_density,
 )
 from maskdiff.ppots.io import (  # noqa: F401
-    JSON_FORMAT, JSON_VERSION, cached_density, density_for_method, density_from_ppots, load_ppots_json, plot_ppots,
-    save_ppots_json,
+    JSON_FORMAT, JSON_VERSION, cached_density, coverage_note, density_for_method, density_from_ppots,
+    density_table, load_ppots_json, plot_ppots, save_ppots_json,
 )
+from maskdiff.ppots.schema import PPotsFileError, check_ppots_doc  # noqa: F401
 from maskdiff.ppots.online import (  # noqa: F401
     OnlineRefitter, SecondMomentTracker, TrackedPHat, TrackerRefit,
 )

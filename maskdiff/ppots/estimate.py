@@ -129,8 +129,8 @@ class PPotsResult:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
-        if not 0.0 <= self.mix <= 1.0:
-            raise ValueError(f"mix must be in [0, 1], got {self.mix}")
+        if not 0.0 <= self.mix < 1.0:  # the importance sampler's range: weights <= 1/mix
+            raise ValueError(f"mix must be in [0, 1), got {self.mix}")
         if not 0.0 < self.eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {self.eps}")
         if self.estimator not in ESTIMATORS:

@@ -8,6 +8,7 @@ reads and draws it.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,9 @@ from maskdiff.ppots.estimate import PPotsResult
 from maskdiff.ppots.fit import EPRFit, PolyFit, epr_log_p
 from maskdiff.fileio import atomic_write_text
 from maskdiff.jobs import reuse_or_run
-
-JSON_FORMAT = "maskdiff.ppots"
-JSON_VERSION = 1
-REQUIRED = ("t", "p_hat", "epr", "mix", "estimator")
+from maskdiff.ppots.schema import (  # noqa: F401  (re-exported)
+    DEFAULT_EPS, JSON_FORMAT, JSON_VERSION, REQUIRED, PPotsFileError, check_ppots_doc,
+)
 
 
 def cached_density(out_dir: str | Path, estimate, key=None) -> dict[str, list[float]]:
@@ -39,9 +39,12 @@ def cached_density(out_dir: str | Path, estimate, key=None) -> dict[str, list[fl
         plot_ppots(out / "ppots.png", result)
         return ppots_doc(result)
 
+    def check(doc: dict) -> PPotsResult:
+        return _ppots_from_doc(check_ppots_doc(doc, str(path)))
+
     doc = reuse_or_run(path, {} if key is None else key, compute, on_change="recompute",
-                       what="fitted density", required=REQUIRED, check=_ppots_from_doc)
-    return density_table(_ppots_from_doc(doc))
+                       what="fitted density", required=REQUIRED, check=check)
+    return density_table(check(doc), source=path)
 
 
 def _floats(values: np.ndarray | None) -> list[float] | None:
@@ -75,20 +78,15 @@ def ppots_doc(result: PPotsResult) -> dict:
 
 
 def load_ppots_json(path: str | Path) -> PPotsResult:
-    """Read a file written by :func:`save_ppots_json` (``eps`` defaults to 1e-3 if absent)."""
+    """Read a file written by :func:`save_ppots_json` (``eps`` defaults to 1e-3 if absent),
+    every field checked first (:func:`maskdiff.ppots.schema.check_ppots_doc`): a bad file is
+    a :class:`~maskdiff.ppots.schema.PPotsFileError` (ValueError) in one line naming the file
+    and the field."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a P-POTS result (not valid JSON: {err})") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: not a P-POTS result (a JSON object is expected)")
-    missing = [k for k in REQUIRED if k not in doc]
-    if missing:
-        raise ValueError(f"{path}: not a P-POTS result, missing keys {missing}")
-    try:
-        return _ppots_from_doc(doc)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: not a P-POTS result ({type(err).__name__}: {err})") from None
+        raise PPotsFileError(f"{path}: not a P-POTS result (not valid JSON: {err})") from None
+    return _ppots_from_doc(check_ppots_doc(doc, str(path)))
 
 
 def _ppots_from_doc(doc: dict) -> PPotsResult:
@@ -99,7 +97,7 @@ def _ppots_from_doc(doc: dict) -> PPotsResult:
                    restarts=tuple(doc["epr"].get("restarts", ()))),
         poly7=None if poly is None else PolyFit(coeffs=tuple(poly["coeffs"]), kl=float(poly["kl"]),
                                                 floor=float(poly["floor"])),
-        mix=float(doc["mix"]), estimator=doc["estimator"], eps=float(doc.get("eps", 1e-3)),
+        mix=float(doc["mix"]), estimator=doc["estimator"], eps=float(doc.get("eps", DEFAULT_EPS)),
         p_hat_paper=None if doc.get("p_hat_paper") is None else np.asarray(doc["p_hat_paper"]),
         p_hat_direct=None if doc.get("p_hat_direct") is None else np.asarray(doc["p_hat_direct"]),
         forward_passes=doc.get("forward_passes"), seconds=doc.get("seconds"),
@@ -159,32 +157,72 @@ def density_for_method(path: str | Path, method) -> dict[str, list[float]]:
     """:func:`density_from_ppots` for a registered :class:`~maskdiff.core.methods.Method`,
     refusing a file fitted to another target than the method's ``density_target`` (a P-POTS
     ``ppots.json`` for a ``gpots`` method, or a gradient-targeted one for ``ppots``)."""
-    target = load_ppots_json(path).target
-    kind = "loss" if target == "loss" else "gradient"
+    result = load_ppots_json(path)
+    kind = "loss" if result.target == "loss" else "gradient"
     if kind != method.density_target:
-        raise ValueError(f"{path} is fitted to target {target!r}, but method {method.name!r} "
-                         f"needs a density fitted to the {method.density_target} "
-                         f"(maskdiff fit-pots --target {method.density_target})")
-    return density_from_ppots(path)
+        raise ValueError(f"{path} is fitted to target {result.target!r}, but method "
+                         f"{method.name!r} needs a density fitted to the "
+                         f"{method.density_target} (maskdiff fit-pots --target "
+                         f"{method.density_target})")
+    return density_table(result, source=path)
 
 
 def density_from_ppots(path: str | Path, model: str = "epr", n_points: int = 256) -> dict[str, list[float]]:
-    """The fitted density of a ``ppots.json`` as a compact ``{"t", "p"}`` table for a config
-    (the ``density`` of :meth:`maskdiff.core.methods.Method.estimator_config`).
+    """The fitted density of a ``ppots.json`` as a compact table for a config: ``{"t", "p",
+    "mix", "eps"}`` (the ``density`` of :meth:`maskdiff.core.methods.Method.estimator_config`,
+    which takes the file's ``mix`` and ``eps`` from it; see :func:`density_table`).
 
     The fit (EPR by default, or ``poly7``) is tabulated on ``n_points`` rates, denser near
     both ends where EPR bends most; the importance sampler interpolates it linearly.
     """
-    return density_table(load_ppots_json(path), model, n_points)
+    return density_table(load_ppots_json(path), model, n_points, source=path)
 
 
-def density_table(result: PPotsResult, model: str = "epr",
-                  n_points: int = 256) -> dict[str, list[float]]:
-    """:func:`density_from_ppots` of a result already read."""
-    table = result.density(model)
+def coverage_note(result: PPotsResult, source: str | Path = "ppots.json") -> str | None:
+    """Why the density of ``result`` is extrapolated, or None. The p̂ table covers its rates
+    ±one grid step (a midpoint grid on ``[eps, 1]`` covers it all); beyond that the sampler
+    draws rates where p̂ was never measured, from the EPR fit alone."""
+    t, eps = result.t, result.eps
+    step = float(np.median(np.diff(t)))
+    below, above = t[0] - eps > step + 1e-12, 1.0 - t[-1] > step + 1e-12
+    if not (below or above):
+        return None
+    gaps = " and ".join(gap for gap, on in ((f"[{eps:.4g}, {t[0]:.4g})", below),
+                                             (f"({t[-1]:.4g}, 1]", above)) if on)
+    hint = (f"; refit with `maskdiff fit-pots --eps {np.floor(t[0] * 1e4) / 1e4:g}` to sample "
+            f"only rates it was estimated on" if below else "")
+    return (f"{source}: warning: p̂ was estimated on t in [{t[0]:.4g}, {t[-1]:.4g}] only, but "
+            f"the density is used on [{eps:.4g}, 1]: rates in {gaps} are drawn from the EPR "
+            f"fit extrapolated there{hint}")
+
+
+def density_table(result: PPotsResult, model: str = "epr", n_points: int = 256, *,
+                  source: str | Path = "ppots.json") -> dict[str, list[float]]:
+    """:func:`density_from_ppots` of a result already read (``source`` names it in messages).
+
+    Says once on stderr when the density reaches beyond the rates p̂ was estimated on
+    (:func:`coverage_note`: used, not refused: EPR is a model of the whole of ``[eps, 1]``;
+    refit with ``--eps`` to stay inside). A fit whose density is not finite or has no mass on
+    ``[eps, 1]`` is refused in one line naming the file and the field."""
+    note = coverage_note(result, source)
+    if note is not None:  # each command reads its file once: said once
+        print(f"maskdiff: {note}", file=sys.stderr, flush=True)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below, not warned about
+            table = result.density(model)
+    except ValueError as err:
+        field = "epr.params" if model == "epr" else "poly7"
+        raise PPotsFileError(f"{source}: field {field!r} gives no usable density on "
+                             f"[{result.eps:g}, 1] ({err})") from None
     eps = result.eps
     half = n_points // 2
-    ends = np.concatenate([eps + np.geomspace(1e-6, 0.5, half), 1.0 - np.geomspace(1e-6, 0.5 - eps, half)])
+    # Denser near both ends. For eps <= 0.25 this is the historic grid (configs made with it
+    # stay identical, so their finished runs are reused); above, it shrinks with [eps, 1].
+    reach = 0.5 - eps if eps <= 0.25 else (1.0 - eps) / 2
+    low = min(1e-6, reach / 10)
+    ends = np.concatenate([eps + np.geomspace(low, 0.5 if eps <= 0.25 else reach, half),
+                           1.0 - np.geomspace(low, reach, half)])
     t = np.unique(np.clip(np.concatenate([ends, np.linspace(eps, 1.0, n_points)]), eps, 1.0))
     p = np.interp(t, table.t_grid, table.p_grid)
-    return {"t": [float(x) for x in t], "p": [float(x) for x in p]}
+    return {"t": [float(x) for x in t], "p": [float(x) for x in p],
+            "mix": float(result.mix), "eps": float(eps)}

@@ -61,15 +61,18 @@ def resolve_estimator(config: EstimatorConfig, task: Any) -> EstimatorConfig:
 
 def apply_method(config: TrainConfig, method: "Method | str", *,
                  density: dict[str, list[float]] | None = None,
-                 window: tuple[float, float] | None = None) -> TrainConfig:
+                 window: tuple[float, float] | None = None, mix: float | None = None,
+                 eps: float | None = None) -> TrainConfig:
     """``config`` trained by ``method``: the one place a method meets a run's configuration
     (``maskdiff train``, ``compare``, ``compare --hf``, ``image``). It sets the estimator
-    (:meth:`~maskdiff.core.methods.Method.estimator_config` with ``density`` / ``window``),
+    (:meth:`~maskdiff.core.methods.Method.estimator_config` with ``density`` / ``window``;
+    the importance sampler's ``mix`` / ``eps`` are the fitted density's unless given),
     the model kind (``causal``) and, for an equal-compute variant, the batch it is given times
     ``batch_factor``; every other field (``optim.beta2``, ``min_lr_ratio``, ``grad_accum``, …)
     is kept as it is."""
     method = get_method(method) if isinstance(method, str) else method
-    config = replace(config, estimator=method.estimator_config(density=density, window=window),
+    config = replace(config, estimator=method.estimator_config(density=density, window=window,
+                                                                 mix=mix, eps=eps),
                      model=replace(config.model, causal=method.causal))
     if method.batch_factor != 1:
         config = replace(config, optim=replace(
