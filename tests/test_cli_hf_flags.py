@@ -20,9 +20,9 @@ from test_evaluation import MASK_ID, bert_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--auto-class", "AutoModelForMaskedLM", "--trust-remote-code", "--logit-shift", "1",
-         "--attention", "4d", "--mask-token-id", str(MASK_ID)]
+         "--attention", "none", "--mask-token-id", str(MASK_ID)]
 EXPECTED = {"auto_class": "AutoModelForMaskedLM", "trust_remote_code": True, "logit_shift": 1,
-            "attention": "4d", "mask_token_id": MASK_ID}
+            "attention": "none", "mask_token_id": MASK_ID}
 
 
 class _Loaded(Exception):

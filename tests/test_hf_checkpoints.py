@@ -98,13 +98,17 @@ def test_the_first_log_after_resume_averages_the_uninterrupted_steps(tmp_path, s
 # -- 5. a kill around transformers' rotation leaves a complete checkpoint -----------------------
 def test_a_kill_after_rotation_with_save_total_limit_1_leaves_a_complete_checkpoint(
         tmp_path, straight, monkeypatch, capsys):
-    real = transformers.trainer.rotate_checkpoints
+    # transformers 5.x rotates in a module function, 4.x in a Trainer method
+    owner, name = ((transformers.trainer, "rotate_checkpoints")
+                   if hasattr(transformers.trainer, "rotate_checkpoints")
+                   else (transformers.Trainer, "_rotate_checkpoints"))
+    real = getattr(owner, name)
 
     def rotate_then_die(*a, **kw):
         real(*a, **kw)
         if any(p.name == "checkpoint-6" for p in (tmp_path / "out").iterdir()):
             raise Killed
-    monkeypatch.setattr(transformers.trainer, "rotate_checkpoints", rotate_then_die)
+    monkeypatch.setattr(owner, name, rotate_then_die)
     with pytest.raises(Killed):
         make(tmp_path, save_total_limit=1).train()
     monkeypatch.undo()
