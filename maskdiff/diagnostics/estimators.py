@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 
+from maskdiff.jsonio import finite_or_none
 from maskdiff.core.checks import int_at_least
 from maskdiff.core.batch import Batch
 from maskdiff.core.objective import Estimator
@@ -135,18 +135,8 @@ class EstimatorDiagnostics:
             "seconds": self.seconds,
             **self.extra,
         }
-        return _finite(out)
+        return finite_or_none(out)
 
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN: replace non-finite floats by None, recursively."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def run_diagnostics(model, examples: Batch, estimator: Estimator,

@@ -10,7 +10,6 @@ configuration is measured on the same examples with the same seed (common random
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff.jsonio import finite_or_none
 from maskdiff import jsonio
 from maskdiff.core.checks import int_at_least
 from maskdiff.core.batch import Batch
@@ -181,7 +181,7 @@ def run_decompose(source: ModelSource, settings: DecomposeSettings, out: str | P
         "machine": platform.machine(),
     }
     write_outputs(out, doc)
-    return _finite(doc)
+    return finite_or_none(doc)
 
 
 def _measure(source: ModelSource, batch: Batch, estimator: Estimator,
@@ -189,7 +189,7 @@ def _measure(source: ModelSource, batch: Batch, estimator: Estimator,
     """One configuration's diagnostics: the record of ``OUT/configurations/NAME.json``."""
     diag = with_extra(run_diagnostics(source.model, batch, estimator, design),
                       estimator=repr(estimator))
-    return _finite({"result": diag.to_dict(),
+    return finite_or_none({"result": diag.to_dict(),
                     "curves": None if diag.curves is None else diag.curves.to_dict()})
 
 
@@ -220,21 +220,12 @@ def _densities(source: ModelSource, batch: Batch, settings: DecomposeSettings,
     return densities, infos
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
 
 def write_outputs(out: str | Path, doc: dict[str, Any]) -> None:
     """``decompose.json``, ``components.png``, ``curves.png`` and ``report.md`` of ``doc``
     (also regenerates the plots and report of an earlier ``decompose.json``)."""
     out = Path(out)
-    doc = _finite(doc)
+    doc = finite_or_none(doc)
     atomic_write_text(out / "decompose.json", jsonio.dumps(doc, indent=1) + "\n")
     if doc["configurations"]:
         plot_components(out / "components.png", doc["configurations"])
