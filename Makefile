@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 # running the tests that must hold on both lines.
 TF4 := .venv-tf4
 TF4_TESTS ?= tests/test_hf_families.py tests/test_hf.py tests/test_hf_guards.py tests/test_data_tokenizers.py \
-	tests/test_hf_checkpoints.py tests/test_cli_hf_flags.py tests/test_loss_conventions.py
+	tests/test_hf_checkpoints.py tests/test_cli_hf_flags.py tests/test_loss_conventions.py \
+	tests/test_hf_families_peer.py
 
 .PHONY: demo test test-tf4 setup clean
 
