@@ -252,6 +252,8 @@ class MaskedDiffusionTrainer(transformers.Trainer):
     # -- evaluation: the full-range objective (maskdiff.training.evaluate.elbo) ------------
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         batch = batch_from_inputs(self._prepare_inputs(inputs))
+        # the eligible set training uses: under a logit shift position 0 is scored by neither
+        batch = dataclasses.replace(batch, eligible=self.options.eligible(batch.eligible))
         values = stratified_elbo(self.adapter(model), batch, self.eval_estimators, self.eval_seed)
         return values.mean().float().detach(), None, None
 
