@@ -32,8 +32,8 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True  # someone else's process: leave its file alone
+    except OSError:  # PermissionError included: someone else's process, leave its file alone
+        return True
     return True
 
 

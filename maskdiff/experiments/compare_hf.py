@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -74,6 +74,7 @@ class HFCompareJob:
     device: str = "cpu"
     hf_options: dict | None = None  # more load_hf_model keywords (logit_shift, attention, ...)
     progress: bool = True
+    _densities: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -114,10 +115,13 @@ class HFCompareJob:
             return estimate_ppots(model, batch, mask_token_id=mask_id, n_rates=b, n_masks=c,
                                   restarts=8, seed=0, progress=False, target=target)
 
-        key = {"hf": self.hf, "train_file": self.train_file, "mask_token_id": self.mask_token_id,
-               "target": target, "design": self.preset.ppots_design, "restarts": 8, "seed": 0}
-        return cached_density(self.out_dir / ("ppots" if target == "loss" else "gpots"), estimate,
-                              key=key)
+        if target not in self._densities:  # read and checked once per job, as CompareJob does
+            key = {"hf": self.hf, "train_file": self.train_file,
+                   "mask_token_id": self.mask_token_id, "hf_options": self.hf_options,
+                   "target": target, "design": self.preset.ppots_design, "restarts": 8, "seed": 0}
+            self._densities[target] = cached_density(
+                self.out_dir / ("ppots" if target == "loss" else "gpots"), estimate, key=key)
+        return self._densities[target]
 
     def run_config(self, spec: RunSpec) -> TrainConfig:
         """The run's settings: the preset's base with the method applied (the one

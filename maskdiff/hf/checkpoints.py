@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from maskdiff.fileio import clean_stale_temps, temp_name
 from maskdiff.hf.adapter import STATE_FILE
 
 TRAINER_STATE = "trainer_state.json"  # transformers' last write into a checkpoint folder
@@ -33,12 +34,13 @@ def begin_checkpoint(folder: str | os.PathLike, state: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / TRAINER_STATE).unlink(missing_ok=True)
     path = folder / STATE_FILE
-    tmp = folder / f"{STATE_FILE}.{os.getpid()}.tmp"
+    tmp = temp_name(path)  # unique per writer; a killed writer's is cleaned by fileio
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    clean_stale_temps(path)
 
 
 def _first_line(err: BaseException) -> str:

@@ -14,7 +14,6 @@ Two checks, run once where a model is set up (:func:`maskdiff.hf.load_hf_model` 
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 from torch import nn
 

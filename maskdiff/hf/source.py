@@ -49,14 +49,9 @@ def load_hf_source(name_or_path: str, data: str | os.PathLike, *, mask_token_id:
                     rows=[row for _, row in numbered], name=str(name_or_path))
 
 
-def read_rows(data: str | os.PathLike) -> list[dict]:
-    """The JSON-object rows of a JSONL file; a malformed line (not UTF-8, not JSON, not an
-    object) names file and line (:func:`maskdiff.data.jsonl.read_json_lines`)."""
-    return [row for _, row in read_numbered_rows(data)]
-
-
 def read_numbered_rows(data: str | os.PathLike) -> list[tuple[int, dict]]:
-    """``(line number, row)`` of the rows of a JSONL file (see :func:`read_rows`)."""
+    """``(line number, row)`` of the JSON-object rows of a JSONL file; a malformed line (not
+    UTF-8, not JSON, not an object) names file and line (:func:`maskdiff.data.jsonl.read_json_lines`)."""
     path = Path(data)
     if not path.exists():
         raise ValueError(f"--data {path}: no such file")
