@@ -57,6 +57,12 @@ def register(subparsers) -> None:
                         "(p99) or pNN, a percentile of the tokenised lengths (the run reports "
                         "what it chose and how many examples it truncates); default with "
                         "--train-file: auto, else the preset's")
+    p.add_argument("--block-size", type=int, metavar="N",
+                   help="block diffusion (docs/method.md §12): train on [x_t ; x_0] with blocks "
+                        "of N tokens (train.block_size; default: plain masked diffusion)")
+    p.add_argument("--block-rates", choices=("block", "sequence"),
+                   help="with --block-size: one masking rate per block (BD3-LM, the default) or "
+                        "one per sequence (LLaDA2.0)")
     p.add_argument("--seed", type=int)
     p.add_argument("--steps", type=int, help="optim.max_steps")
     p.add_argument("--batch-size", type=int, help="the global batch size")
@@ -122,7 +128,9 @@ def build_config(args) -> TrainConfig:
              ("data", "vocab_size"): getattr(args, "vocab_size", None),
              ("data", "max_len"): None if max_len is None else _max_len(max_len),
              ("optim", "max_steps"): args.steps, ("optim", "batch_size"): args.batch_size,
-             ("optim", "lr"): args.lr, ("device",): args.device}
+             ("optim", "lr"): args.lr, ("device",): args.device,
+             ("block_size",): getattr(args, "block_size", None),
+             ("block_rates",): getattr(args, "block_rates", None)}
     for path, value in flags.items():
         if value is not None:
             node = data

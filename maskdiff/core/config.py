@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from maskdiff import jsonio
+from maskdiff.core.blocks import BlockLayout
 from maskdiff.core.control import CONTROLS, build_control
 from maskdiff.core.masking import MASKERS, build_masker
 from maskdiff.core.objective import GRAD_PROXIES, NORMALIZERS, Estimator
@@ -201,7 +202,8 @@ class EstimatorConfig:
         ``llada-pretrain`` or ``maskdiff`` (:data:`maskdiff.core.weighting.LOSS_CONVENTIONS`)."""
         return dataclasses.replace(self, **loss_convention(name).fields())
 
-    def build(self, *, mask_token_id: int) -> Estimator:
+    def build(self, *, mask_token_id: int, layout: BlockLayout | None = None) -> Estimator:
+        """The estimator; ``layout`` trains a block-diffusion model (docs/method.md §12)."""
         control = None
         if self.control is not None:
             control = build_control(self.control.name, **self.control.params)
@@ -215,5 +217,5 @@ class EstimatorConfig:
             fuse_views=self.fuse_views,
             grad_proxy=(self.refit.statistic if self.refit is not None
                         and self.refit.statistic != "loss" else None),
-            weighting=self.weighting, cart_p=self.cart_p,
+            weighting=self.weighting, cart_p=self.cart_p, layout=layout,
         )

@@ -41,8 +41,9 @@ def _check_inputs(x0: torch.Tensor, eligible: torch.Tensor, t: torch.Tensor) -> 
         raise ValueError(f"eligible has shape {tuple(eligible.shape)}, x0 has {tuple(x0.shape)}")
     if eligible.dtype != torch.bool:
         raise ValueError(f"eligible must be a bool tensor, got dtype {eligible.dtype}")
-    if tuple(t.shape) != (x0.shape[0],):
-        raise ValueError(f"t has shape {tuple(t.shape)}, expected ({x0.shape[0]},)")
+    if tuple(t.shape) not in ((x0.shape[0],), tuple(x0.shape)):
+        raise ValueError(f"t has shape {tuple(t.shape)}, expected ({x0.shape[0]},) or a rate per "
+                         f"token {tuple(x0.shape)} (block diffusion)")
 
 
 def _make_view(x0: torch.Tensor, masked: torch.Tensor, inclusion_prob: torch.Tensor,
@@ -52,7 +53,10 @@ def _make_view(x0: torch.Tensor, masked: torch.Tensor, inclusion_prob: torch.Ten
 
 
 class Masker(ABC):
-    """``views(x0, eligible, t, generator, mask_token_id) -> list[View]``."""
+    """``views(x0, eligible, t, generator, mask_token_id) -> list[View]``.
+
+    ``t`` is one rate per example (B,) or one per token (B, L): every masker works per token,
+    so under block diffusion MIRROR complements within each block at that block's rate."""
 
     name: ClassVar[str]
     # Constructor arguments the task supplies, by the need they meet (maskdiff.core.methods.NEEDS):
@@ -103,7 +107,10 @@ def build_masker(name: str, **kwargs: Any) -> Masker:
 
 
 def _rates(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return t.to(device=like.device, dtype=torch.float32)[:, None].expand(like.shape)
+    """Each token's rate, (B, L) float32: one per example broadcast, or one per token already
+    (block diffusion's per-block rates, docs/method.md §12)."""
+    t = t.to(device=like.device, dtype=torch.float32)
+    return t if t.dim() == 2 else t[:, None].expand(like.shape)
 
 
 @register_masker

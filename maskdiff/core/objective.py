@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from maskdiff.core.batch import Batch
+from maskdiff.core.blocks import BlockLayout
+from maskdiff.core.gradient_proxy import GRAD_PROXIES, block_gradient_norms, logit_gradient_norms
 from maskdiff.core.masking import Masker, View, syrm_eligible
 from maskdiff.core.samplers import RateSampler
 from maskdiff.core.seeding import BatchRandomness
 from maskdiff.core.weighting import DEFAULT_CART_P, check_weighting, token_weights
 
 NORMALIZERS = ("eligible", "sequence", "none", "token")
-GRAD_PROXIES = ("logits", "bias")  # free per-example gradient-norm proxies (docs/method.md §4 [beyond])
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -97,48 +98,6 @@ def per_example_loss(logits: torch.Tensor, x0: torch.Tensor, view: View, eligibl
     return token_losses.sum(dim=1) / normalizer_counts(eligible, normalizer)
 
 
-def _proxy_part(logits: torch.Tensor, x0: torch.Tensor, view: View, kind: str) -> torch.Tensor:
-    """One view's ``Σ_i 1[masked_i] (softmax_i − onehot(x0_i)) / q_i``: per token (kind
-    ``logits``: its squared norms summed per example, (B,)) or summed over positions (kind
-    ``bias``: (B, V)). Detached, float32."""
-    batch, vocab = x0.shape[0], logits.shape[-1]
-    masked = view.masked
-    if not masked.any():
-        return torch.zeros(batch, device=logits.device) if kind == "logits" else \
-            torch.zeros(batch, vocab, device=logits.device)
-    probs = torch.softmax(logits.detach()[masked].float(), dim=-1)
-    target = x0[masked]
-    q = view.inclusion_prob[masked].float()
-    rows = masked.nonzero()[:, 0]
-    if kind == "logits":  # ‖s − e_y‖² = Σ s² − 2 s_y + 1
-        sq = (probs * probs).sum(-1) - 2.0 * probs.gather(1, target[:, None]).squeeze(1) + 1.0
-        return torch.zeros(batch, device=logits.device).index_add_(0, rows, sq / (q * q))
-    grad = probs.scatter_add(1, target[:, None], -torch.ones_like(q)[:, None]) / q[:, None]
-    return torch.zeros(batch, vocab, device=logits.device).index_add_(0, rows, grad)
-
-
-def logit_gradient_norms(logits: list[torch.Tensor], x0: torch.Tensor, views: list[View],
-                         counts: torch.Tensor, kind: str = "logits") -> torch.Tensor:
-    """A free proxy of the per-example gradient norm ``‖∇θ l‖`` from the logits alone
-    (docs/method.md §4 [beyond] "Gradient-targeted densities"), (B,) float32, detached.
-
-    ``l`` is the per-example loss averaged over the ``V`` views (the estimator's ``raw_loss``,
-    without ``w``); for a masked token i of view v, ``∂l/∂z_vi = (softmax − onehot)/(V·N·q_i)``
-    in closed form. ``kind="logits"``: the norm of the gradient with respect to all logits,
-    ``sqrt(Σ_v Σ_i ‖∂l/∂z_vi‖²)``; ``kind="bias"``: the norm of the gradient with respect to a
-    shared output bias, ``‖Σ_v Σ_i ∂l/∂z_vi‖`` (it keeps the coherence of the token terms that
-    the first one drops). No backward pass.
-    """
-    if kind not in GRAD_PROXIES:
-        raise ValueError(f"kind must be one of {GRAD_PROXIES}, got kind={kind!r}")
-    parts = [_proxy_part(z, x0, view, kind) for z, view in zip(logits, views)]
-    scale = (len(views) * counts.float().to(x0.device)) ** 2
-    if kind == "logits":
-        return (torch.stack(parts).sum(0) / scale).sqrt()
-    summed = torch.stack(parts).sum(0)
-    return ((summed * summed).sum(-1) / scale).sqrt()
-
-
 @dataclass(frozen=True)
 class EstimatorOutput:
     """What one estimator call produced.
@@ -156,6 +115,15 @@ class EstimatorOutput:
             number, over all views (masked CE per token = sum / count).
         grad_proxy: (B,) detached, :func:`logit_gradient_norms` of ``raw_loss`` when the
             estimator was built with ``grad_proxy`` (gradient-targeted online P-POTS), else None.
+        units: rate draws per example (1, or the blocks of a block layout with one rate per
+            block, docs/method.md §12). With ``units > 1``, ``values``, ``raw_loss``, ``t``,
+            ``w`` and ``grad_proxy`` hold one entry per (example, block), example-major, each
+            scaled by ``units``: block k of an example contributes ``units · w_k · l_k`` with
+            ``l_k`` its masked tokens' loss (the example's normaliser), so the mean over units is
+            still the batch's mean loss, and the adaptive state (control variate, online P-POTS)
+            sees one draw per rate. :attr:`example_values` gives per-example values.
+        input_factor: model input positions per data position: 2 under a block layout (the
+            model reads ``[xt ; x0]``), else 1.
     """
 
     loss: torch.Tensor
@@ -168,6 +136,13 @@ class EstimatorOutput:
     masked_ce_sum: float
     masked_count: int
     grad_proxy: torch.Tensor | None = None
+    units: int = 1
+    input_factor: int = 1
+
+    @property
+    def example_values(self) -> torch.Tensor:
+        """``values`` per example, (B,): the mean over an example's units."""
+        return self.values if self.units == 1 else self.values.view(-1, self.units).mean(dim=1)
 
 
 @runtime_checkable
@@ -216,13 +191,22 @@ class Estimator:
             not computed, nothing is spent on it.
         weighting, cart_p: each masked token's weight (:mod:`maskdiff.core.weighting`):
             ``"elbo"`` (default, ``1/π_i``), ``"uniform"`` or ``"cart"`` (Dream's, kernel ``cart_p``).
+        layout: a :class:`~maskdiff.core.blocks.BlockLayout` for block diffusion
+            (docs/method.md §12): the model reads ``[xt ; x0]`` under the three-part mask, the
+            loss its noisy half, and with ``layout.rates == "block"`` every block draws its own
+            rate (samplers, StraTS's strata, the control variate and online P-POTS see blocks
+            as their unit). None (default): plain masked diffusion.
     """
 
     def __init__(self, *, rate_sampler: RateSampler, masker: Masker, mask_token_id: int,
                  control=None, normalizer: str = "eligible", syntax_eligible: bool = False,
                  fuse_views: bool = True, grad_proxy: str | None = None,
-                 weighting: str = "elbo", cart_p: float = DEFAULT_CART_P) -> None:
+                 weighting: str = "elbo", cart_p: float = DEFAULT_CART_P,
+                 layout: BlockLayout | None = None) -> None:
         _check_normalizer(normalizer)
+        if layout is not None and not isinstance(layout, BlockLayout):
+            raise ValueError(f"layout must be a BlockLayout or None, got {layout!r}")
+        self.layout = layout
         check_weighting(weighting, cart_p)
         if grad_proxy is not None and weighting != "elbo":
             raise ValueError(f"grad_proxy={grad_proxy!r} (gradient-targeted P-POTS) needs "
@@ -248,41 +232,74 @@ class Estimator:
             raise ValueError("syntax_eligible=True (SyRM) needs a batch with a syntax mask")
         return syrm_eligible(batch.eligible, batch.syntax)
 
+    def units(self, length: int) -> int:
+        """Rate draws per example for rows of ``length`` (docs/method.md §12)."""
+        return 1 if self.layout is None else self.layout.units(length)
+
     def draw(self, batch: Batch, randomness: BatchRandomness | torch.Generator,
              eligible: torch.Tensor | None = None):
-        """Rates, weights and views for ``batch``: per-example seeded, or from one generator."""
+        """Rates, weights and views for ``batch``: per-example seeded, or from one generator.
+
+        ``t`` and ``w`` have one entry per unit (:attr:`EstimatorOutput.units`), example-major.
+        """
         eligible = self.eligible(batch) if eligible is None else eligible
         device = batch.x0.device
+        size, length = batch.x0.shape
+        units = self.units(length)
         if isinstance(randomness, torch.Generator):
-            t, w = self.rate_sampler.sample(len(batch), randomness)
+            t, w = self.rate_sampler.sample(size * units, randomness)
             t, w = t.to(device), w.to(device)
-            views = self.masker.views(batch.x0, eligible, t, randomness, self.mask_token_id)
+            views = self.masker.views(batch.x0, eligible, self._token_rates(t, size, length),
+                                      randomness, self.mask_token_id)
             return t, w, views
         if len(randomness) != len(batch):
             raise ValueError(f"randomness covers {len(randomness)} examples, batch has {len(batch)}")
-        t, w = self.rate_sampler.sample_at(
-            randomness.rate_uniforms(), torch.tensor(randomness.positions, dtype=torch.long),
-            randomness.global_batch_size, randomness.batch_generator())
+        positions = torch.tensor(randomness.positions, dtype=torch.long)
+        if units == 1:
+            u = randomness.rate_uniforms()
+        else:  # StraTS stratifies the (example, block) rates of the global batch
+            u = randomness.block_rate_uniforms(units).reshape(-1)
+            positions = (positions[:, None] * units + torch.arange(units)).reshape(-1)
+        t, w = self.rate_sampler.sample_at(u, positions, randomness.global_batch_size * units,
+                                           randomness.batch_generator())
         t, w = t.to(device), w.to(device)
-        uniforms = randomness.mask_uniforms(self.masker.n_uniform_sets, batch.x0.shape[1])
+        uniforms = randomness.mask_uniforms(self.masker.n_uniform_sets, length)
         views = self.masker.views_from_uniforms(
-            batch.x0, eligible, t, uniforms.to(device), self.mask_token_id)
+            batch.x0, eligible, self._token_rates(t, size, length), uniforms.to(device),
+            self.mask_token_id)
         return t, w, views
 
-    def forward_views(self, model: Model, views: list[View], attention: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of every view, fused into one forward pass when ``fuse_views``."""
+    def _token_rates(self, t: torch.Tensor, size: int, length: int) -> torch.Tensor:
+        units = self.units(length)
+        return t if units == 1 else self.layout.token_rates(t.view(size, units), length)
+
+    def forward_views(self, model: Model, views: list[View], attention: torch.Tensor,
+                      x0: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Logits of every view, fused into one forward pass when ``fuse_views``; under a block
+        layout (which needs ``x0``) the noisy half of the model's logits on ``[xt ; x0]``."""
         if self.fuse_views and len(views) > 1:
+            n = len(views)
             stacked = torch.cat([v.xt for v in views])
-            logits = model(stacked, attention.repeat(len(views), 1))
-            return list(logits.chunk(len(views)))
-        return [model(v.xt, attention) for v in views]
+            clean = None if x0 is None else x0.repeat(n, 1)
+            return list(self._call(model, stacked, attention.repeat(n, 1), clean).chunk(n))
+        return [self._call(model, v.xt, attention, x0) for v in views]
+
+    def _call(self, model: Model, xt: torch.Tensor, attention: torch.Tensor,
+              x0: torch.Tensor | None) -> torch.Tensor:
+        if self.layout is None:
+            return model(xt, attention)
+        if x0 is None:
+            raise ValueError("a block layout needs x0: forward_views(..., x0=batch.x0)")
+        inputs = self.layout.inputs(xt, x0, attention)
+        logits = model(inputs.input_ids, inputs.attention_mask, position_ids=inputs.position_ids)
+        return self.layout.noisy(logits, xt.shape[1])
 
     def view_losses(self, model: Model, x0: torch.Tensor, views: list[View],
                     attention: torch.Tensor, counts: torch.Tensor
                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The per-example loss averaged over ``views`` (docs/method.md §1), (B,) float32 with gradient,
         and each view's (B, L) token losses; ``counts`` are the normalizer's ``N``."""
-        return self._losses(self.forward_views(model, views, attention), x0, views, counts,
+        return self._losses(self.forward_views(model, views, attention, x0), x0, views, counts,
                             self.weighting, self.cart_p)
 
     @staticmethod
@@ -306,11 +323,16 @@ class Estimator:
         t, w, views = self.draw(batch, randomness, eligible)
         counts = normalizer_counts(eligible, self.normalizer)
         proxy = None
-        logits = self.forward_views(model, views, batch.attention_mask)
+        logits = self.forward_views(model, views, batch.attention_mask, batch.x0)
         raw, token_losses = self._losses(logits, batch.x0, views, counts, self.weighting,
                                          self.cart_p)
+        units = self.units(batch.x0.shape[1])
+        if units > 1:
+            raw = self._unit_losses(token_losses, counts, units)
         if self.grad_proxy is not None:
-            proxy = logit_gradient_norms(logits, batch.x0, views, counts, self.grad_proxy)
+            proxy = (logit_gradient_norms(logits, batch.x0, views, counts, self.grad_proxy)
+                     if units == 1 else block_gradient_norms(
+                         self.layout, logits, batch.x0, views, counts, self.grad_proxy))
         ce_sum = self._plain_ce_sum(token_losses, logits, batch.x0, views)
         count = sum(int(view.masked.sum()) for view in views)
         values = w * raw
@@ -322,7 +344,15 @@ class Estimator:
         return EstimatorOutput(
             loss=values.mean(), values=values.detach(), raw_loss=raw.detach(), t=t, w=w,
             n_empty=n_empty, forward_passes=len(views), masked_ce_sum=ce_sum, masked_count=count,
-            grad_proxy=proxy)
+            grad_proxy=proxy, units=units, input_factor=1 if self.layout is None else 2)
+
+    def _unit_losses(self, token_losses: list[torch.Tensor], counts: torch.Tensor,
+                     units: int) -> torch.Tensor:
+        """Per (example, block) loss, scaled by ``units`` (:attr:`EstimatorOutput.units`),
+        averaged over the views: (B · units,) with gradient."""
+        scale = counts[:, None] / units
+        return torch.stack([self.layout.unit_sums(losses) / scale
+                            for losses in token_losses]).mean(dim=0).reshape(-1)
 
     def _plain_ce_sum(self, token_losses: list[torch.Tensor], logits: list[torch.Tensor],
                       x0: torch.Tensor, views: list[View]) -> float:
@@ -352,4 +382,5 @@ class Estimator:
     def __repr__(self) -> str:
         return (f"Estimator(rate_sampler={self.rate_sampler!r}, masker={self.masker!r}, "
                 f"control={self.control!r}, normalizer={self.normalizer!r}, "
-                f"weighting={self.weighting!r}, syntax_eligible={self.syntax_eligible})")
+                f"weighting={self.weighting!r}, syntax_eligible={self.syntax_eligible}, "
+                f"layout={self.layout!r})")

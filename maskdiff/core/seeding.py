@@ -117,6 +117,23 @@ class BatchRandomness:
             ]
         ) if self.example_indices else torch.empty(0, dtype=torch.float64)
 
+    def block_rate_uniforms(self, n_blocks: int) -> torch.Tensor:
+        """One U[0,1) per (example, block), float64, shape (n, n_blocks) (docs/method.md §12).
+
+        Block 0 draws what :meth:`rate_uniforms` draws, so a single block (``b >= L``) gives the
+        plain model's rates; block ``k > 0`` is keyed ``(seed, rate stream, example, step, k)``,
+        so an example's blocks do not depend on the batch, the world size or a resume.
+        """
+        first = self.rate_uniforms()
+        if n_blocks == 1:
+            return first[:, None]
+        rest = [[torch.rand((), generator=generator_for(self.seed, STREAM_RATE, i, self.step, k),
+                            dtype=torch.float64) for k in range(1, n_blocks)]
+                for i in self.example_indices]
+        if not rest:
+            return torch.empty(0, n_blocks, dtype=torch.float64)
+        return torch.cat([first[:, None], torch.tensor(rest, dtype=torch.float64)], dim=1)
+
     def mask_uniforms(self, n_sets: int, length: int) -> torch.Tensor:
         """``n_sets`` independent rows of U[0,1) per example: shape (n_sets, n, length).
 

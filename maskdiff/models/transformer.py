@@ -122,12 +122,15 @@ class _Rotary(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate (B, H, L, D) queries or keys by their position's angles."""
-        length = x.shape[-2]
-        cos = self.cos[:length].to(x.dtype)
-        sin = self.sin[:length].to(x.dtype)
-        return x * cos + _rotate_half(x) * sin
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotate (B, H, L, D) queries or keys by their position's angles: positions
+        ``0..L-1``, or ``position_ids`` (B, L) long."""
+        if position_ids is None:
+            length = x.shape[-2]
+            cos, sin = self.cos[:length], self.sin[:length]
+        else:
+            cos, sin = self.cos[position_ids][:, None], self.sin[position_ids][:, None]
+        return x * cos.to(x.dtype) + _rotate_half(x) * sin.to(x.dtype)
 
 
 class _Block(nn.Module):
@@ -146,14 +149,15 @@ class _Block(nn.Module):
         self.residual_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, h: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool
+        self, h: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, length, width = h.shape
         qkv = self.qkv(self.attn_norm(h))
         q, k, v = qkv.view(batch, length, 3, self.n_heads, width // self.n_heads).unbind(dim=2)
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, D)
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+            q, k = self.rotary(q, position_ids), self.rotary(k, position_ids)
         attended = F.scaled_dot_product_attention(
             q,
             k,
@@ -176,6 +180,11 @@ class Transformer(nn.Module):
     or None (everything real). Padding positions are masked out as *keys*; their own outputs are
     finite but meaningless (each query may always attend to itself, so a fully padded row never
     produces NaN). Returns logits (B, L, vocab_size) in the compute dtype (bf16 under autocast).
+
+    Block diffusion (docs/method.md §12) calls it with a full pattern instead: ``attention_mask``
+    (B or 1, 1, L, L) bool, True where a query (row) may attend to a key (column), used as it is
+    whatever ``causal`` says, and ``position_ids`` (B, L) long (the clean half of ``[xt ; x0]``
+    repeats the noisy half's positions); then ``L`` may exceed ``max_len``, the positions may not.
     """
 
     def __init__(self, config: TransformerConfig) -> None:
@@ -213,14 +222,15 @@ class Transformer(nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      position_ids: torch.Tensor | None = None) -> None:
         if input_ids.dim() != 2 or input_ids.dtype != torch.long:
             raise ValueError(
                 f"input_ids must be a (B, L) long tensor, got shape {tuple(input_ids.shape)} "
                 f"dtype {input_ids.dtype}"
             )
         length = input_ids.shape[1]
-        if length > self.config.max_len:
+        if length > self.config.max_len and position_ids is None:
             raise ValueError(f"sequence length {length} exceeds max_len={self.config.max_len}")
         if input_ids.numel() > 0:
             # Two reductions: cheap, and they turn an opaque embedding index error into a message.
@@ -230,7 +240,11 @@ class Transformer(nn.Module):
                 raise ValueError(
                     f"input_ids contains token id {bad}, outside [0, {self.config.vocab_size})"
                 )
-        if attention_mask is not None and (
+        if position_ids is not None:
+            self._check_positions(input_ids, position_ids)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            self._check_pattern(input_ids, attention_mask)
+        elif attention_mask is not None and (
             attention_mask.dtype != torch.bool or attention_mask.shape != input_ids.shape
         ):
             raise ValueError(
@@ -238,10 +252,31 @@ class Transformer(nn.Module):
                 f"shape {tuple(attention_mask.shape)} dtype {attention_mask.dtype}"
             )
 
+    def _check_positions(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> None:
+        if position_ids.dtype != torch.long or tuple(position_ids.shape) != tuple(input_ids.shape):
+            raise ValueError(f"position_ids must be a long tensor of shape "
+                             f"{tuple(input_ids.shape)}, got shape {tuple(position_ids.shape)} "
+                             f"dtype {position_ids.dtype}")
+        if position_ids.numel() and not 0 <= int(position_ids.min()) <= int(position_ids.max()) \
+                < self.config.max_len:
+            raise ValueError(f"position_ids must lie in [0, max_len={self.config.max_len}), got "
+                             f"[{int(position_ids.min())}, {int(position_ids.max())}]")
+
+    @staticmethod
+    def _check_pattern(input_ids: torch.Tensor, pattern: torch.Tensor) -> None:
+        batch, length = input_ids.shape
+        if pattern.dtype != torch.bool or pattern.shape[0] not in (1, batch) \
+                or tuple(pattern.shape[1:]) != (1, length, length):
+            raise ValueError(f"a 4-D attention_mask must be bool of shape ({batch} or 1, 1, "
+                             f"{length}, {length}), got shape {tuple(pattern.shape)} dtype "
+                             f"{pattern.dtype}")
+
     def _attention_pattern(
         self, attention_mask: torch.Tensor | None, length: int, device: torch.device
     ) -> tuple[torch.Tensor | None, bool]:
         """The boolean (B, 1, L, L) mask for SDPA (True = may attend), or SDPA's own causal flag."""
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return attention_mask, False  # a full pattern (block diffusion): used as given
         if attention_mask is None or bool(attention_mask.all()):
             # Nothing to hide: let SDPA pick its fastest kernel.
             return None, self.config.causal
@@ -254,17 +289,19 @@ class Transformer(nn.Module):
         return allowed, False
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self._check_inputs(input_ids, attention_mask)
+        self._check_inputs(input_ids, attention_mask, position_ids)
         length = input_ids.shape[1]
         h = self.token_embedding(input_ids)
         if self.position_embedding is not None:
-            h = h + self.position_embedding.weight[:length]
+            h = h + (self.position_embedding.weight[:length] if position_ids is None
+                     else self.position_embedding(position_ids))
         h = self.embedding_dropout(h)
         attn_mask, is_causal = self._attention_pattern(attention_mask, length, input_ids.device)
         for block in self.blocks:
-            h = block(h, attn_mask, is_causal)
+            h = block(h, attn_mask, is_causal, position_ids)
         # Tied head: logits are similarities with the token embeddings.
         return F.linear(self.final_norm(h), self.token_embedding.weight)
 

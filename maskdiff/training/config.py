@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from maskdiff.data.sizing import max_len_percentile
+from maskdiff.core.blocks import BLOCK_RATES, BlockLayout
 from maskdiff.core.checks import int_at_least
 from maskdiff.core.config import (  # noqa: F401  (re-exported: a run's config nests them)
     ComponentConfig,
@@ -163,9 +164,23 @@ class TrainConfig:
     out_dir: str = "runs/train"
     device: str = "cpu"
     tensorboard: bool = False  # also write metrics.jsonl's scalars under out_dir/tensorboard/
+    # Block diffusion (docs/method.md §12): None trains the plain masked-diffusion model; N
+    # trains on [xt ; x0] with blocks of N tokens, one rate per block ("block", BD3-LM) or per
+    # sequence ("sequence", LLaDA2.0 / dFactory).
+    block_size: int | None = None
+    block_rates: str = "block"
 
     def __post_init__(self) -> None:
         check_fields(self, "train")
+        if self.block_size is not None:
+            int_at_least(self.block_size, "train.block_size")
+            if self.model.causal:
+                raise ValueError("train.block_size needs the diffusion model: the causal twin "
+                                 "(model.causal=true) is the block-diffusion sweep's reference, "
+                                 "not a block model")
+        if self.block_rates not in BLOCK_RATES:
+            raise ValueError(f"train.block_rates must be one of {BLOCK_RATES}, got "
+                             f"{self.block_rates!r}")
         int_at_least(self.seed, "train.seed", minimum=0)
         int_at_least(self.log_every, "train.log_every")
         int_at_least(self.checkpoint_every, "train.checkpoint_every", minimum=0)
@@ -181,6 +196,13 @@ class TrainConfig:
 # Fields that may change between a run and its resumption: where it runs and logs, not what it
 # computes (a config.json written before a field existed loads with the field's default).
 RESUME_FREE_FIELDS = ("out_dir", "device", "tensorboard")
+
+
+def block_layout(config: TrainConfig) -> BlockLayout | None:
+    """The run's block layout (docs/method.md §12), None for plain masked diffusion."""
+    if config.block_size is None:
+        return None
+    return BlockLayout(config.block_size, config.block_rates)
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any],

@@ -16,6 +16,7 @@ import torch
 
 from maskdiff.training.answers import answers_match, extract_answer, gold_answer
 from maskdiff.core.batch import Batch
+from maskdiff.core.blocks import BlockLayout
 from maskdiff.training.generate import generate_causal, generate_diffusion
 from maskdiff.core.masking import Bernoulli, Masker, build_masker
 from maskdiff.models.transformer import causal_lm_loss
@@ -67,17 +68,18 @@ def _batches(examples: Sequence, collate: Collate, batch_size: int, device):
 def stratified_estimators(*, mask_token_id: int, rates_per_example: int = 4,
                           normalizer: str = "eligible", eps: float = DEFAULT_EPS,
                           syntax_eligible: bool = False, masker: Masker | None = None,
-                          ) -> list[Estimator]:
+                          layout: BlockLayout | None = None) -> list[Estimator]:
     """One estimator per stratum: ``U`` over the j-th of ``rates_per_example`` equal strata of
     [eps, 1], ``masker`` masks (default Bernoulli), no weights, no control variate
-    (docs/method.md §8)."""
+    (docs/method.md §8). Under a block ``layout`` each block draws its own rate in the stratum
+    and the terms are the block ELBO's (docs/method.md §12)."""
     if rates_per_example < 1:
         raise ValueError(f"rates_per_example must be >= 1, got {rates_per_example}")
     masker = Bernoulli() if masker is None else masker
     edges = [eps + (1 - eps) * j / rates_per_example for j in range(rates_per_example + 1)]
     return [Estimator(rate_sampler=Window(edges[j], edges[j + 1], eps=eps), masker=masker,
                       mask_token_id=mask_token_id, normalizer=normalizer,
-                      syntax_eligible=syntax_eligible)
+                      syntax_eligible=syntax_eligible, layout=layout)
             for j in range(rates_per_example)]
 
 
@@ -118,7 +120,8 @@ class ElboScheme:
     density: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def estimators(self, *, mask_token_id: int, rates: int, normalizer: str = "eligible",
-                   eps: float = DEFAULT_EPS, syntax_eligible: bool = False) -> list[Estimator]:
+                   eps: float = DEFAULT_EPS, syntax_eligible: bool = False,
+                   layout: BlockLayout | None = None) -> list[Estimator]:
         masker = build_masker(self.masker)
         if self.density is not None:
             if rates < 1:
@@ -126,15 +129,17 @@ class ElboScheme:
             inner = Importance(self.density, eps=eps)
             return [Estimator(rate_sampler=_QuantileStratum(inner, j, rates), masker=masker,
                               mask_token_id=mask_token_id, normalizer=normalizer,
-                              syntax_eligible=syntax_eligible) for j in range(rates)]
+                              syntax_eligible=syntax_eligible, layout=layout)
+                    for j in range(rates)]
         if self.stratified:
             return stratified_estimators(mask_token_id=mask_token_id, rates_per_example=rates,
                                          normalizer=normalizer, eps=eps,
-                                         syntax_eligible=syntax_eligible, masker=masker)
+                                         syntax_eligible=syntax_eligible, masker=masker,
+                                         layout=layout)
         if rates < 1:
             raise ValueError(f"rates must be >= 1, got {rates}")
         one = Estimator(rate_sampler=Uniform(eps), masker=masker, mask_token_id=mask_token_id,
-                        normalizer=normalizer, syntax_eligible=syntax_eligible)
+                        normalizer=normalizer, syntax_eligible=syntax_eligible, layout=layout)
         return [one] * rates  # draw j is keyed on (seed, j, example): independent draws
 
     def passes(self, rates: int) -> int:
@@ -171,7 +176,8 @@ def elbo_draws(model, batch: Batch, estimators: Sequence[Estimator], seed: int) 
     ``(seed, j, example index)``: float64 (B, len(estimators)) on the batch's device."""
     indices = batch.example_index.tolist()
     return torch.stack([estimator(model, batch, BatchRandomness.for_batch(seed, j, indices))
-                        .values.double() for j, estimator in enumerate(estimators)], dim=1)
+                        .example_values.double() for j, estimator in enumerate(estimators)],
+                       dim=1)
 
 
 def draws_se(draws: torch.Tensor, stratified: bool) -> torch.Tensor:
@@ -224,7 +230,7 @@ class ElboEstimate:
 def elbo_estimate(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
                   scheme: str = EVAL_SCHEME, rates: int = 8, seed: int = 1234,
                   batch_size: int = 64, normalizer: str = "eligible", eps: float = DEFAULT_EPS,
-                  device="cpu") -> ElboEstimate:
+                  device="cpu", layout: BlockLayout | None = None) -> ElboEstimate:
     """Each example's full-range ELBO term under ``scheme`` (:data:`ELBO_SCHEMES`) with its
     Monte-Carlo standard error; draws are common random numbers keyed on (seed, draw, example)
     (docs/method.md §8)."""
@@ -232,7 +238,7 @@ def elbo_estimate(model, examples: Sequence, collate: Collate, *, mask_token_id:
         raise ValueError("cannot evaluate on an empty list of examples")
     chosen = elbo_scheme(scheme)
     estimators = chosen.estimators(mask_token_id=mask_token_id, rates=rates,
-                                   normalizer=normalizer, eps=eps)
+                                   normalizer=normalizer, eps=eps, layout=layout)
     was_training = model.training
     model.eval()
     try:
@@ -248,7 +254,7 @@ def elbo_estimate(model, examples: Sequence, collate: Collate, *, mask_token_id:
 def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
                      rates_per_example: int = 4, seed: int = 1234, batch_size: int = 64,
                      normalizer: str = "eligible", eps: float = DEFAULT_EPS,
-                     device="cpu") -> torch.Tensor:
+                     device="cpu", layout: BlockLayout | None = None) -> torch.Tensor:
     """Each example's full-range ELBO term over U[eps, 1] (docs/method.md §1, §8), float64 (n,):
     stratified rates and common random numbers. Two models scored on the same examples share
     every draw, so their per-example difference gives a *paired* standard error."""
@@ -256,7 +262,7 @@ def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_
         raise ValueError("cannot evaluate on an empty list of examples")
     estimators = stratified_estimators(mask_token_id=mask_token_id,
                                        rates_per_example=rates_per_example,
-                                       normalizer=normalizer, eps=eps)
+                                       normalizer=normalizer, eps=eps, layout=layout)
     was_training = model.training
     model.eval()
     try:
@@ -270,7 +276,7 @@ def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_
 def elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
          rates_per_example: int = 4, seed: int = 1234, batch_size: int = 64,
          normalizer: str = "eligible", eps: float = DEFAULT_EPS, device="cpu",
-         scheme: str = "stratified") -> EvalResult:
+         scheme: str = "stratified", layout: BlockLayout | None = None) -> EvalResult:
     """The full-range objective over U[eps, 1] (docs/method.md §1, §8) with common random
     numbers: the mean over examples and its standard error. ``scheme="stratified"`` (training
     validation's, the default here) is :func:`per_example_elbo`; the other
@@ -279,11 +285,11 @@ def elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
         return _summarise(per_example_elbo(
             model, examples, collate, mask_token_id=mask_token_id,
             rates_per_example=rates_per_example, seed=seed, batch_size=batch_size,
-            normalizer=normalizer, eps=eps, device=device))
+            normalizer=normalizer, eps=eps, device=device, layout=layout))
     return _summarise(elbo_estimate(
         model, examples, collate, mask_token_id=mask_token_id, scheme=scheme,
         rates=rates_per_example, seed=seed, batch_size=batch_size, normalizer=normalizer,
-        eps=eps, device=device).mean)
+        eps=eps, device=device, layout=layout).mean)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from maskdiff.core.batch import Batch
+from maskdiff.core.blocks import BlockLayout
 from maskdiff.core.config import EstimatorConfig
 from maskdiff.core.objective import EstimatorOutput, Model, Objective
 from maskdiff.models.transformer import causal_lm_loss
@@ -47,11 +48,16 @@ class CausalObjective:
             raise ValueError(f"CausalObjective has no state, got keys {sorted(state)}")
 
 
-def build_objective(config: EstimatorConfig, *, causal: bool, mask_token_id: int):
-    """The run's objective and, for online P-POTS, the refitter of its importance sampler."""
+def build_objective(config: EstimatorConfig, *, causal: bool, mask_token_id: int,
+                    layout: BlockLayout | None = None):
+    """The run's objective and, for online P-POTS, the refitter of its importance sampler;
+    ``layout``: block diffusion (docs/method.md §12)."""
     if causal:
+        if layout is not None:
+            raise ValueError("the causal twin has no block layout (block diffusion needs the "
+                             "diffusion model)")
         return CausalObjective(), None
-    estimator = config.build(mask_token_id=mask_token_id)
+    estimator = config.build(mask_token_id=mask_token_id, layout=layout)
     refitter = None
     if config.refit is not None:
         from maskdiff.ppots.online import OnlineRefitter

@@ -24,7 +24,7 @@ from maskdiff.training import distributed
 T_BINS = 10  # the bins of t of ``loss_per_t_bin``: bin j holds t in (j/10, (j+1)/10]
 
 _PER_EXAMPLE = ("t", "w", "raw", "values")
-_SUMMED = ("masked_ce_sum", "masked_count", "tokens")
+_SUMMED = ("masked_ce_sum", "masked_count", "tokens", "examples")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,10 @@ class StepStats:
             (before ``w``) and the estimator's values, one per example.
         masked_ce_sum, masked_count: plain cross-entropy summed over masked tokens, and their
             number.
-        tokens: tokens the model processed (real tokens × forward passes).
+        tokens: tokens the model processed (real tokens × forward passes, × 2 under a block
+            layout: the model reads ``[xt ; x0]``).
+        examples: examples in the step (the per-example tensors hold one entry per rate
+            draw: per (example, block) under a block layout with one rate per block).
         grad_proxy: (n,) the per-example gradient-norm proxy when the objective computes one
             (gradient-targeted online P-POTS), else None; local only (never gathered: the
             tracker all-reduces its own statistics).
@@ -49,6 +52,7 @@ class StepStats:
     masked_ce_sum: float
     masked_count: float
     tokens: float
+    examples: float = 0.0
     grad_proxy: torch.Tensor | None = None
 
     @classmethod
@@ -62,8 +66,9 @@ class StepStats:
         return cls(t=cat("t"), w=cat("w"), raw=cat("raw_loss"), values=cat("values"),
                    masked_ce_sum=sum(o.masked_ce_sum for o in outputs),
                    masked_count=sum(o.masked_count for o in outputs),
-                   tokens=sum(n * o.forward_passes for o, n in zip(outputs, tokens)),
-                   grad_proxy=proxy)
+                   tokens=sum(n * o.forward_passes * o.input_factor
+                              for o, n in zip(outputs, tokens)),
+                   examples=sum(len(o.t) // o.units for o in outputs), grad_proxy=proxy)
 
     @classmethod
     def concat(cls, parts: Sequence["StepStats"]) -> "StepStats":

@@ -28,7 +28,8 @@ from maskdiff.training import rundir
 from maskdiff.training.checkpoint import (CheckpointError, find_checkpoint, latest_checkpoint,
                                           load_checkpoint, save_checkpoint)
 from maskdiff.training.errors import TrainingError, note_checkpoint
-from maskdiff.training.config import RESUME_FREE_FIELDS, TrainConfig, config_differences, to_dict
+from maskdiff.training.config import (RESUME_FREE_FIELDS, TrainConfig, block_layout,
+                                      config_differences, to_dict)
 from maskdiff.core.control import VarianceProxy
 from maskdiff.data import TaskData
 from maskdiff.data.setup import load_task
@@ -114,8 +115,10 @@ class Trainer:
             self.model = build_model(model_cfg).to(self.device)
         if init_weights is not None:
             self.model.load_state_dict(checked_weights(self.model, init_weights, "init_weights"))
+        self.layout = block_layout(config)
         self.estimator, self.refitter = build_objective(
-            self.config.estimator, causal=self.causal, mask_token_id=tok.mask_id)
+            self.config.estimator, causal=self.causal, mask_token_id=tok.mask_id,
+            layout=self.layout)
         check_step_memory(config, tok.vocab_size, per_rank, self.estimator.forward_passes)
         self.ddp = distributed.wrap(self.model, self.device)
         self.optimizer = _adamw(self.model, optim)
@@ -220,7 +223,7 @@ class Trainer:
         return elbo(self.model, examples, self.collate, mask_token_id=self.task.tokenizer.mask_id,
                     rates_per_example=cfg.rates_per_example, seed=cfg.seed,
                     batch_size=cfg.batch_size, normalizer=self.config.estimator.normalizer,
-                    device=self.device)
+                    device=self.device, layout=self.layout)
 
     # -- the loop -------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -259,7 +262,7 @@ class Trainer:
         stats, refit = finish_step(StepStats.collect(outputs, tokens), step=step + 1,
                                    objective=self.estimator, proxy=self.proxy,
                                    refitter=self.refitter)
-        self.forward_passes += self.estimator.forward_passes * len(stats)
+        self.forward_passes += self.estimator.forward_passes * int(stats.examples)
         self.tokens += int(stats.tokens)
         return {"stats": stats, "loss": float(stats.values.mean()), "lr": lr,
                 "grad_norm": float(grad_norm), "refit": refit}
