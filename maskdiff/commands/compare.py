@@ -50,6 +50,15 @@ def register(subparsers) -> None:
     add_hf_load_arguments(p)
     p.add_argument("--sweep-batch", help="comma-separated batch sizes: the protocol at each, "
                                          "same number of training examples (sweep.json/png)")
+    p.add_argument("--block-size", type=positive,
+                   help="block diffusion: every diffusion method trains on [xt ; x0] with blocks "
+                        "of N tokens (test loss: the block ELBO; pass@1: block decoding; "
+                        "P-POTS fitted per (example, block)), fine-tuning the plain starting "
+                        "checkpoint of OUT (default OUT: runs/compare-<preset>); report and runs "
+                        "in OUT/bN/ (preset `block`: N = 8 by default)")
+    p.add_argument("--sweep-block", help="comma-separated block sizes: standard at each, and "
+                                         "the plain standard (b = L) and causal twin as "
+                                         "references, on paired seeds (OUT/block-sweep.json/md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -77,6 +86,12 @@ def run(args) -> int:
     seeds = parse_seeds(args.seeds)
     device = args.device or preset.base.device
     workers = args.workers or (min(4, os.cpu_count() or 1) if device == "cpu" else 1)
+    block = args.block_size or preset.base.block_size
+    if (block or args.sweep_block) and (args.hf or args.sweep_batch):
+        raise ValueError("--block-size / --sweep-block run the built-in model's protocol: not "
+                         "with --hf or --sweep-batch")
+    if args.sweep_block:
+        return _sweep_block(args, preset, seeds, workers)
     if args.hf:
         from maskdiff.commands import apply_threads
         from maskdiff.experiments.compare_hf import HFCompareJob
@@ -96,12 +111,31 @@ def run(args) -> int:
                        progress=not args.quiet, threads=args.threads).run()
         print(f"\n{doc['seconds'] / 60:.1f} min; report: {out / 'sweep.md'}")
         return 0
+    elif block:
+        from maskdiff.experiments.compare_blocks import block_job
+
+        job = block_job(preset, Path(args.out or f"runs/compare-{preset.name}"), block,
+                        seeds=seeds, device=args.device, progress=not args.quiet,
+                        workers=workers, threads=args.threads)
+        results, out = job.run(), job.out_dir
     else:
         out = Path(args.out or f"runs/compare-{preset.name}")
         results = CompareJob(preset, out, seeds=seeds, device=args.device,
                              progress=not args.quiet, workers=workers, threads=args.threads).run()
     print_summary(results)
     print(f"\n{results['seconds'] / 60:.1f} min; report: {out / 'report.md'}")
+    return 0
+
+
+def _sweep_block(args, preset, seeds, workers) -> int:
+    from maskdiff.experiments.compare_blocks import BlockSweepJob, block_sweep_table
+
+    out = Path(args.out or f"runs/compare-{preset.name}")
+    doc = BlockSweepJob(preset, out, parse_ints(args.sweep_block, "--sweep-block"), seeds=seeds,
+                        device=args.device, workers=workers, progress=not args.quiet,
+                        threads=args.threads).run()
+    print("\n".join(["", *block_sweep_table(doc)]))
+    print(f"\n{doc['seconds'] / 60:.1f} min; report: {out / 'block-sweep.md'}")
     return 0
 
 

@@ -117,6 +117,7 @@ def nested_losses(
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = True,
+    units: int = 1,
 ) -> np.ndarray:
     """Evaluate ``loss_fn`` on every (example, rate, mask) triple; return float64 ``(a, b, c)``.
 
@@ -137,11 +138,15 @@ def nested_losses(
         batch_size: rows per ``loss_fn`` call; results do not depend on it.
         seed: root seed; triple (i, j, k) gets mask seed ``derive_seed(seed, i, j, k)``.
         progress: show a tqdm bar (only when stderr is a terminal).
+        units: values per row (default 1). With ``units > 1`` (a block layout's per-(example,
+            block) losses, docs/method.md §12) ``loss_fn`` returns (n, units) and the result is
+            ``(a · units, b, c)``: unit u of example i is row ``i · units + u``.
     """
     a = int_at_least(n_examples, "n_examples")
     c = int_at_least(n_masks, "n_masks")
     batch_size = int_at_least(batch_size, "batch_size")
     seed = int_at_least(seed, "seed", minimum=0)
+    units = int_at_least(units, "units")
     if callable(rates) and not isinstance(rates, (torch.Tensor, np.ndarray)):
         if n_rates is None:
             raise ValueError("n_rates is required when rates is a callable")
@@ -157,7 +162,7 @@ def nested_losses(
     weights_np = w.detach().to("cpu", torch.float64).numpy()
 
     total = a * b * c
-    out = np.empty(total, dtype=np.float64)
+    out = np.empty((total, units), dtype=np.float64)
     show = progress and sys.stderr.isatty()
     with tqdm(total=total, disable=not show, desc="nested losses", unit="loss") as bar:
         for start in range(0, total, batch_size):
@@ -171,15 +176,19 @@ def nested_losses(
             with torch.no_grad():
                 values = loss_fn(i, t[i, j], mask_seeds)
             values = torch.as_tensor(values)
-            if tuple(values.shape) != (flat.numel(),):
-                raise ValueError(f"loss_fn must return shape ({flat.numel()},) for "
+            want = (flat.numel(),) if units == 1 else (flat.numel(), units)
+            if tuple(values.shape) != want:
+                raise ValueError(f"loss_fn must return shape {want} for "
                                  f"{flat.numel()} rows, got {tuple(values.shape)}")
-            values = values.detach().to("cpu", torch.float64).numpy()
-            bad = ~np.isfinite(values)
+            values = values.detach().to("cpu", torch.float64).numpy().reshape(flat.numel(), units)
+            bad = ~np.isfinite(values).all(axis=1)
             if bad.any():
                 r = int(np.argmax(bad))
-                raise ValueError(f"loss_fn returned {values[r]} for example {int(i[r])}, "
+                raise ValueError(f"loss_fn returned {values[r].tolist()} for example {int(i[r])}, "
                                  f"rate index {int(j[r])}, mask {int(k[r])}")
             out[start:start + flat.numel()] = values
             bar.update(flat.numel())
-    return out.reshape(a, b, c) * weights_np[:, :, None]
+    weighted = out.reshape(a, b, c, units) * weights_np[:, :, None, None]
+    if units == 1:
+        return weighted[..., 0]
+    return np.ascontiguousarray(weighted.transpose(0, 3, 1, 2)).reshape(a * units, b, c)

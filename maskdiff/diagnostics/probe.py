@@ -15,7 +15,8 @@ from maskdiff.core.batch import Batch
 from maskdiff.diagnostics.nested import LossFn
 from maskdiff.core.objective import GRAD_PROXIES, Estimator, logit_gradient_norms, normalizer_counts
 
-__all__ = ["GRADIENT_STATISTICS", "estimator_gradient_fn", "estimator_loss_fn"]
+__all__ = ["GRADIENT_STATISTICS", "estimator_gradient_fn", "estimator_loss_fn",
+           "estimator_unit_loss_fn"]
 
 # Per-example gradient statistics a probe can return: the exact parameter-gradient norm
 # ``‖∇θ l‖`` (one backward pass per row) or a free logit-gradient proxy (docs/method.md §4 [beyond]).
@@ -65,6 +66,39 @@ def estimator_loss_fn(model, batch: Batch, estimator: Estimator, *,
         if apply_control and estimator.control is not None:
             values = estimator.control.adjust(values, rates)
         return values.float().cpu()
+
+    return loss_fn
+
+
+def estimator_unit_loss_fn(model, batch: Batch, estimator: Estimator, *,
+                           device: torch.device | str | None = None) -> LossFn:
+    """:func:`estimator_loss_fn` under the estimator's block layout (docs/method.md §12): row r
+    returns the (units,) per-(example, block) values the trainer weights one rate each, every
+    block of example ``example_ids[r]`` masked at rate ``t[r]``. A block's loss depends on its
+    own rate and mask only (its noisy tokens see their block and the clean earlier blocks), so
+    the units of a row are independent draws at ``t[r]``: one forward pass gives them all.
+    For :func:`~maskdiff.diagnostics.nested.nested_losses` with ``units=layout.units(L)``."""
+    layout = estimator.layout
+    if layout is None:
+        raise ValueError("estimator_unit_loss_fn needs an estimator with a block layout")
+    device = torch.device(device) if device is not None else batch.x0.device
+    eligible_all = estimator.eligible(batch).to(device)
+    x0_all = batch.x0.to(device)
+    attention_all = batch.attention_mask.to(device)
+    counts_all = normalizer_counts(eligible_all, estimator.normalizer)
+    masker, mask_id = estimator.masker, estimator.mask_token_id
+    units = layout.units(x0_all.shape[1])
+
+    def loss_fn(example_ids: torch.Tensor, t: torch.Tensor, mask_seeds: torch.Tensor) -> torch.Tensor:
+        ids = example_ids.to(device)
+        x0, eligible, attention = x0_all[ids], eligible_all[ids], attention_all[ids]
+        rates = t.to(device=device, dtype=torch.float32)
+        uniforms = _mask_uniforms(mask_seeds, masker.n_uniform_sets, x0.shape[1]).to(device)
+        views = masker.views_from_uniforms(x0, eligible, rates, uniforms, mask_id)
+        _, token_losses = estimator.view_losses(model, x0, views, attention, counts_all[ids])
+        scale = counts_all[ids][:, None] / units  # the trainer's units · l_k (Estimator)
+        values = torch.stack([layout.unit_sums(losses) / scale for losses in token_losses])
+        return values.mean(dim=0).float().cpu()
 
     return loss_fn
 

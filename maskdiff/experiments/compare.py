@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from maskdiff import jsonio
 from maskdiff.core.methods import BASELINE, METHODS, get_method
 from maskdiff.data.setup import load_task
+from maskdiff.experiments.compare_summary import invocations
 from maskdiff.experiments.compare_eval import (
     RECORD_FIELDS, check_record, finite, gradient_noise, mean_loss_per_bin, score_run,
     scoring_key,
@@ -52,7 +53,7 @@ from maskdiff.experiments.compare_presets import (  # noqa: F401  (re-exported)
 )
 from maskdiff.fileio import atomic_write_text
 from maskdiff.jobs import load_record, reuse_or_run
-from maskdiff.training.config import DataConfig, TrainConfig, to_dict
+from maskdiff.training.config import DataConfig, TrainConfig, block_layout, to_dict
 from maskdiff.training.needs import apply_method, resolve_estimator
 from maskdiff.training.objective import build_objective
 from maskdiff.training.runs import example_batch, finished_weights, reuse_run_result
@@ -139,17 +140,30 @@ class CompareJob:
         return replace(data, task=task, train_file=None, val_file=None, difficulty={},
                        max_len=max(data.max_len, OTHER_TASK_MAX_LEN))
 
+    @property
+    def layout(self):
+        """The block layout every diffusion run trains under (``--block-size``), or None."""
+        return block_layout(self.preset.base)
+
+    @property
+    def block_tag(self) -> str:
+        """``-bN`` under a block layout (the cached density and noise files), else empty."""
+        return "" if self.layout is None else f"-b{self.layout.block_size}"
+
     def task(self, name: str):
         if name not in self._tasks:
             self._tasks[name] = load_task(self.data_config(name))
         return self._tasks[name]
 
     def start_config(self, task: str, causal: bool) -> TrainConfig:
-        """The starting run's config: the standard objective on another sample of the task."""
+        """The starting run's config: the standard objective on another sample of the task; a
+        block job starts from the plain masked-diffusion checkpoint (no block layout), the
+        plain job's own."""
         base = self.preset.base
         data = self.data_config(task)
         return replace(
-            base, seed=0, model=replace(base.model, causal=causal),
+            base, seed=0, block_size=None, block_rates="block",
+            model=replace(base.model, causal=causal),
             data=replace(data, data_seed=data.data_seed + START_DATA_OFFSET),
             optim=replace(base.optim, max_steps=self.preset.pretrain_steps,
                           warmup_steps=min(50, self.preset.pretrain_steps),
@@ -193,11 +207,13 @@ class CompareJob:
             batch = example_batch(base, task, min(a, len(task.train)))
             return estimate_ppots(model, batch, mask_token_id=task.tokenizer.mask_id,
                                   n_rates=b, n_masks=c, restarts=8, seed=0, progress=False,
-                                  target=target)
+                                  target=target, layout=self.layout)
 
-        folder = "ppots" if target == "loss" else "gpots"
+        folder = ("ppots" if target == "loss" else "gpots") + self.block_tag
         key = {"target": target, "design": self.preset.ppots_design, "restarts": 8, "seed": 0,
                "start": self._start_key(main_task(self.preset))}
+        if self.layout is not None:  # per-(example, block) units: docs/method.md §12
+            key["block"] = self.layout.to_dict()
         self._density[target] = cached_density(self.shared_dir / folder, estimate, key=key)
         return self._density[target]
 
@@ -216,7 +232,7 @@ class CompareJob:
         """tr Σ / |G|² of every diffusion method of the plan on the starting checkpoint
         (:func:`maskdiff.experiments.compare_eval.gradient_noise`), cached in
         ``grad_noise.json``; None when the preset measures none."""
-        n, path = self.preset.grad_noise_draws, self.shared_dir / "grad_noise.json"
+        n, path = self.preset.grad_noise_draws, self.shared_dir / f"grad_noise{self.block_tag}.json"
         if n == 0:
             return None
         task_name = main_task(self.preset)
@@ -231,7 +247,7 @@ class CompareJob:
 
         def compute() -> dict:
             t0 = time.perf_counter()
-            built = {name: build_objective(config, causal=False,
+            built = {name: build_objective(config, causal=False, layout=self.layout,
                                            mask_token_id=task.tokenizer.mask_id)[0]
                      for name, config in estimators.items()}
             pool = example_batch(self.preset.base, task, min(256, len(task.train)))
@@ -239,7 +255,8 @@ class CompareJob:
             return {**doc, "n_draws": n, "seconds": time.perf_counter() - t0}
 
         key = {"n_draws": n, "start": self._start_key(task_name),
-               "estimators": {name: to_dict(c) for name, c in estimators.items()}}
+               "estimators": {name: to_dict(c) for name, c in estimators.items()},
+               **({} if self.layout is None else {"block": self.layout.to_dict()})}
         return reuse_or_run(path, key, compute, on_change="recompute", required=("n_draws",),
                             what="gradient noise measurement")
 
@@ -262,8 +279,11 @@ class CompareJob:
         method = get_method(spec.method)
         density = self.density(method.density_target) if "density" in method.needs else None
         window = self.window() if "window" in method.needs else None
+        runs = self.runs_root
+        if method.causal and self.layout is not None:  # the causal twin: the plain job's run
+            base, runs = replace(base, block_size=None), self.shared_dir / "runs"
         config = replace(base, seed=spec.seed, data=self.data_config(spec.task),
-                         out_dir=str(self.runs_root / spec.dirname))
+                         out_dir=str(runs / spec.dirname))
         return apply_method(config, method, density=density, window=window)
 
     def run_one(self, spec: RunSpec) -> dict:
@@ -287,6 +307,7 @@ class CompareJob:
                 "stopped_early": result.stopped_early,
                 "variance_proxy": finite(result.variance_proxy),
                 "forward_passes": result.forward_passes, "fwd_per_step": fwd_per_step,
+                "tokens": result.tokens, "tokens_per_step": result.tokens / max(1, result.steps),
                 "train_seconds": result.seconds, "threads": result.threads,
                 "history": [{**h, "fwd": h["step"] * fwd_per_step} for h in result.history],
                 "loss_per_t_bin": mean_loss_per_bin(run_dir / "metrics.jsonl"),
@@ -294,7 +315,8 @@ class CompareJob:
 
         return reuse_run_result(run_dir / "compare.json", config, compute,
                                 task=self.task(spec.task), required=RECORD_FIELDS,
-                                check=check_record, score=scoring_key(self.preset, spec.main))
+                                check=check_record,
+                                score=scoring_key(self.preset, spec.main, config.block_size is not None))
 
     def run(self) -> dict:
         """Every run of the plan, then the summary, ``results.json``, plots and ``report.md``.
@@ -335,8 +357,9 @@ class CompareJob:
         results = summarise(self.preset, records, seconds=time.perf_counter() - started,
                             ppots=self._ppots_info(), window=self._window_info(specs),
                             grad_noise=noise, task=self._task_info(),
-                            workers=self.workers, threads=self.training_threads())
-        results["invocations"] = _invocations(self.out_dir / "results.json", results["seconds"])
+                            workers=self.workers, threads=self.training_threads(),
+                            block=None if self.layout is None else self.layout.to_dict())
+        results["invocations"] = invocations(self.out_dir / "results.json", results["seconds"])
         atomic_write_text(self.out_dir / "results.json", jsonio.dumps(results, indent=1) + "\n")
         write_report(self.out_dir, results)
         return results
@@ -346,7 +369,7 @@ class CompareJob:
         return (self.threads or 1) if self.workers > 1 else torch.get_num_threads()
 
     def _ppots_info(self) -> dict | None:
-        doc = load_record(self.shared_dir / "ppots" / "ppots.json")
+        doc = load_record(self.shared_dir / f"ppots{self.block_tag}" / "ppots.json")
         if doc is None:
             return None
         return {k: doc.get(k) for k in ("epr", "poly7", "forward_passes", "seconds", "mix", "estimator")}
@@ -373,12 +396,3 @@ def _run_spec(args) -> dict:
     preset, out_dir, device, shared, runs, spec = args
     return CompareJob(preset, Path(out_dir), device=device, progress=False, shared_dir=shared,
                       runs_root=runs).run_one(spec)
-
-
-def _invocations(previous: Path, seconds: float) -> list[float]:
-    """The wall seconds of every invocation of a job so far (a resumed or re-summarised job
-    adds one), read from its previous ``results.json``."""
-    doc = load_record(previous)
-    if doc is None:
-        return [seconds]
-    return [*doc.get("invocations", [doc.get("seconds", 0.0)]), seconds]

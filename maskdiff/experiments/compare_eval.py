@@ -10,6 +10,7 @@ evaluation floor (bootstrap over items, split-half) is computed from them.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -52,19 +53,29 @@ def has_gold(examples: Sequence) -> bool:
     return any(extract_answer(ex.response) is not None for ex in examples)
 
 
+def block_decoding() -> bool:
+    """Whether :func:`pass_at_1` decodes a block model under its layout (``layout=``): a block
+    model's pass@1 is scored with block decoding when it does, else layout-less (recorded in
+    each run's ``decoding_layout`` and scoring key, so the two are never mixed)."""
+    return "layout" in inspect.signature(pass_at_1).parameters
+
+
 def score_pass_at_1(model, examples: Sequence, tokenizer, *, max_len: int, causal: bool,
-                    decoding, device) -> dict:
-    """pass@1 with the preset's decoder, and the per-problem hits as a '0'/'1' string."""
+                    decoding, device, layout=None) -> dict:
+    """pass@1 with the preset's decoder (under a block ``layout``: block decoding, when
+    :func:`block_decoding`), and the per-problem hits as a '0'/'1' string."""
     length = decoding.gen_length
     if length is not None:  # a region past max_len (a long prompt) falls back to what is left
         longest = max(len(tokenizer.encode(ex.prompt)) for ex in examples)
         length = length if longest + length <= max_len else None
+    extra = {"layout": layout} if layout is not None and block_decoding() else {}
     result = pass_at_1(model, examples, tokenizer, max_len=max_len, gen_length=length,
                        steps=decoding.steps if length else None,
                        block_length=decoding.block_length if length else None,
-                       causal=causal, device=device)
+                       causal=causal, device=device, **extra)
     hits = [answers_match(extract_answer(p), g) for p, g in zip(result.predictions, result.golds)]
     return {"pass_at_1": result.pass_at_1, "n_test": result.n,
+            "decoding_layout": extra["layout"].to_dict() if extra else None,
             "hits": "".join("1" if h else "0" for h in hits),
             "examples": [{"prompt": ex.prompt, "gold": g, "prediction": p} for ex, g, p in
                          list(zip(examples, result.golds, result.predictions))[:5]]}
@@ -75,7 +86,7 @@ def score_run(trainer, preset, decoding=None) -> dict:
     the test rows carry gold answers; ``decoding``, default the preset's) and the test ELBO /
     causal NLL, with per-item values."""
     t0 = time.perf_counter()
-    task, cfg = trainer.task, trainer.config
+    task, cfg, layout = trainer.task, trainer.config, getattr(trainer, "layout", None)
     test = list(task.test)
     elbo_items = test[: preset.n_test_elbo]
     if trainer.causal:
@@ -86,18 +97,21 @@ def score_run(trainer, preset, decoding=None) -> dict:
                                   mask_token_id=task.tokenizer.mask_id,
                                   rates_per_example=preset.elbo_rates, seed=preset.elbo_seed,
                                   batch_size=cfg.eval.batch_size,
-                                  normalizer=cfg.estimator.normalizer, device=trainer.device)
+                                  normalizer=cfg.estimator.normalizer, device=trainer.device,
+                                  layout=layout)
     n = len(values)
     record = {"test_loss": float(values.mean()),
               "test_loss_se": float(values.std(unbiased=True)) / n ** 0.5 if n > 1 else None,
+              # a block model's ELBO is the block ELBO (compared only within one block size)
               "test_loss_kind": "causal NLL" if trainer.causal else "ELBO",
+              "block_size": None if layout is None else layout.block_size,
               "n_test_elbo": n, "elbo_items": [round(float(v), ITEM_DIGITS) for v in values]}
     problems = test[: preset.n_test]
     if has_gold(problems):
         record.update(score_pass_at_1(trainer.model, problems, task.tokenizer,
                                       max_len=cfg.data.max_len, causal=trainer.causal,
                                       decoding=decoding or preset.decoding,
-                                      device=trainer.device))
+                                      device=trainer.device, layout=layout))
     else:
         record.update(pass_at_1=None, n_test=0, hits="", examples=[])
     record["eval_seconds"] = time.perf_counter() - t0
@@ -174,8 +188,12 @@ def check_record(record: dict) -> None:
         raise TypeError(f"field 'pass_at_1' holds {type(record['pass_at_1']).__name__}")
 
 
-def scoring_key(preset, main: bool = True) -> dict:
-    """How a run is scored (part of its record's key): the test items, draws and decoder."""
-    return {"n_test": preset.n_test, "n_test_elbo": preset.n_test_elbo,
-            "elbo_rates": preset.elbo_rates, "elbo_seed": preset.elbo_seed,
-            "decoding": asdict(preset.decoding if main else Decoding())}
+def scoring_key(preset, main: bool = True, block: bool = False) -> dict:
+    """How a run is scored (part of its record's key): the test items, draws and decoder; for
+    a block model (``block``) also whether pass@1 decoded under its layout."""
+    key = {"n_test": preset.n_test, "n_test_elbo": preset.n_test_elbo,
+           "elbo_rates": preset.elbo_rates, "elbo_seed": preset.elbo_seed,
+           "decoding": asdict(preset.decoding if main else Decoding())}
+    if block:
+        key["block_decoding"] = block_decoding()
+    return key

@@ -22,6 +22,9 @@ DEFAULT_SEEDS = SEEDS[:3]  # the 0.1 demo's seeds (kept for the smoke preset and
 EQUAL_COMPUTE = "standard@2x"  # standard with twice the batch: the two-forward methods' compute
 START_DATA_OFFSET = 1000
 DEMO_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", "ar")
+BLOCK_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", "clipped", EQUAL_COMPUTE)
+BLOCK_SIZE = 8  # the block preset's block size, chosen before any block result (see below)
+BLOCK_SWEEP = (16, 8, 4)  # the block sweep's sizes (with b = L and the causal twin)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +135,14 @@ PRESETS: dict[str, ComparePreset] = {
     "full": ComparePreset(name="full", methods=None, seeds=SEEDS[:12], pretrain_steps=1000,
                           pretrain_lr=3e-3, base=_DEMO_BASE, equal_compute=True, ppots_design=(8, 32, 4),
                           grad_noise_draws=256, **_PAIRED),
+    # Block diffusion (issue 25; README "Block diffusion"): the methods at block size 8, the
+    # a-priori choice (max_len 112 = 14 blocks; the response and its EOS tail span ~34
+    # positions = 4-5 blocks; 8 is the pass@1 decoder's own block length). The same base as
+    # `full`, so the plain starting checkpoint is `full`'s; no gradient-noise measurement.
+    "block": ComparePreset(name="block", methods=BLOCK_METHODS, seeds=SEEDS[:10],
+                           pretrain_steps=1000, pretrain_lr=3e-3,
+                           base=replace(_DEMO_BASE, block_size=BLOCK_SIZE),
+                           ppots_design=(8, 32, 4), **_PAIRED),
     # Not yet run on a GPU (none was lent to this project's sessions): sizes are estimates.
     "gpu": ComparePreset(name="gpu", methods=None, seeds=SEEDS[:10], pretrain_steps=4000,
                          pretrain_lr=2e-3, equal_compute=True, grad_noise_draws=512,

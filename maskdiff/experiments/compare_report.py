@@ -291,9 +291,26 @@ def _header(results: dict) -> list[str]:
         f"{results['seeds']} (seed s = the same data order, rates and masks streams for every "
         f"method). pass@1 on {cfg['n_test']} test problems (greedy low-confidence decoding: "
         f"{decoder}); test ELBO on {cfg['n_test_elbo']} test examples × {cfg['elbo_rates']} "
-        f"stratified rates, the same draws for every run.",
+        f"stratified rates, the same draws for every run.", *block_lines(results),
         f"Machine: {results['machine']}; {_processes(results)}; "
         f"{wall_time(results)}.", ""]
+
+
+def block_lines(results: dict) -> list[str]:
+    """What a block job (``--block-size``) changes, in words; nothing for a plain job."""
+    block = results.get("block")
+    if not block:
+        return []
+    decoded = {str(r.get("decoding_layout") is not None) for r in results.get("runs", [])
+               if r.get("block_size") is not None and r.get("pass_at_1") is not None}
+    how = ("under the block layout" if decoded == {"True"} else
+           "**without** the block layout (this maskdiff's pass@1 has no block decoder)"
+           if decoded == {"False"} else "partly under the block layout (mixed runs)")
+    return [f"**Block diffusion, block size {block['block_size']}** (one rate per "
+            f"{block['rates']}): every diffusion method trains on `[xt ; x0]` (2L input "
+            f"positions) from the plain masked-diffusion starting checkpoint; the test and "
+            f"validation losses are the **block ELBO** (not comparable with a plain job's "
+            f"ELBO); pass@1 decoded {how}. The causal twin, if any, is the plain job's run."]
 
 
 def _processes(results: dict) -> str:
@@ -364,10 +381,11 @@ def _per_seed(results: dict) -> list[str]:
 def _extras(results: dict) -> list[str]:
     lines = []
     if results.get("ppots"):
-        p = results["ppots"]
+        p, block = results["ppots"], results.get("block")
+        folder = f"ppots-b{block['block_size']}" if block else "ppots"
         line = (f"P-POTS: estimated once on the starting checkpoint in {p['seconds']:.1f} s "
                 f"({p['forward_passes']} forward passes), EPR KL {p['epr']['kl']:.2e}, "
-                f"poly7 KL {p['poly7']['kl']:.2e}; see `ppots/ppots.png`.")
+                f"poly7 KL {p['poly7']['kl']:.2e}; see `{folder}/ppots.png`.")
         if p.get("cost_fraction") is not None:
             line += (f" Its cost is {100 * p['cost_fraction']:.1f}% of one P-POTS run's "
                      "training time (it serves every P-POTS run of the job).")

@@ -18,6 +18,7 @@ import numpy as np
 
 from maskdiff.core.methods import BASELINE, get_method
 from maskdiff.experiments import stats
+from maskdiff.jobs import load_record
 
 BIG_FIELDS = ("hits", "elbo_items")  # per-item scores: in each run's compare.json only
 POWER_SEEDS = (5, 10, 12, 20)
@@ -111,6 +112,9 @@ def _method_summary(rows: list[dict]) -> dict:
         "test_loss_kind": rows[0]["test_loss_kind"],
         "variance_proxy": [r["variance_proxy"] for r in rows],
         "forward_passes": [r["forward_passes"] for r in rows],
+        "tokens": [r.get("tokens") for r in rows],
+        "tokens_per_step": [r.get("tokens_per_step") for r in rows],
+        "block_size": rows[0].get("block_size"),
         "train_seconds": [r["train_seconds"] for r in rows],
         "eval_seconds": [r.get("eval_seconds") for r in rows],
         "steps": [r["steps"] for r in rows],
@@ -160,7 +164,8 @@ def power_analysis(methods: dict, n_seeds: int) -> dict:
 
 def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None,
               window: list[float] | None, grad_noise: dict | None = None,
-              task: dict | None = None, workers: int = 1, threads: int | None = None) -> dict:
+              task: dict | None = None, workers: int = 1, threads: int | None = None,
+              block: dict | None = None) -> dict:
     """``results.json`` of a job from its run records (see the module docstring)."""
     by_label: dict[str, list[dict]] = {}
     for r in records:
@@ -190,7 +195,7 @@ def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None
             "methods": methods, "power": power_analysis(methods, len(seeds)),
             "runs": [{k: v for k, v in r.items() if k not in BIG_FIELDS} for r in records],
             "seconds": seconds, "ppots": ppots, "window": window, "grad_noise": grad_noise,
-            "workers": workers, "threads": threads,
+            "workers": workers, "threads": threads, "block": block,
             "machine": f"{platform.machine()}, {platform.system()}, "
                        f"Python {platform.python_version()}",
             "config": _config(preset)}
@@ -205,6 +210,7 @@ def _config(preset) -> dict:
             "finetune_steps": base.optim.max_steps, "batch_size": base.optim.batch_size,
             "lr": base.optim.lr, "eval_every": base.eval.every, "n_val": base.eval.n_examples,
             "patience": base.eval.patience, "task": base.data.task,
+            "max_len": base.data.max_len, "block_size": base.block_size,
             "difficulty": base.data.difficulty,
             "model": {"d_model": base.model.d_model, "n_layers": base.model.n_layers}}
 
@@ -213,3 +219,12 @@ def paired_labels(results: dict) -> Sequence[str]:
     """The methods compared with standard (not standard itself), in the job's order."""
     return [label for label, m in results["methods"].items()
             if m["method"] != BASELINE and "vs_standard" in m]
+
+
+def invocations(previous, seconds: float) -> list[float]:
+    """The wall seconds of every invocation of a job so far (a resumed or re-summarised job
+    adds one), read from its previous ``results.json``."""
+    doc = load_record(previous)
+    if doc is None:
+        return [seconds]
+    return [*doc.get("invocations", [doc.get("seconds", 0.0)]), seconds]

@@ -21,7 +21,9 @@ from maskdiff.core.masking import Bernoulli
 from maskdiff.core.objective import Estimator
 from maskdiff.core.samplers import Uniform
 from maskdiff.diagnostics.nested import nested_losses, rates_on_grid
-from maskdiff.diagnostics.probe import GRADIENT_STATISTICS, estimator_gradient_fn, estimator_loss_fn
+from maskdiff.diagnostics.probe import (
+    GRADIENT_STATISTICS, estimator_gradient_fn, estimator_loss_fn, estimator_unit_loss_fn,
+)
 from maskdiff.ppots.fit import (
     MIN_GRID_POINTS, MIN_TABLE_POINTS, DensityTable, EPRFit, PolyFit, check_table, epr_density,
     fit_epr, fit_poly7, poly_density,
@@ -181,7 +183,7 @@ class ModelPHat:
 def model_p_hat(model, batch, *, mask_token_id: int, n_rates: int = 70, n_masks: int = 15,
                 eps: float = 1e-3, estimator: str = "direct", normalizer: str = "eligible",
                 seed: int = 0, batch_size: int = 128, device=None, progress: bool = True,
-                target: str = "loss") -> ModelPHat:
+                target: str = "loss", layout=None) -> ModelPHat:
     """p̂ for ``model`` on the a examples of ``batch`` (docs/method.md §4 "Estimation").
 
     The nested design: every example × ``n_rates`` rates on the midpoint grid × ``n_masks``
@@ -190,31 +192,42 @@ def model_p_hat(model, batch, *, mask_token_id: int, n_rates: int = 70, n_masks:
     ``"gradient"`` the gradient-targeted ``p̂ ∝ sqrt(E[‖∇θ l‖² | t])`` from exact per-example
     gradients (a backward pass per loss); ``"logits"`` / ``"bias"`` the same from the free
     proxies (docs/method.md §4 [beyond] "Gradient-targeted densities"). Same seed, same masks.
+
+    ``layout`` (a :class:`~maskdiff.core.blocks.BlockLayout`, ``rates="block"``): block
+    diffusion's sampler draws one rate per (example, block), so p̂ is taken over those units —
+    the losses are ``(a · blocks, b, c)``, every block of a row masked at the row's rate (one
+    forward pass of ``[xt ; x0]`` gives all its blocks); loss target only.
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     start = time.perf_counter()
     probe = Estimator(rate_sampler=Uniform(eps=eps), masker=Bernoulli(),
-                      mask_token_id=mask_token_id, normalizer=normalizer)
+                      mask_token_id=mask_token_id, normalizer=normalizer, layout=layout)
     grid = rates_on_grid(n_rates, eps)
-    fn = (estimator_loss_fn(model, batch, probe, device=device) if target == "loss" else
+    units = 1 if layout is None else layout.units(batch.x0.shape[1])
+    if units > 1 and target != "loss":
+        raise ValueError(f"target={target!r} under a block layout: only the loss target is "
+                         "estimated per (example, block)")
+    fn = (estimator_unit_loss_fn(model, batch, probe, device=device) if units > 1 else
+          estimator_loss_fn(model, batch, probe, device=device) if target == "loss" else
           estimator_gradient_fn(model, batch, probe, statistic=target, device=device))
     was_training = model.training
     model.eval()
     try:
         losses = nested_losses(fn, n_examples=len(batch), rates=grid, n_masks=n_masks,
-                               batch_size=batch_size, seed=seed, progress=progress)
+                               batch_size=batch_size, seed=seed, progress=progress, units=units)
     finally:
         model.train(was_training)
     phat = estimate_p_hat(losses, grid.double().numpy(), estimator=estimator)
-    return ModelPHat(phat=phat, forward_passes=int(losses.size), seconds=time.perf_counter() - start)
+    return ModelPHat(phat=phat, forward_passes=int(losses.size) // units,
+                     seconds=time.perf_counter() - start)
 
 
 def estimate_ppots(model, batch, *, mask_token_id: int, n_rates: int = 70, n_masks: int = 15,
                    eps: float = 1e-3, estimator: str = "direct", mix: float = 0.05,
                    normalizer: str = "eligible", restarts: int = 16, seed: int = 0,
                    batch_size: int = 128, device=None, progress: bool = True,
-                   target: str = "loss") -> PPotsResult:
+                   target: str = "loss", layout=None) -> PPotsResult:
     """:func:`model_p_hat` then :func:`fit_ppots`: the whole P-POTS estimation for a model.
 
     ``forward_passes`` and ``seconds`` of the result cover the estimation and the fits, so the
@@ -224,7 +237,7 @@ def estimate_ppots(model, batch, *, mask_token_id: int, n_rates: int = 70, n_mas
     measured = model_p_hat(model, batch, mask_token_id=mask_token_id, n_rates=n_rates,
                            n_masks=n_masks, eps=eps, estimator=estimator, normalizer=normalizer,
                            seed=seed, batch_size=batch_size, device=device, progress=progress,
-                           target=target)
+                           target=target, layout=layout)
     phat = measured.phat
     result = fit_ppots(phat.t, phat.p_hat, eps=eps, mix=mix, restarts=restarts, seed=seed,
                        estimator=estimator, p_hat_paper=phat.p_hat_paper,
