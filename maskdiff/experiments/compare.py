@@ -43,8 +43,8 @@ from maskdiff.core.methods import BASELINE, METHODS, get_method
 from maskdiff.data.setup import load_task
 from maskdiff.experiments.compare_summary import invocations
 from maskdiff.experiments.compare_eval import (
-    RECORD_FIELDS, check_record, finite, gradient_noise, mean_loss_per_bin, score_run,
-    scoring_key,
+    RECORD_FIELDS, check_record, finite, gradient_noise, mean_loss_per_bin,
+    rescore_outdated_block_run, score_run, scoring_key,
 )
 from maskdiff.experiments.pool import worker_pool
 from maskdiff.experiments.compare_presets import (  # noqa: F401  (re-exported)
@@ -146,8 +146,7 @@ class CompareJob:
         return block_layout(self.preset.base)
 
     @property
-    def block_tag(self) -> str:
-        """``-bN`` under a block layout (the cached density and noise files), else empty."""
+    def block_tag(self) -> str:  # "-bN" under a block layout (density and noise files)
         return "" if self.layout is None else f"-b{self.layout.block_size}"
 
     def task(self, name: str):
@@ -313,6 +312,8 @@ class CompareJob:
                 "loss_per_t_bin": mean_loss_per_bin(run_dir / "metrics.jsonl"),
             }
 
+        if config.block_size is not None:
+            rescore_outdated_block_run(run_dir / "compare.json")
         return reuse_run_result(run_dir / "compare.json", config, compute,
                                 task=self.task(spec.task), required=RECORD_FIELDS,
                                 check=check_record,

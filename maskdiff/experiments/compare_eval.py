@@ -188,6 +188,20 @@ def check_record(record: dict) -> None:
         raise TypeError(f"field 'pass_at_1' holds {type(record['pass_at_1']).__name__}")
 
 
+def rescore_outdated_block_run(path: Path) -> None:
+    """A block run's ``compare.json`` scored without block decoding, once :func:`pass_at_1`
+    has it, is set aside (named on stderr): the run is scored again from its trained
+    checkpoint (a finished run resumes at its last step: nothing is retrained)."""
+    from maskdiff.jobs import KEY_FIELD, read_record, set_aside
+
+    if not block_decoding():
+        return
+    record, _ = read_record(path)
+    score = ((record or {}).get(KEY_FIELD) or {}).get("score") or {}
+    if score.get("block_decoding") is False:
+        set_aside(path, "was scored without block decoding", label="replaced")
+
+
 def scoring_key(preset, main: bool = True, block: bool = False) -> dict:
     """How a run is scored (part of its record's key): the test items, draws and decoder; for
     a block model (``block``) also whether pass@1 decoded under its layout."""
