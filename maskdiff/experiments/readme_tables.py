@@ -35,6 +35,23 @@ def _sweep(results: dict) -> list[str]:
     return sweep_table(results)
 
 
+def _block_sweep(doc: dict) -> list[str]:
+    from maskdiff.experiments.compare_blocks import block_sweep_table
+
+    return block_sweep_table(doc)
+
+
+def _block_sweep_setup(doc: dict) -> list[str]:
+    from maskdiff.experiments.compare_blocks import block_sweep_setup
+
+    return block_sweep_setup(doc)
+
+
+def _block_setup(results: dict) -> list[str]:
+    """A block job's setup: the plain one and what the block layout changes."""
+    return _setup(results) + [""] + report.block_lines(results)
+
+
 def _setup(results: dict) -> list[str]:
     cfg = results["config"]
     return [f"Preset `{results['preset']}`: {len(results['seeds'])} paired seeds, "
@@ -112,6 +129,9 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "equal-words": report.equal_compute_words,
     "power": report.power_lines,
     "sweep": _sweep,
+    "block-setup": _block_setup,
+    "block-sweep": _block_sweep,
+    "block-sweep-setup": _block_sweep_setup,
 }
 
 
