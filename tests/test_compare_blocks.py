@@ -18,7 +18,7 @@ from maskdiff.diagnostics.nested import nested_losses
 from maskdiff.diagnostics.probe import estimator_loss_fn, estimator_unit_loss_fn
 from maskdiff.experiments.compare import PRESETS, CompareJob, RunSpec
 from maskdiff.experiments.compare_blocks import block_job, block_preset
-from maskdiff.experiments.compare_eval import scoring_key
+from maskdiff.experiments.compare_eval import block_decoding, scoring_key
 from maskdiff.experiments.compare_presets import BLOCK_METHODS, SEEDS
 from maskdiff.training.runs import example_batch, run_key
 
@@ -118,8 +118,13 @@ def test_a_block_job_runs_end_to_end_and_records_the_block_size(block_out):
         # 2L input positions per example: tokens = forward passes × 2 × max_len
         assert run["tokens"] == run["forward_passes"] * 2 * 112
         assert run["tokens_per_step"] == 8 * 2 * 112
+        # pass@1 only with a block decoder (pass_at_1(..., layout=)), never layout-less
+        assert (run["pass_at_1"] is not None) == block_decoding()
+        assert run["decoding_layout"] == ({"block_size": 8, "rates": "block"}
+                                          if block_decoding() else None)
     report = (block_out / "b8" / "report.md").read_text()
     assert "Block diffusion, block size 8" in report and "block ELBO" in report
+    assert ("decoded under the block layout" if block_decoding() else "pass@1 not scored") in report
     assert "ppots-b8/ppots.png" in report
     ppots = json.loads((block_out / "ppots-b8" / "ppots.json").read_text())
     assert ppots["job_key"]["block"] == {"block_size": 8, "rates": "block"}
@@ -136,7 +141,8 @@ def test_the_block_sweep_reuses_the_block_runs_and_reports_the_references(block_
     kinds = (b8["test_loss_kind"], plain["test_loss_kind"], ar["test_loss_kind"])
     assert kinds == ("block ELBO (b=8)", "ELBO", "causal NLL")
     assert b8["token_ratio"] == pytest.approx(2.0) and ar["token_ratio"] == pytest.approx(1.0)
-    assert b8["vs_plain"]["paired_seeds"] == 2 and plain["vs_plain"] is None
+    assert plain["vs_plain"] is None and plain["pass_at_1_ci"] is not None
+    assert (b8["vs_plain"] is not None) == block_decoding()
     block = json.loads((block_out / "b8" / "results.json").read_text())
     assert b8["pass_at_1"] == block["methods"]["standard"]["pass_at_1"]  # the same runs
     assert "block size" in (block_out / "block-sweep.md").read_text()
@@ -161,7 +167,7 @@ def test_the_readme_generators_render_the_block_results(block_out, tmp_path):
         ("compare-block", "block-setup"), ("compare-block", "summary")))
     new, changed = update(text, results)
     assert len(changed) == 4
-    assert "| b=8 | 0.0 [0.0, 0.0] |" in new and "| causal twin (ar) |" in new
+    assert "| b=8 | " in new and "| causal twin (ar) | 0.0 [0.0, 0.0] |" in new
     assert "different quantities" in new and "Block diffusion, block size 8" in new
     assert "| ppots | 1 |" in new  # the block job's summary table: same forward passes
     assert update(new, results)[1] == []

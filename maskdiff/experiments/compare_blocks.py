@@ -115,18 +115,19 @@ def point_row(label: str, block_size: int | None, m: dict, reference: dict | Non
            "tokens_per_step": _mean(m.get("tokens_per_step", [])),
            "train_seconds": _mean(m["train_seconds"]),
            "eval_seconds": _mean(m.get("eval_seconds", [])), "vs_plain": None}
-    if reference is not None and m.get("has_pass_at_1") and reference.get("has_pass_at_1"):
+    if reference is None:
+        return row
+    ref_tokens, ref_seconds = _mean(reference.get("tokens", [])), _mean(reference["train_seconds"])
+    row["token_ratio"] = row["tokens"] / ref_tokens if row["tokens"] and ref_tokens else None
+    row["seconds_ratio"] = (row["train_seconds"] / ref_seconds
+                            if row["train_seconds"] and ref_seconds else None)
+    if m.get("has_pass_at_1") and reference.get("has_pass_at_1"):
         base = dict(zip(reference["seeds"], reference["pass_at_1"]))
         pairs = [(p, base[s]) for s, p in zip(m["seeds"], m["pass_at_1"]) if s in base]
         if len(pairs) >= 2:
             a, b = zip(*pairs)
             row["vs_plain"] = {"pass_at_1": stats.paired_difference(list(a), list(b)),
                                "paired_seeds": len(pairs)}
-        ref_tokens, ref_seconds = _mean(reference.get("tokens", [])), _mean(reference["train_seconds"])
-        row["token_ratio"] = (row["tokens"] / ref_tokens
-                              if row["tokens"] and ref_tokens else None)
-        row["seconds_ratio"] = (row["train_seconds"] / ref_seconds
-                                if row["train_seconds"] and ref_seconds else None)
     return row
 
 

@@ -55,15 +55,15 @@ def has_gold(examples: Sequence) -> bool:
 
 def block_decoding() -> bool:
     """Whether :func:`pass_at_1` decodes a block model under its layout (``layout=``): a block
-    model's pass@1 is scored with block decoding when it does, else layout-less (recorded in
-    each run's ``decoding_layout`` and scoring key, so the two are never mixed)."""
+    model's pass@1 is scored with block decoding when it does, else not at all (recorded in
+    each run's scoring key: such a run is rescored once it does)."""
     return "layout" in inspect.signature(pass_at_1).parameters
 
 
 def score_pass_at_1(model, examples: Sequence, tokenizer, *, max_len: int, causal: bool,
                     decoding, device, layout=None) -> dict:
-    """pass@1 with the preset's decoder (under a block ``layout``: block decoding, when
-    :func:`block_decoding`), and the per-problem hits as a '0'/'1' string."""
+    """pass@1 with the preset's decoder (under a block ``layout``: block decoding), and the
+    per-problem hits as a '0'/'1' string."""
     length = decoding.gen_length
     if length is not None:  # a region past max_len (a long prompt) falls back to what is left
         longest = max(len(tokenizer.encode(ex.prompt)) for ex in examples)
@@ -107,7 +107,11 @@ def score_run(trainer, preset, decoding=None) -> dict:
               "block_size": None if layout is None else layout.block_size,
               "n_test_elbo": n, "elbo_items": [round(float(v), ITEM_DIGITS) for v in values]}
     problems = test[: preset.n_test]
-    if has_gold(problems):
+    if layout is not None and not block_decoding():
+        # A block model decoded without its layout would be scored on inputs it never saw
+        # ([xt] with full attention): no pass@1 until pass_at_1 takes layout= (then rescored).
+        record.update(pass_at_1=None, n_test=0, hits="", examples=[], decoding_layout=None)
+    elif has_gold(problems):
         record.update(score_pass_at_1(trainer.model, problems, task.tokenizer,
                                       max_len=cfg.data.max_len, causal=trainer.causal,
                                       decoding=decoding or preset.decoding,

@@ -301,16 +301,17 @@ def block_lines(results: dict) -> list[str]:
     block = results.get("block")
     if not block:
         return []
-    decoded = {str(r.get("decoding_layout") is not None) for r in results.get("runs", [])
-               if r.get("block_size") is not None and r.get("pass_at_1") is not None}
-    how = ("under the block layout" if decoded == {"True"} else
-           "**without** the block layout (this maskdiff's pass@1 has no block decoder)"
-           if decoded == {"False"} else "partly under the block layout (mixed runs)")
+    scored = [r.get("pass_at_1") is not None for r in results.get("runs", [])
+              if r.get("block_size") is not None]
+    how = ("pass@1 decoded under the block layout" if scored and all(scored) else
+           "**pass@1 not scored** (this maskdiff's pass@1 has no block decoder; rerun the job "
+           "with one: the runs are rescored, not retrained)" if not any(scored) else
+           "pass@1 only partly scored (rerun the job)")
     return [f"**Block diffusion, block size {block['block_size']}** (one rate per "
             f"{block['rates']}): every diffusion method trains on `[xt ; x0]` (2L input "
             f"positions) from the plain masked-diffusion starting checkpoint; the test and "
             f"validation losses are the **block ELBO** (not comparable with a plain job's "
-            f"ELBO); pass@1 decoded {how}. The causal twin, if any, is the plain job's run."]
+            f"ELBO); {how}. The causal twin, if any, is the plain job's run."]
 
 
 def _processes(results: dict) -> str:
