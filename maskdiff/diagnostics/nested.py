@@ -106,6 +106,24 @@ def _given_rates(rates: torch.Tensor | np.ndarray, weights: torch.Tensor | np.nd
     return t, w
 
 
+def _checked(values, units: int, i: torch.Tensor, j: torch.Tensor, k: torch.Tensor) -> np.ndarray:
+    """A ``loss_fn`` batch as float64 (n, units), its shape and finiteness checked."""
+    n = i.numel()
+    values = torch.as_tensor(values)
+    want = (n,) if units == 1 else (n, units)
+    if tuple(values.shape) != want:
+        raise ValueError(f"loss_fn must return shape {want} for {n} rows, got "
+                         f"{tuple(values.shape)}")
+    values = values.detach().to("cpu", torch.float64).numpy().reshape(n, units)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        r = int(np.argmax(bad))
+        shown = values[r, 0] if units == 1 else values[r].tolist()
+        raise ValueError(f"loss_fn returned {shown} for example {int(i[r])}, "
+                         f"rate index {int(j[r])}, mask {int(k[r])}")
+    return values
+
+
 def nested_losses(
     loss_fn: LossFn,
     *,
@@ -175,18 +193,7 @@ def nested_losses(
             )
             with torch.no_grad():
                 values = loss_fn(i, t[i, j], mask_seeds)
-            values = torch.as_tensor(values)
-            want = (flat.numel(),) if units == 1 else (flat.numel(), units)
-            if tuple(values.shape) != want:
-                raise ValueError(f"loss_fn must return shape {want} for "
-                                 f"{flat.numel()} rows, got {tuple(values.shape)}")
-            values = values.detach().to("cpu", torch.float64).numpy().reshape(flat.numel(), units)
-            bad = ~np.isfinite(values).all(axis=1)
-            if bad.any():
-                r = int(np.argmax(bad))
-                raise ValueError(f"loss_fn returned {values[r].tolist()} for example {int(i[r])}, "
-                                 f"rate index {int(j[r])}, mask {int(k[r])}")
-            out[start:start + flat.numel()] = values
+            out[start:start + flat.numel()] = _checked(values, units, i, j, k)
             bar.update(flat.numel())
     weighted = out.reshape(a, b, c, units) * weights_np[:, :, None, None]
     if units == 1:
