@@ -251,3 +251,16 @@ def test_block_size_is_refused_for_the_causal_twin():
         TrainConfig(model=ModelConfig(causal=True), block_size=4)
     with pytest.raises(ValueError, match="block_rates"):
         TrainConfig(block_size=4, block_rates="token")
+
+
+def test_online_ppots_tracks_one_rate_per_block(tmp_path):
+    config = _tiny(tmp_path, estimator=method_config("ppots_online"), checkpoint_every=0)
+    trainer = Trainer(config, quiet=True)
+    trainer.fit()
+    expected = 0
+    for step in range(6):
+        batch = trainer.collate([(i, trainer.task.train[i])
+                                 for i in trainer.order.global_batch(step, 8)])
+        expected += 8 * -(-batch.x0.shape[1] // 4)
+    count = trainer.refitter.tracker.moments()["count"].sum()
+    assert count == expected and expected > 6 * 8 * 2
