@@ -264,3 +264,20 @@ def test_online_ppots_tracks_one_rate_per_block(tmp_path):
         expected += 8 * -(-batch.x0.shape[1] // 4)
     count = trainer.refitter.tracker.moments()["count"].sum()
     assert count == expected and expected > 6 * 8 * 2
+
+
+def test_train_block_size_on_the_command_line(tmp_path, capsys):
+    from maskdiff.cli import main
+
+    out = tmp_path / "bd3"
+    assert main(["train", "--preset", "smoke", "--method", "mirror", "--block-size", "4",
+                 "--block-rates", "sequence", "--steps", "3", "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["block_size"], config["block_rates"]) == (4, "sequence")
+    result = json.loads((out / "results.json").read_text())
+    assert result["forward_passes"] == 3 * config["optim"]["batch_size"] * 2  # MIRROR: 2 views
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "smoke", "--block-size", "4", "--block-rates", "token"])
+    assert main(["train", "--preset", "smoke", "--block-size", "0", "--out",
+                 str(tmp_path / "bad")]) != 0
+    assert "train.block_size" in capsys.readouterr().err
