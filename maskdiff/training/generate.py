@@ -21,6 +21,13 @@ Prompts of different lengths must be **left-padded** to a common length, with ``
 marking the real tokens (the padding is hidden from attention; with learned absolute positions a
 left-padded row sees its tokens at shifted positions, with rotary positions nothing changes).
 
+Block diffusion (``layout=``, docs/method.md §8 "Block decoding", §12): blocks of the layout's
+size aligned to absolute positions as in training; inside each block the rule above; the block's
+noisy tokens see themselves and the clean blocks before it; each finished block is encoded once
+into a :class:`~maskdiff.models.cache.KVCache` (``use_cache=False`` recomputes the training
+input ``[x_t ; x_0]`` at every step instead: the same tokens). Left padding shifts a row's
+tokens against the block boundaries, so batch prompts of one length there.
+
 Both decoders run under ``torch.no_grad()`` with the model in eval mode, and restore the model's
 previous training mode afterwards.
 """
