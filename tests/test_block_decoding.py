@@ -210,3 +210,25 @@ def test_evaluate_reports_the_block_elbo_of_a_block_run(runs, capsys):
     assert doc["loss"]["mean"] == pytest.approx(block.mean, rel=1e-12)
     assert doc["loss"]["se"] == pytest.approx(block.se, rel=1e-12) and block.se > 0
     assert abs(block.mean - plain.mean) > 1e-6  # the layout changed what was scored
+
+
+def test_loglikelihoods_of_a_block_run_are_its_block_elbo(runs):
+    from maskdiff.core.batch import Batch
+    from maskdiff.evaluation import load_eval_model, loglikelihoods
+    from maskdiff.training.evaluate import elbo_draws, elbo_scheme
+
+    model = load_eval_model(run=runs["block"])
+    assert model.layout == BlockLayout(4)
+    (score,) = loglikelihoods(model, [("Tom has 3 pens.", " 7")], rates=2, seed=9)
+    context, continuation = model.encode_context("Tom has 3 pens."), model.encode_continuation(" 7")
+    x0 = torch.tensor([context + continuation])
+    eligible = torch.zeros_like(x0, dtype=torch.bool)
+    eligible[:, len(context):] = True
+    batch = Batch(x0=x0, eligible=eligible, attention_mask=torch.ones_like(eligible),
+                  example_index=torch.tensor([0]))
+    estimators = elbo_scheme("sqrt-stratified-mirror").estimators(
+        mask_token_id=model.mask_token_id, rates=2, normalizer="none", layout=BlockLayout(4))
+    with torch.no_grad():
+        expected = -float(elbo_draws(model.model, batch, estimators, 9).mean())
+    assert score.loglikelihood == pytest.approx(expected, rel=1e-12)
+    assert score.is_greedy in (True, False)

@@ -3,10 +3,11 @@
 :func:`loglikelihoods` scores ``(context, continuation)`` pairs: the continuation's tokens are the
 only eligible (maskable, scored) positions, the context stays visible, and the per-request value
 is the Monte-Carlo ELBO ``E_t[(1/t) Σ_{masked} log p(x_i | x_t)]`` summed over the continuation
-(normalizer ``"none"``): a lower bound on ``log p(continuation | context)``, estimated by the
-evaluator's scheme (:data:`maskdiff.training.evaluate.ELBO_SCHEMES`) with its per-request
-standard error. Draws are keyed on (seed, draw, request index): common random numbers, so two
-checkpoints scored on the same requests share every mask.
+(normalizer ``"none"``; for a block-diffusion run the block ELBO, docs/method.md §12): a lower
+bound on ``log p(continuation | context)``, estimated by the evaluator's scheme
+(:data:`maskdiff.training.evaluate.ELBO_SCHEMES`) with its per-request standard error. Draws are
+keyed on (seed, draw, request index): common random numbers, so two checkpoints scored on the
+same requests share every mask.
 
 :func:`generate` decodes with the low-confidence block decoder
 (:func:`maskdiff.training.generate.generate_diffusion`) and cuts the text at stop sequences.
@@ -87,7 +88,7 @@ def loglikelihoods(model: EvalModel, pairs: Sequence[tuple[str | Sequence[int], 
     """
     chosen = elbo_scheme(scheme)
     estimators = chosen.estimators(mask_token_id=model.mask_token_id, rates=rates,
-                                   normalizer="none")
+                                   normalizer="none", layout=model.layout)
     encoded = [_fit(model, *_encode_pair(model, c, x)) for c, x in pairs]
     scores: list[Score | None] = [None] * len(pairs)
     was_training = model.model.training
@@ -125,8 +126,13 @@ def _greedy_matches(model: EvalModel, encoded: list[tuple[list[int], list[int]]]
         if n == 0:
             continue
         prompt = torch.tensor([encoded[i][0] for i in members], dtype=torch.long, device=device)
-        ids = generate_diffusion(model.model, prompt, gen_length=n, steps=n, block_length=n,
-                                 mask_token_id=model.mask_token_id)
+        if model.layout is None:
+            ids = generate_diffusion(model.model, prompt, gen_length=n, steps=n, block_length=n,
+                                     mask_token_id=model.mask_token_id)
+        else:  # a block run: block decoding, one token per step
+            ids = generate_diffusion(model.model, prompt, gen_length=n,
+                                     steps=block_decoding_steps(p, n, model.layout),
+                                     mask_token_id=model.mask_token_id, layout=model.layout)
         for row, i in enumerate(members):
             out[i] = ids[row, p:].tolist() == encoded[i][1]
     return out
