@@ -190,11 +190,22 @@ def test_generate_decodes_a_block_run_in_its_blocks(runs, capsys, monkeypatch):
     assert layouts.pop() is None and "blocks" not in capsys.readouterr().err
 
 
-def test_evaluate_reports_the_block_elbo_of_a_block_run(runs, capsys):
+def test_evaluate_reports_the_block_elbo_of_a_block_run(runs, capsys, monkeypatch):
+    import maskdiff.training.evaluate as evaluate_module
+
+    layouts = []
+    decode = evaluate_module.generate_diffusion
+
+    def spy(*args, **kwargs):
+        layouts.append(kwargs.get("layout"))
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "generate_diffusion", spy)
     run = runs["block"]
     assert main(["evaluate", "--run", str(run), "--n", "6", "--rates", "2",
-                 "--scheme", "stratified-mirror"]) == 0
+                 "--scheme", "stratified-mirror", "--pass-at-1", "--gen-length", "6"]) == 0
     assert "block ELBO, blocks of 4" in capsys.readouterr().out
+    assert layouts and set(layouts) == {BlockLayout(4)}  # pass@1 decoded in the run's blocks
     doc = json.loads((run / "eval.json").read_text())
     assert doc["block_layout"] == {"block_size": 4, "rates": "block"}
     loaded = load_run(run)
