@@ -203,8 +203,11 @@ def test_evaluate_reports_the_block_elbo_of_a_block_run(runs, capsys, monkeypatc
     monkeypatch.setattr(evaluate_module, "generate_diffusion", spy)
     run = runs["block"]
     assert main(["evaluate", "--run", str(run), "--n", "6", "--rates", "2",
-                 "--scheme", "stratified-mirror", "--pass-at-1", "--gen-length", "6"]) == 0
-    assert "block ELBO, blocks of 4" in capsys.readouterr().out
+                 "--scheme", "stratified-mirror", "--pass-at-1", "--gen-length", "6",
+                 "--block-length", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "block ELBO, blocks of 4" in captured.out
+    assert "--block-length 3 is unused: a block model decodes in its blocks of 4" in captured.err
     assert layouts and set(layouts) == {BlockLayout(4)}  # pass@1 decoded in the run's blocks
     doc = json.loads((run / "eval.json").read_text())
     assert doc["block_layout"] == {"block_size": 4, "rates": "block"}

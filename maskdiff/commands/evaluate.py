@@ -10,6 +10,7 @@ from maskdiff import jsonio
 from maskdiff.commands import (
     add_decoding_arguments, add_model_source_arguments, add_threads_argument, apply_threads, positive,
 )
+from maskdiff.commands.generate import note_block_length
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
 from maskdiff.fileio import atomic_write_text
@@ -72,6 +73,7 @@ def run(args) -> int:
         report["block_layout"] = layout.to_dict()
     _print_loss(args.split, loss, layout)
     if args.pass_at_1:
+        note_block_length(args, layout, "evaluate")
         gen = pass_at_1(loaded.model, examples, tok, max_len=config.data.max_len,
                         gen_length=args.gen_length, steps=args.steps,
                         block_length=args.block_length, causal=config.model.causal,

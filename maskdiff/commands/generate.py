@@ -46,9 +46,11 @@ def run(args) -> int:
     from maskdiff.evaluation import generate
 
     model = load_model_argument(args)
+    layout = decoding_layout(args, model)
+    note_block_length(args, layout, "generate")
     texts = generate(model, args.prompt, gen_length=args.gen_length, steps=args.steps,
                      block_length=args.block_length, until=[args.until] * len(args.prompt),
-                     batch_size=1, device=args.device, layout=decoding_layout(args, model))
+                     batch_size=1, device=args.device, layout=layout)
     for text in texts:
         print(text)
     model.report_unknown()  # a native run's unseen prompt characters, said once on stderr
@@ -68,6 +70,15 @@ def decoding_layout(args, model) -> BlockLayout | None:
               f"--block-size asks", file=sys.stderr)
         return BlockLayout(args.block_size)
     return BlockLayout(args.block_size, model.layout.rates)
+
+
+def note_block_length(args, layout: BlockLayout | None, command: str) -> None:
+    """A block model decodes in its own blocks: say on stderr that --block-length is unused."""
+    if layout is not None and args.block_length is not None \
+            and args.block_length != layout.block_size:
+        print(f"maskdiff {command}: note: --block-length {args.block_length} is unused: a block "
+              f"model decodes in its blocks of {layout.block_size} (--block-size)",
+              file=sys.stderr)
 
 
 def _causal(args, loaded) -> int:

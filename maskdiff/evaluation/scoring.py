@@ -162,7 +162,8 @@ def generate(model: EvalModel, contexts: Sequence[str], *, gen_length: int | Non
     ``max_gen_toks``); a ``block_length`` that does not divide it rounds
     it up to a whole number of blocks; ``steps`` defaults to one token per step and is
     rounded up to a multiple of the number of blocks. A block-diffusion run (``layout``, default
-    ``model.layout``) decodes in its own blocks with the KV cache (docs/method.md §8).
+    ``model.layout``) decodes in its own blocks with the KV cache (docs/method.md §8), which
+    replace ``block_length``.
     """
     layout = layout or model.layout
     encoded = [model.encode_context(c) for c in contexts]
@@ -186,7 +187,7 @@ def generate(model: EvalModel, contexts: Sequence[str], *, gen_length: int | Non
             chunk = members[start:start + batch_size]
             prompt = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)
             ids = generate_diffusion(model.model, prompt, gen_length=n_new, steps=n_steps,
-                                     block_length=block if layout is None else block_length,
+                                     block_length=block if layout is None else None,
                                      mask_token_id=model.mask_token_id, layout=layout)
             for row, i in enumerate(chunk):
                 text = model.decode(ids[row, p:].tolist())

@@ -331,8 +331,8 @@ def pass_at_1(model, examples: Sequence, tokenizer, *, max_len: int,
     EOS), decoded as one block with one token per step. Give ``gen_length``, ``steps`` and
     ``block_length`` for semi-autoregressive block decoding. A block-diffusion model (its
     ``layout``) decodes in its own blocks with the KV cache (docs/method.md §8 "Block
-    decoding"); ``steps`` is then rounded up to a multiple of the decoded blocks and defaults
-    to one token per step. Prompts are grouped by length, so that any data set works with the
+    decoding"): its blocks replace ``block_length``, and ``steps`` is rounded up to a multiple
+    of the decoded blocks and defaults to one token per step. Prompts are grouped by length, so that any data set works with the
     equal-length batches the decoder takes.
     """
     if not examples:
@@ -355,7 +355,6 @@ def pass_at_1(model, examples: Sequence, tokenizer, *, max_len: int,
             elif layout is not None:
                 n_steps = block_decoding_steps(length, n_new, layout, steps)
                 out = generate_diffusion(model, prompt, gen_length=n_new, steps=n_steps,
-                                         block_length=block_length,
                                          mask_token_id=tokenizer.mask_id, layout=layout)
             else:
                 out = generate_diffusion(model, prompt, gen_length=n_new, steps=steps or n_new,
