@@ -281,3 +281,25 @@ def test_train_block_size_on_the_command_line(tmp_path, capsys):
     assert main(["train", "--preset", "smoke", "--block-size", "0", "--out",
                  str(tmp_path / "bad")]) != 0
     assert "train.block_size" in capsys.readouterr().err
+
+
+def test_flex_attention_computes_what_sdpa_computes(monkeypatch):
+    """models/flex.py: the block-sparse path (unfused on a CPU, forward only there) against SDPA."""
+    from maskdiff.models import flex
+
+    if flex.flex_attention is None:
+        pytest.skip(f"torch {torch.__version__} has no flex attention")
+    model, batch = _model(max_len=40), _batch(length=37)
+    estimator = Estimator(rate_sampler=Uniform(), masker=Mirror(), mask_token_id=MASK,
+                          layout=BlockLayout(5))
+    values = {}
+    for choice in ("sdpa", "flex"):
+        monkeypatch.setenv(flex.ENV, choice)
+        with torch.no_grad():
+            values[choice] = estimator(model, batch, BatchRandomness.for_batch(0, 1, [0, 1, 2])).values
+    torch.testing.assert_close(values["flex"], values["sdpa"], rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv(flex.ENV, "auto")
+    assert not flex.use_flex(torch.device("cpu"))  # a CPU keeps SDPA unless asked
+    monkeypatch.setenv(flex.ENV, "fast")
+    with pytest.raises(ValueError, match="MASKDIFF_ATTENTION='fast'"):
+        flex.use_flex(torch.device("cpu"))

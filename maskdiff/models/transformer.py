@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskdiff.models.cache import KVCache
+from maskdiff.models.flex import block_sparse, flex, is_block_mask, use_flex
 
 _POSITIONS = ("rotary", "learned")
 
@@ -164,14 +165,12 @@ class _Block(nn.Module):
             q, k = self.rotary(q, position_ids), self.rotary(k, position_ids)
         if kv is not None:  # a KV cache: its keys/values first, then this call's (models/cache.py)
             k, v = kv(k, v)
-        attended = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-        )
+        if is_block_mask(attn_mask):  # a block-sparse pattern (models/flex.py)
+            attended = flex(q, k, v, attn_mask)
+        else:
+            attended = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask,
+                dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
         attended = attended.transpose(1, 2).reshape(batch, length, width)
         h = h + self.residual_dropout(self.attn_out(attended))
         mlp = self.mlp_out(F.gelu(self.mlp_in(self.mlp_norm(h))))
@@ -282,7 +281,11 @@ class Transformer(nn.Module):
     ) -> tuple[torch.Tensor | None, bool]:
         """The boolean (B, 1, L, L) mask for SDPA (True = may attend), or SDPA's own causal flag."""
         if attention_mask is not None and attention_mask.dim() == 4:
-            return attention_mask, False  # a full pattern (block diffusion): used as given
+            # A full pattern (block diffusion): as given, block-sparse through flex attention
+            # on a GPU (models/flex.py; SDPA keeps attention dropout in training).
+            if use_flex(device) and not (self.training and self.config.dropout > 0):
+                return block_sparse(attention_mask), False
+            return attention_mask, False
         if attention_mask is None or bool(attention_mask.all()):
             # Nothing to hide: let SDPA pick its fastest kernel.
             return None, self.config.causal
