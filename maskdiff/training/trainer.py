@@ -116,7 +116,7 @@ class Trainer:
         self.layout = block_layout(config)
         self.estimator, self.refitter = build_objective(
             self.config.estimator, causal=self.causal, mask_token_id=tok.mask_id,
-            layout=self.layout)
+            layout=self.layout, max_steps=optim.max_steps)
         check_step_memory(config, tok.vocab_size, per_rank, self.estimator.forward_passes)
         self.ddp = distributed.wrap(self.model, self.device)
         self.optimizer = _adamw(self.model, optim)
