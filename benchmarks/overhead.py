@@ -6,7 +6,8 @@ its rates and masks with one batch-level generator and inlines the loss, the tra
 the estimator, per-example seeding, statistics and logging bookkeeping. Variants: MIRROR (two
 views fused into one forward, and unfused), the other methods (their cost relative to
 standard: the P-POTS density comes from a flat table, which costs what a fitted one costs) and
-bf16 autocast. Blocks of steps alternate between the
+bf16 autocast, and block diffusion (``--block-sizes``: standard trained on ``[x_t ; x_0]``,
+2L tokens per example, docs/method.md §12). Blocks of steps alternate between the
 contenders so that machine noise hits all of them alike; ratios are medians of per-block times.
 
     python benchmarks/overhead.py [--device cpu|cuda] [--steps 10] [--rounds 5] [--json PATH]
@@ -107,6 +108,9 @@ def parse_args(argv=None):
     parser.add_argument("--methods", default="standard,strats,ema,isad,mirror,multisample2,ppots,"
                                               "ppots_mirror,ppots_online",
                         help="comma-separated methods to time (standard first: the ratios' base)")
+    parser.add_argument("--block-sizes", default="16",
+                        help="comma-separated block sizes for block-diffusion contenders "
+                             "(standard with train.block_size=N); '' for none")
     parser.add_argument("--bf16", action="store_true",
                         help="every contender under bf16 autocast (else one extra bf16 contender)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -134,6 +138,9 @@ def build_contenders(args, device):
                 for name, est in estimators.items()}
     if not args.bf16:
         trainers["maskdiff standard bf16"] = Trainer(replace(base, bf16=True), quiet=True)
+    for size in filter(None, args.block_sizes.split(",")):
+        trainers[f"maskdiff standard block b={int(size)}"] = Trainer(
+            replace(base, block_size=int(size)), quiet=True)
     reference = trainers["maskdiff standard"]
     batches = [reference.collate([(i, reference.task.train[i]) for i in
                                   reference.order.global_batch(s, args.batch_size)]).to(device)
@@ -148,8 +155,10 @@ def build_contenders(args, device):
         return step
 
     contenders = {"bare PyTorch loop": bare, **{k: trainer_step(v) for k, v in trainers.items()}}
-    passes = {"bare PyTorch loop": 1,
-              **{k: v.estimator.forward_passes for k, v in trainers.items()}}
+    # A block-diffusion forward reads [x_t ; x_0]: twice the tokens, attention over 2L keys.
+    passes = {"bare PyTorch loop": (1, 1),
+              **{k: (v.estimator.forward_passes, 1 if v.layout is None else 2)
+                 for k, v in trainers.items()}}
     return contenders, passes, reference
 
 
@@ -180,12 +189,15 @@ def report(args, times, passes, reference, device):
     rows = []
     for contender, values in times.items():
         ms = statistics.median(values) * 1e3
-        flops = step_flops(n_params, args.layers, args.d_model, length, tokens, passes[contender])
+        views, factor = passes[contender]
+        flops = step_flops(n_params, args.layers, args.d_model, factor * length, factor * tokens,
+                           views)
         tflops = flops / (ms / 1e3) / 1e12
         mfu = tflops / args.peak_tflops if args.peak_tflops else None
         rows.append({"contender": contender, "ms_per_step": ms, "ratio_to_bare": ms / bare_ms,
                      "ratio_to_standard": ms / standard_ms, "blocks_ms": [v * 1e3 for v in values],
-                     "tokens_per_s": tokens / (ms / 1e3), "forward_passes": passes[contender],
+                     "tokens_per_s": tokens / (ms / 1e3), "forward_passes": views,
+                     "input_factor": factor,
                      "model_tflops_per_s": tflops, "mfu": mfu})
         mfu_cell = f" {100 * mfu:>7.3g}" if mfu is not None else ""
         print(f"{contender:<30} {ms:>17.2f} {ms / bare_ms:>14.2f} {ms / standard_ms:>18.2f} "

@@ -28,12 +28,13 @@ from maskdiff.core.methods import METHODS, Method, get_method, register_method
 from maskdiff.core.objective import Estimator, EstimatorOutput, Objective, per_example_loss
 from maskdiff.core.samplers import Clipped, Importance, RateSampler, Stratified, Uniform, Window
 from maskdiff.core.seeding import BatchRandomness
+from maskdiff.core.shaped_samplers import Annealed, Bell, BellImportance
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "BatchRandomness", "Bernoulli", "BinEMA", "Clipped", "Estimator", "EstimatorOutput",
-    "ISAD", "Importance", "METHODS", "Masker", "Method", "Mirror", "Objective", "MultiSample", "RateSampler",
+    "Annealed", "Batch", "BatchRandomness", "Bell", "BellImportance", "Bernoulli", "BinEMA",
+    "Clipped", "Estimator", "EstimatorOutput", "ISAD", "Importance", "METHODS", "Masker", "Method", "Mirror", "Objective", "MultiSample", "RateSampler",
     "Stratified", "Uniform", "View", "Window", "get_method", "per_example_loss", "register_method",
 ]
 

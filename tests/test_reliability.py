@@ -268,7 +268,7 @@ def test_counts_below_one_are_refused_not_defaulted(argv, capsys):
 # -- 6. sizes are checked before allocation ----------------------------------------------------
 @pytest.mark.parametrize("argv, message", [
     (["theory", "parity", "--k", "100000"], "Gauss-Legendre integration of degree 100001"),
-    (_smoke("OUT", "--batch-size", "100000"), "a step of 100000 rows × max_len=128"),
+    (_smoke("OUT", "--batch-size", "100000"), "a step of 100000 rows × 128 positions (max_len=128"),
     (_smoke("OUT", "--set", "data.max_len=100000"), "max_len=100000"),
 ])
 def test_oversized_configurations_are_refused_with_the_estimate(argv, message, capsys,

@@ -10,12 +10,14 @@ from maskdiff import jsonio
 from maskdiff.commands import (
     add_decoding_arguments, add_model_source_arguments, add_threads_argument, apply_threads, positive,
 )
+from maskdiff.commands.generate import note_block_length
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
 from maskdiff.fileio import atomic_write_text
 from maskdiff.training.evaluate import (
     ELBO_SCHEMES, EVAL_SCHEME, causal_nll, elbo, elbo_scheme, pass_at_1, se_text,
 )
+from maskdiff.training.config import block_layout
 from maskdiff.training.runs import load_run
 
 
@@ -58,20 +60,24 @@ def run(args) -> int:
     collate = Collator(tok, CollatorConfig(max_len=config.data.max_len,
                                            pad_policy=config.data.pad_policy,
                                            overflow=config.data.overflow))
+    layout = block_layout(config)  # a block run: the block ELBO and block decoding (§12, §8)
     if config.model.causal:
         loss = causal_nll(loaded.model, examples, collate, device=args.device)
     else:
         loss = elbo(loaded.model, examples, collate, mask_token_id=tok.mask_id,
                     rates_per_example=args.rates, seed=args.seed, scheme=args.scheme,
-                    normalizer=config.estimator.normalizer, device=args.device)
+                    normalizer=config.estimator.normalizer, device=args.device, layout=layout)
     report = {"checkpoint": str(loaded.checkpoint), "split": args.split, "loss": loss.to_dict(),
               **_scheme_keys(args, config.model.causal), "threads": threads}
-    _print_loss(args.split, loss)
+    if layout is not None:
+        report["block_layout"] = layout.to_dict()
+    _print_loss(args.split, loss, layout)
     if args.pass_at_1:
+        note_block_length(args, layout, "evaluate")
         gen = pass_at_1(loaded.model, examples, tok, max_len=config.data.max_len,
                         gen_length=args.gen_length, steps=args.steps,
                         block_length=args.block_length, causal=config.model.causal,
-                        device=args.device)
+                        device=args.device, layout=layout)
         report["pass_at_1"] = gen.pass_at_1
         print(f"pass@1 {gen.pass_at_1:.3f} over {gen.n} examples")
     atomic_write_text(Path(args.run) / "eval.json", jsonio.dumps(report, indent=2) + "\n")
@@ -85,8 +91,9 @@ def _scheme_keys(args, causal: bool) -> dict:
             "forward_passes_per_example": elbo_scheme(args.scheme).passes(args.rates)}
 
 
-def _print_loss(name: str, loss) -> None:
-    print(f"{name} loss {loss.mean:.4f} ± {se_text(loss.se, loss.n)} nats/token "
+def _print_loss(name: str, loss, layout=None) -> None:
+    what = "" if layout is None else f" (block ELBO, blocks of {layout.block_size})"
+    print(f"{name} loss{what} {loss.mean:.4f} ± {se_text(loss.se, loss.n)} nats/token "
           f"({loss.bits:.4f} bits) over {loss.n} examples")
 
 

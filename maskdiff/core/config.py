@@ -12,6 +12,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from maskdiff.core.control import CONTROLS, build_control
 from maskdiff.core.masking import MASKERS, build_masker
 from maskdiff.core.objective import GRAD_PROXIES, NORMALIZERS, Estimator
 from maskdiff.core.samplers import SAMPLERS, build_sampler
+from maskdiff.core import shaped_samplers  # noqa: F401  (registers bell, bell_iw, annealed)
 from maskdiff.core.weighting import DEFAULT_CART_P, WEIGHTINGS, loss_convention
 from maskdiff.fileio import atomic_write_text
 from maskdiff.core.checks import int_at_least
@@ -202,13 +204,20 @@ class EstimatorConfig:
         ``llada-pretrain`` or ``maskdiff`` (:data:`maskdiff.core.weighting.LOSS_CONVENTIONS`)."""
         return dataclasses.replace(self, **loss_convention(name).fields())
 
-    def build(self, *, mask_token_id: int, layout: BlockLayout | None = None) -> Estimator:
-        """The estimator; ``layout`` trains a block-diffusion model (docs/method.md §12)."""
+    def build(self, *, mask_token_id: int, layout: BlockLayout | None = None,
+              run: Mapping[str, Any] | None = None) -> Estimator:
+        """The estimator; ``layout`` trains a block-diffusion model (docs/method.md §12);
+        ``run``: the run's fields a sampler declares in ``run_params`` and the configuration
+        leaves out (the annealed schedule's ``total_steps`` from ``{"max_steps": N}``)."""
+        params = dict(self.sampler.params)
+        for arg, name in SAMPLERS[self.sampler.name].run_params.items():
+            if arg not in params and run is not None and run.get(name) is not None:
+                params[arg] = run[name]
         control = None
         if self.control is not None:
             control = build_control(self.control.name, **self.control.params)
         return Estimator(
-            rate_sampler=build_sampler(self.sampler.name, **self.sampler.params),
+            rate_sampler=build_sampler(self.sampler.name, **params),
             masker=build_masker(self.masker.name, **self.masker.params),
             mask_token_id=mask_token_id,
             control=control,

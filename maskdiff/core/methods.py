@@ -263,6 +263,41 @@ for _method in (  # gradient-targeted P-POTS (docs/method.md §4 [beyond])
                                      refit=RefitConfig(statistic="logits"))),
 ):
     register_method(_method)
+# Pretraining rate samplers (docs/method.md §3 "Bell-shaped rates" / "Annealed windows", SPEC §13):
+# bell-shaped time sampling (arXiv 2605.13026; the family is a stand-in, the paper's exact density
+# was not readable) as its biased form and importance-weighted back to U[eps, 1]; the parity
+# paper's fixed SFT windows; a window that widens to U[eps, 1] over the first half of the run.
+BELL_BETA = {"family": "beta", "alpha": 4.0}  # the `bell` methods' density: Beta(4, 4)
+BELL_LOGIT_NORMAL = {"family": "logit_normal", "mu": 0.0, "sigma": 1.0}
+
+
+def _sampler(name: str, **params: Any) -> EstimatorConfig:
+    return EstimatorConfig(sampler=C(name=name, params=params))
+
+
+for _method in (
+    Method(name="bell", summary="bell-shaped rates Beta(4, 4), unweighted (2605.13026's recipe; "
+                                "a biased objective)", estimator=_sampler("bell", **BELL_BETA)),
+    Method(name="bell_iw", summary="Beta(4, 4) rates weighted back to U[eps, 1] (unbiased)",
+           estimator=_sampler("bell_iw", **BELL_BETA, mix=DEFAULT_MIX)),
+    Method(name="bell2", summary="bell-shaped rates Beta(2, 2), unweighted (biased)",
+           estimator=_sampler("bell", family="beta", alpha=2.0)),
+    Method(name="bell8", summary="bell-shaped rates Beta(8, 8), unweighted (biased)",
+           estimator=_sampler("bell", family="beta", alpha=8.0)),
+    Method(name="bell_ln", summary="logit-normal(0, 1) rates, unweighted (biased)",
+           estimator=_sampler("bell", **BELL_LOGIT_NORMAL)),
+    Method(name="bell_ln_iw", summary="logit-normal(0, 1) rates weighted back to U[eps, 1] "
+                                      "(unbiased)",
+           estimator=_sampler("bell_iw", **BELL_LOGIT_NORMAL, mix=DEFAULT_MIX)),
+    *(Method(name=f"window_{lo:g}_{hi:g}", summary=f"rates uniform in [{lo:g}, {hi:g}] (the "
+                                                   f"parity paper's SFT table; biased)",
+             estimator=_sampler("window", t_min=lo, t_max=hi))
+      for lo, hi in ((0.45, 0.55), (0.2, 1.0), (0.3, 1.0), (0.5, 1.0))),
+    Method(name="annealed", summary="[0.45, 0.55] widening linearly to U[eps, 1] by half the run's "
+                                    "steps (biased, then unbiased)",
+           estimator=_sampler("annealed", start=[0.45, 0.55], widen_fraction=0.5)),
+):
+    register_method(_method)
 del _method
 
 METHOD_NAMES = tuple(METHODS)  # the built-in methods; METHODS also holds later registrations

@@ -260,8 +260,9 @@ class Estimator:
         else:  # StraTS stratifies the (example, block) rates of the global batch
             u = randomness.block_rate_uniforms(units).reshape(-1)
             positions = (positions[:, None] * units + torch.arange(units)).reshape(-1)
-        t, w = self.rate_sampler.sample_at(u, positions, randomness.global_batch_size * units,
-                                           randomness.batch_generator())
+        sampler = self.rate_sampler.at_step(randomness.step)  # a scheduled sampler's step
+        t, w = sampler.sample_at(u, positions, randomness.global_batch_size * units,
+                                 randomness.batch_generator())
         t, w = t.to(device), w.to(device)
         uniforms = randomness.mask_uniforms(self.masker.n_uniform_sets, length)
         views = self.masker.views_from_uniforms(

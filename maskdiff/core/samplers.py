@@ -68,6 +68,29 @@ class RateSampler(ABC):
         """Keyword arguments that rebuild this sampler through :func:`build_sampler`."""
         return {}
 
+    # Constructor arguments the training run supplies where a configuration leaves them out:
+    # {argument: run field}, e.g. the annealed schedule's {"total_steps": "max_steps"}
+    # (filled by EstimatorConfig.build(run=...); docs/method.md §3).
+    run_params: ClassVar[dict[str, str]] = {}
+
+    def at_step(self, step: int) -> "RateSampler":
+        """The sampler that draws training step ``step`` (0-based; the estimator asks with every
+        BatchRandomness): itself unless it follows a schedule. A function of the step alone, so
+        a resumed run and every rank draw the same."""
+        return self
+
+    def target_pdf(self, t: torch.Tensor) -> torch.Tensor:
+        """The target's density at ``t`` (float64): uniform on :meth:`target_interval` unless
+        the sampler says otherwise (a biased bell sampler's target is its own density)."""
+        lo, hi = self.target_interval()
+        t = t.double()
+        return ((t >= lo) & (t <= hi)).double() / (hi - lo)
+
+    def target(self) -> tuple:
+        """A hashable name of the target: samplers with equal targets estimate the same
+        objective (``("uniform", lo, hi)`` unless the sampler says otherwise)."""
+        return ("uniform", *self.target_interval())
+
     # Stateless by default; adaptive samplers (online P-POTS) override both.
     def state_dict(self) -> dict[str, Any]:
         return {}

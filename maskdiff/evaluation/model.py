@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from maskdiff.core.blocks import BlockLayout
+
 
 @dataclass
 class EvalModel:
@@ -45,6 +47,7 @@ class EvalModel:
     native: bool
     name: str
     normalizer: str = "eligible"
+    layout: BlockLayout | None = None
     unknown: Counter = field(default_factory=Counter)
     _reported: bool = False
 
@@ -123,6 +126,7 @@ def load_eval_model(*, run: str | os.PathLike | None = None, hf: str | os.PathLi
     if max_length is not None and max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")
     if run is not None:
+        from maskdiff.training.config import block_layout
         from maskdiff.training.runs import load_run
 
         loaded = load_run(run, checkpoint, device)
@@ -134,7 +138,8 @@ def load_eval_model(*, run: str | os.PathLike | None = None, hf: str | os.PathLi
         return EvalModel(model=loaded.model, tokenizer=tok, mask_token_id=tok.mask_id,
                          eos_token_id=tok.eos_id, native=True, name=str(run),
                          max_length=min(limit, max_length or limit),
-                         normalizer=loaded.config.estimator.normalizer)
+                         normalizer=loaded.config.estimator.normalizer,
+                         layout=block_layout(loaded.config))
     from maskdiff.hf.loading import load_hf_model
 
     adapter, tok, mask_id = load_hf_model(hf, mask_token_id=mask_token_id,

@@ -3,10 +3,11 @@
 :func:`loglikelihoods` scores ``(context, continuation)`` pairs: the continuation's tokens are the
 only eligible (maskable, scored) positions, the context stays visible, and the per-request value
 is the Monte-Carlo ELBO ``E_t[(1/t) Σ_{masked} log p(x_i | x_t)]`` summed over the continuation
-(normalizer ``"none"``): a lower bound on ``log p(continuation | context)``, estimated by the
-evaluator's scheme (:data:`maskdiff.training.evaluate.ELBO_SCHEMES`) with its per-request
-standard error. Draws are keyed on (seed, draw, request index): common random numbers, so two
-checkpoints scored on the same requests share every mask.
+(normalizer ``"none"``; for a block-diffusion run the block ELBO, docs/method.md §12): a lower
+bound on ``log p(continuation | context)``, estimated by the evaluator's scheme
+(:data:`maskdiff.training.evaluate.ELBO_SCHEMES`) with its per-request standard error. Draws are
+keyed on (seed, draw, request index): common random numbers, so two checkpoints scored on the
+same requests share every mask.
 
 :func:`generate` decodes with the low-confidence block decoder
 (:func:`maskdiff.training.generate.generate_diffusion`) and cuts the text at stop sequences.
@@ -20,9 +21,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from maskdiff.core.batch import Batch
+from maskdiff.core.blocks import BlockLayout
 from maskdiff.evaluation.model import EvalModel
 from maskdiff.training.evaluate import EVAL_SCHEME, draws_se, elbo_draws, elbo_scheme
-from maskdiff.training.generate import generate_diffusion
+from maskdiff.training.generate import block_decoding_steps, generate_diffusion
 
 DEFAULT_RATES = 16  # with MIRROR: 32 forward passes per request (README: the SE benchmark)
 DEFAULT_GEN_LENGTH = 64  # a HF model's generated positions unless told (native runs: to max_len)
@@ -86,7 +88,7 @@ def loglikelihoods(model: EvalModel, pairs: Sequence[tuple[str | Sequence[int], 
     """
     chosen = elbo_scheme(scheme)
     estimators = chosen.estimators(mask_token_id=model.mask_token_id, rates=rates,
-                                   normalizer="none")
+                                   normalizer="none", layout=model.layout)
     encoded = [_fit(model, *_encode_pair(model, c, x)) for c, x in pairs]
     scores: list[Score | None] = [None] * len(pairs)
     was_training = model.model.training
@@ -124,8 +126,13 @@ def _greedy_matches(model: EvalModel, encoded: list[tuple[list[int], list[int]]]
         if n == 0:
             continue
         prompt = torch.tensor([encoded[i][0] for i in members], dtype=torch.long, device=device)
-        ids = generate_diffusion(model.model, prompt, gen_length=n, steps=n, block_length=n,
-                                 mask_token_id=model.mask_token_id)
+        if model.layout is None:
+            ids = generate_diffusion(model.model, prompt, gen_length=n, steps=n, block_length=n,
+                                     mask_token_id=model.mask_token_id)
+        else:  # a block run: block decoding, one token per step
+            ids = generate_diffusion(model.model, prompt, gen_length=n,
+                                     steps=block_decoding_steps(p, n, model.layout),
+                                     mask_token_id=model.mask_token_id, layout=model.layout)
         for row, i in enumerate(members):
             out[i] = ids[row, p:].tolist() == encoded[i][1]
     return out
@@ -145,7 +152,7 @@ def cut_at_stops(text: str, until: Sequence[str]) -> str:
 def generate(model: EvalModel, contexts: Sequence[str], *, gen_length: int | None = None,
              steps: int | None = None, block_length: int | None = None,
              until: Sequence[Sequence[str]] | None = None, max_new_tokens: int | None = None,
-             batch_size: int = 16, device="cpu") -> list[str]:
+             batch_size: int = 16, device="cpu", layout: BlockLayout | None = None) -> list[str]:
     """Greedy low-confidence block decoding of each context (docs/method.md §8), cut at EOS and
     at the first of the context's stop sequences ``until[k]``.
 
@@ -154,8 +161,11 @@ def generate(model: EvalModel, contexts: Sequence[str], *, gen_length: int | Non
     ``max_length`` leaves less room), at most ``max_new_tokens`` (a harness request's
     ``max_gen_toks``); a ``block_length`` that does not divide it rounds
     it up to a whole number of blocks; ``steps`` defaults to one token per step and is
-    rounded up to a multiple of the number of blocks.
+    rounded up to a multiple of the number of blocks. A block-diffusion run (``layout``, default
+    ``model.layout``) decodes in its own blocks with the KV cache (docs/method.md §8), which
+    replace ``block_length``.
     """
+    layout = layout or model.layout
     encoded = [model.encode_context(c) for c in contexts]
     texts = [""] * len(contexts)
     for p, members in _groups([len(ids) for ids in encoded]).items():
@@ -167,16 +177,18 @@ def generate(model: EvalModel, contexts: Sequence[str], *, gen_length: int | Non
             raise ValueError(f"a context of {p} tokens leaves no room to generate within "
                              f"max_length={model.max_length}")
         block = block_length or n_new
-        n_new = _round_up(n_new, block)
+        n_new = n_new if layout is not None else _round_up(n_new, block)
         if model.max_length is not None and p + n_new > model.max_length:
             raise ValueError(f"a context of {p} tokens leaves no room for {n_new} generated "
                              f"tokens within max_length={model.max_length}")
-        n_steps = _round_up(steps or n_new, n_new // block)
+        n_steps = (_round_up(steps or n_new, n_new // block) if layout is None
+                   else block_decoding_steps(p, n_new, layout, steps))
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
             prompt = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)
             ids = generate_diffusion(model.model, prompt, gen_length=n_new, steps=n_steps,
-                                     block_length=block, mask_token_id=model.mask_token_id)
+                                     block_length=block if layout is None else None,
+                                     mask_token_id=model.mask_token_id, layout=layout)
             for row, i in enumerate(chunk):
                 text = model.decode(ids[row, p:].tolist())
                 texts[i] = cut_at_stops(text, until[i] if until else ())

@@ -1,5 +1,6 @@
 """Models satisfying the contract ``model(input_ids, attention_mask) -> logits`` (docs/architecture.md §3)."""
 
+from maskdiff.models.cache import KVCache
 from maskdiff.models.transformer import (
     Transformer,
     TransformerConfig,
@@ -9,6 +10,7 @@ from maskdiff.models.transformer import (
 )
 
 __all__ = [
+    "KVCache",
     "Transformer",
     "TransformerConfig",
     "build_model",

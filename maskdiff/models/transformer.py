@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from maskdiff.models.cache import KVCache
+from maskdiff.models.flex import block_sparse, flex, is_block_mask, use_flex
 
 _POSITIONS = ("rotary", "learned")
 
@@ -151,6 +155,7 @@ class _Block(nn.Module):
     def forward(
         self, h: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool,
         position_ids: torch.Tensor | None = None,
+        kv: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         batch, length, width = h.shape
         qkv = self.qkv(self.attn_norm(h))
@@ -158,14 +163,14 @@ class _Block(nn.Module):
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, D)
         if self.rotary is not None:
             q, k = self.rotary(q, position_ids), self.rotary(k, position_ids)
-        attended = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-        )
+        if kv is not None:  # a KV cache: its keys/values first, then this call's (models/cache.py)
+            k, v = kv(k, v)
+        if is_block_mask(attn_mask):  # a block-sparse pattern (models/flex.py)
+            attended = flex(q, k, v, attn_mask)
+        else:
+            attended = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask,
+                dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
         attended = attended.transpose(1, 2).reshape(batch, length, width)
         h = h + self.residual_dropout(self.attn_out(attended))
         mlp = self.mlp_out(F.gelu(self.mlp_in(self.mlp_norm(h))))
@@ -276,7 +281,11 @@ class Transformer(nn.Module):
     ) -> tuple[torch.Tensor | None, bool]:
         """The boolean (B, 1, L, L) mask for SDPA (True = may attend), or SDPA's own causal flag."""
         if attention_mask is not None and attention_mask.dim() == 4:
-            return attention_mask, False  # a full pattern (block diffusion): used as given
+            # A full pattern (block diffusion): as given, block-sparse through flex attention
+            # on a GPU (models/flex.py; SDPA keeps attention dropout in training).
+            if use_flex(device) and not (self.training and self.config.dropout > 0):
+                return block_sparse(attention_mask), False
+            return attention_mask, False
         if attention_mask is None or bool(attention_mask.all()):
             # Nothing to hide: let SDPA pick its fastest kernel.
             return None, self.config.causal
@@ -290,8 +299,18 @@ class Transformer(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None, *, cache: KVCache | None = None,
+        store: bool = False,
     ) -> torch.Tensor:
+        """Logits (B, L, V). With a :class:`~maskdiff.models.cache.KVCache` the tokens attend to
+        the cached keys and to their own (``attention_mask`` (B, L) key padding or None), at
+        position ids continuing the cache's unless given; ``store=True`` appends them to it."""
+        if store and cache is None:
+            raise ValueError("store=True needs a cache (maskdiff.models.cache.KVCache)")
+        if cache is not None and position_ids is None:
+            start = cache.length
+            position_ids = torch.arange(start, start + input_ids.shape[1],
+                                        device=input_ids.device).expand(input_ids.shape[0], -1)
         self._check_inputs(input_ids, attention_mask, position_ids)
         length = input_ids.shape[1]
         h = self.token_embedding(input_ids)
@@ -299,9 +318,18 @@ class Transformer(nn.Module):
             h = h + (self.position_embedding.weight[:length] if position_ids is None
                      else self.position_embedding(position_ids))
         h = self.embedding_dropout(h)
-        attn_mask, is_causal = self._attention_pattern(attention_mask, length, input_ids.device)
-        for block in self.blocks:
-            h = block(h, attn_mask, is_causal, position_ids)
+        if cache is None:
+            attn_mask, is_causal = self._attention_pattern(attention_mask, length,
+                                                           input_ids.device)
+        else:
+            attn_mask = cache.attention(attention_mask, length, self.config.causal,
+                                        input_ids.device)
+            is_causal = False
+        for index, block in enumerate(self.blocks):
+            kv = None if cache is None else cache.layer(index, store)
+            h = block(h, attn_mask, is_causal, position_ids, kv)
+        if cache is not None:
+            cache.finish(attention_mask, length, store, input_ids.device)
         # Tied head: logits are similarities with the token embeddings.
         return F.linear(self.final_norm(h), self.token_embedding.weight)
 

@@ -17,7 +17,7 @@ import torch
 from maskdiff.training.answers import answers_match, extract_answer, gold_answer
 from maskdiff.core.batch import Batch
 from maskdiff.core.blocks import BlockLayout
-from maskdiff.training.generate import generate_causal, generate_diffusion
+from maskdiff.training.generate import block_decoding_steps, generate_causal, generate_diffusion
 from maskdiff.core.masking import Bernoulli, Masker, build_masker
 from maskdiff.models.transformer import causal_lm_loss
 from maskdiff.core.objective import Estimator
@@ -323,14 +323,17 @@ class GenerationResult:
 def pass_at_1(model, examples: Sequence, tokenizer, *, max_len: int,
               gen_length: int | None = None, steps: int | None = None,
               block_length: int | None = None, causal: bool = False, batch_size: int = 64,
-              device="cpu") -> GenerationResult:
+              device="cpu", layout: BlockLayout | None = None) -> GenerationResult:
     """Greedy generation for each prompt and exact match of the extracted answer (docs/method.md §8).
 
     By default the generated region is what training saw after the prompt: ``max_len - P``
     positions (under the EOS pad policy the model learned to fill them with the answer and then
     EOS), decoded as one block with one token per step. Give ``gen_length``, ``steps`` and
-    ``block_length`` for semi-autoregressive block decoding. Prompts are grouped by length, so
-    that any data set works with the equal-length batches the decoder takes.
+    ``block_length`` for semi-autoregressive block decoding. A block-diffusion model (its
+    ``layout``) decodes in its own blocks with the KV cache (docs/method.md §8 "Block
+    decoding"): its blocks replace ``block_length``, and ``steps`` is rounded up to a multiple
+    of the decoded blocks and defaults to one token per step. Prompts are grouped by length, so that any data set works with the
+    equal-length batches the decoder takes.
     """
     if not examples:
         raise ValueError("cannot evaluate on an empty list of examples")
@@ -349,6 +352,10 @@ def pass_at_1(model, examples: Sequence, tokenizer, *, max_len: int,
             prompt = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)
             if causal:
                 out = generate_causal(model, prompt, max_new_tokens=n_new, eos_id=tokenizer.eos_id)
+            elif layout is not None:
+                n_steps = block_decoding_steps(length, n_new, layout, steps)
+                out = generate_diffusion(model, prompt, gen_length=n_new, steps=n_steps,
+                                         mask_token_id=tokenizer.mask_id, layout=layout)
             else:
                 out = generate_diffusion(model, prompt, gen_length=n_new, steps=steps or n_new,
                                          block_length=block_length or n_new,

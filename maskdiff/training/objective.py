@@ -49,15 +49,17 @@ class CausalObjective:
 
 
 def build_objective(config: EstimatorConfig, *, causal: bool, mask_token_id: int,
-                    layout: BlockLayout | None = None):
+                    layout: BlockLayout | None = None, max_steps: int | None = None):
     """The run's objective and, for online P-POTS, the refitter of its importance sampler;
-    ``layout``: block diffusion (docs/method.md §12)."""
+    ``layout``: block diffusion (docs/method.md §12); ``max_steps``: the run's length, which a
+    scheduled sampler (``annealed``) takes as its schedule's length unless configured."""
     if causal:
         if layout is not None:
             raise ValueError("the causal twin has no block layout (block diffusion needs the "
                              "diffusion model)")
         return CausalObjective(), None
-    estimator = config.build(mask_token_id=mask_token_id, layout=layout)
+    estimator = config.build(mask_token_id=mask_token_id, layout=layout,
+                             run={"max_steps": max_steps})
     refitter = None
     if config.refit is not None:
         from maskdiff.ppots.online import OnlineRefitter

@@ -127,9 +127,13 @@ def check_step_memory(config: TrainConfig, vocab_size: int, micro_batch: int,
 
     model, data = config.model, config.data
     rows = max(micro_batch * forward_passes, config.eval.batch_size)
-    need = transformer_step_bytes(rows=rows, length=data.max_len, d_model=model.d_model,
+    # Block diffusion (docs/method.md §12) runs the model on [x_t ; x_0]: 2L positions.
+    length = data.max_len * (1 if config.block_size is None else 2)
+    need = transformer_step_bytes(rows=rows, length=length, d_model=model.d_model,
                                   n_layers=model.n_layers, n_heads=model.n_heads, vocab=vocab_size)
-    require(need, f"a step of {rows} rows × max_len={data.max_len} (d_model={model.d_model}, "
+    require(need, f"a step of {rows} rows × {length} positions (max_len={data.max_len}"
+                  f"{'' if config.block_size is None else ', block diffusion: x_t and x_0'}; "
+                  f"d_model={model.d_model}, "
                   f"{model.n_layers} layers, {model.n_heads} heads, vocab {vocab_size})",
             config.device)
 

@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 
 from maskdiff import jsonio
 from maskdiff.fileio import atomic_write_text
-from maskdiff.training import distributed
-from maskdiff.training import rundir
+from maskdiff.training import distributed, rundir
 from maskdiff.training.checkpoint import (CheckpointError, find_checkpoint, latest_checkpoint,
                                           load_checkpoint, save_checkpoint)
 from maskdiff.training.errors import TrainingError, note_checkpoint
@@ -39,10 +38,9 @@ from maskdiff.models import TransformerConfig, build_model
 from maskdiff.training.objective import build_objective
 from maskdiff.training.data_sizes import resolve_data_sizes
 from maskdiff.training.extend import extension_of, fresh_start
-from maskdiff.training.runs import (
-    TOKENIZER_FILE, check_step_memory, checked_weights, make_collator, start_notes,
-    truncation_counts, weights_fit_config,
-)
+from maskdiff.training.runs import (TOKENIZER_FILE, check_step_memory, checked_weights,
+                                    make_collator, start_notes, truncation_counts,
+                                    weights_fit_config)
 from maskdiff.training.metrics_log import LogWindow, open_metrics, plain_line, truncate_metrics
 from maskdiff.training.stats import StepStats, finish_step
 from maskdiff.core.seeding import BatchRandomness
@@ -118,7 +116,7 @@ class Trainer:
         self.layout = block_layout(config)
         self.estimator, self.refitter = build_objective(
             self.config.estimator, causal=self.causal, mask_token_id=tok.mask_id,
-            layout=self.layout)
+            layout=self.layout, max_steps=optim.max_steps)
         check_step_memory(config, tok.vocab_size, per_rank, self.estimator.forward_passes)
         self.ddp = distributed.wrap(self.model, self.device)
         self.optimizer = _adamw(self.model, optim)
