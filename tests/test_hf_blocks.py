@@ -243,3 +243,30 @@ def test_adapter_takes_a_pattern_only_in_the_4d_format(family_dirs):
     with pytest.raises(ValueError, match=r"a 4-D attention pattern \(block diffusion\) needs "
                        r"attention='4d' and logit_shift=0"):
         two_d(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
+
+
+@needs_fixtures
+def test_the_hf_training_example_takes_block_size(family_dirs, tmp_path):
+    """examples/sft_llada_8b.py --block-size on LLaDA2 (2 full fine-tuning steps, P-POTS estimated
+    at start-up on the plain objective); on LLaDA the one-line refusal."""
+    import json
+    import runpy
+    from pathlib import Path
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"what is {a} plus two", "response": b}) + "\n"
+                            for a, b in [("one", "three"), ("two", "four"), ("five", "seven"),
+                                         ("six", "eight")]))
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "sft_llada_8b.py"))
+    argv = ["--data", str(data), "--full", "--batch-size", "2", "--grad-accum", "1", "--steps", "2",
+            "--warmup-steps", "0", "--save-steps", "2", "--device", "cpu", "--no-bf16",
+            "--ppots-examples", "2", "--ppots-rates", "8", "--ppots-masks", "1",
+            "--ppots-restarts", "1", "--block-size", "4", "--block-rates", "sequence"]
+    out = tmp_path / "run"
+    assert script["main"](["--model", str(family_dirs["llada2_moe"]),
+                           "--output-dir", str(out)] + argv) == 0
+    state = torch.load(out / "checkpoint-2" / "maskdiff_state.pt", weights_only=False)
+    assert json.loads(state["layout"]) == {"block_size": 4, "rates": "sequence"}
+    with pytest.raises(ValueError, match=r"^LLaDA: its model code takes a 2-D attention mask"):
+        script["main"](["--model", str(family_dirs["llada"]), "--output-dir",
+                        str(tmp_path / "llada")] + argv)
