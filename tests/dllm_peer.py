@@ -173,7 +173,12 @@ def peer_bd3lm_loss(model, input_ids, labels, u_t, u_mask, *, mask_token_id: int
               "attention_mask": torch.ones_like(input_ids)}
     real_torch = bd3lm.torch
     bd3lm.torch = _Torch([u_t, u_mask])
+    # a flex model compiles dllm's mask function, which torch.compile imports by module name
+    present = "dllm.core.trainers.bd3lm" in sys.modules
+    sys.modules["dllm.core.trainers.bd3lm"] = bd3lm
     try:
         return trainer.compute_loss(model, inputs)
     finally:
         bd3lm.torch = real_torch
+        if not present:
+            del sys.modules["dllm.core.trainers.bd3lm"]

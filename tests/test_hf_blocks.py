@@ -18,6 +18,7 @@ Every test skips with one line where the fixtures are absent.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -37,13 +38,13 @@ B, L = 4, 12
 DLLM = EstimatorConfig().with_convention("dllm-sequence")
 
 
-def _inputs(padded: bool = False) -> dict:
+def _inputs(padded: bool = False, size: int = B, length: int = L) -> dict:
     """A collated batch: prompts of 1..4 tokens (never eligible) then a response; unpadded
-    (every row L tokens) unless ``padded``."""
+    (every row ``length`` tokens) unless ``padded``."""
     g = torch.Generator().manual_seed(11)
-    out = []
-    for i, prompt in enumerate([1, 3, 2, 4]):
-        length = L - (i % 2) * 3 if padded else L
+    out, full = [], length
+    for i, prompt in enumerate([1, 3, 2, 4][:size]):
+        length = full - (i % 2) * 3 if padded else full
         ids = torch.randint(4, VOCAB, (length,), generator=g).tolist()
         out.append({"input_ids": ids, "eligible": [0] * prompt + [1] * (length - prompt),
                     "example_index": i})
@@ -218,8 +219,8 @@ def test_families_without_block_inputs_are_refused_in_one_line(family_dirs, tmp_
         MaskedDiffusionTrainer(model=adapter.model, args=train_args(tmp_path), attention="2d",
                                block_size=4)
     adapter, _, _ = load(family_dirs["llada2_moe"])
-    adapter.model.config._attn_implementation = "flex_attention"
-    with pytest.raises(ValueError, match=r"attn_implementation='flex_attention' does not take"):
+    adapter.model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match=r"attn_implementation='flash_attention_2' does not take"):
         MaskedDiffusionTrainer(model=adapter, args=train_args(tmp_path), block_size=4)
     # a built estimator brings its own layout; a different block_size is refused
     estimator = DLLM.build(mask_token_id=MASK, layout=BlockLayout(4))
@@ -270,3 +271,47 @@ def test_the_hf_training_example_takes_block_size(family_dirs, tmp_path):
     with pytest.raises(ValueError, match=r"^LLaDA: its model code takes a 2-D attention mask"):
         script["main"](["--model", str(family_dirs["llada"]), "--output-dir",
                         str(tmp_path / "llada")] + argv)
+
+
+def _flex_copy(model):
+    """``model`` rebuilt with ``attn_implementation="flex_attention"`` (its own code reads the
+    choice at construction), with the same weights."""
+    from maskdiff.hf import compat
+
+    config = copy.deepcopy(model.config)
+    config._attn_implementation = "flex_attention"
+    with compat.loading(config, trust_remote_code=True):
+        flex = type(model)(config)
+    flex.load_state_dict(model.state_dict())
+    assert flex.model._use_flex_attention
+    return flex.eval()
+
+
+@needs_fixtures
+@pytest.mark.slow
+def test_flex_attention_gets_a_block_mask_and_equals_dllm_and_sdpa(family_dirs, tmp_path):
+    """A flex-attention LLaDA2: the adapter hands it the pattern as a flex BlockMask (its flex path
+    crashes on a tensor mask); the loss equals the SDPA model's and dllm's own flex path (the
+    forward only: flex attention has no backward on the CPU). Slow: transformers compiles flex attention (inductor, a C++ compiler on
+    the CPU). B=2, L=8: on the CPU torch 2.13's compiled flex kernel fails for 2L=24 (a C++
+    compile error, 'cur_kvSplitSize5' not declared, or NaN logits), a torch bug."""
+    dllm_ref_dir()
+    sdpa = _trainer(family_dirs["llada2_moe"], tmp_path / "s", block_size=4, block_rates="sequence")
+    adapter, _, _ = load(family_dirs["llada2_moe"])
+    flex = _flex_copy(adapter.model)
+    trainer = MaskedDiffusionTrainer(model=type(adapter)(flex, adapter.options),
+                                     args=train_args(tmp_path / "f", max_steps=1), estimator=DLLM,
+                                     block_size=4, block_rates="sequence")
+    inputs = _inputs(size=2, length=8)
+    batch = batch_from_inputs(inputs)
+    randomness = BatchRandomness.for_batch(seed=5, step=2, example_indices=range(2))
+    u_t, u_mask = randomness.rate_uniforms().float(), randomness.mask_uniforms(1, 8)[0]
+    ours, reference = _loss(trainer, inputs, randomness), _loss(sdpa, inputs, randomness)
+    labels = torch.where(batch.eligible, batch.x0, torch.full_like(batch.x0, -100))
+    with torch.no_grad():
+        theirs = float(peer_bd3lm_loss(flex, batch.x0, labels, u_t, u_mask, mask_token_id=MASK,
+                                       block_size=4))
+    print(f"flex: maskdiff {ours:.7f} (sdpa {reference:.7f}) dllm {theirs:.7f}")  # pytest -s
+    assert abs(ours - reference) < 1e-5 * abs(reference), (ours, reference)
+    assert abs(ours - theirs) < 1e-5 * abs(theirs), (ours, theirs)
+    # no backward here: torch 2.13's FlexAttention "does not support backward on CPU"

@@ -79,7 +79,7 @@ class AdapterOptions:
         kwargs = dict(self.forward_kwargs)
         kwargs["input_ids"] = input_ids
         if attention_mask is not None and attention_mask.dim() == 4:
-            attend = self._pattern(kwargs, input_ids, attention_mask)
+            attend = self._pattern(kwargs, input_ids, attention_mask, model)
         else:
             attend = self._key_mask(kwargs, input_ids, attention_mask)
         if position_ids is not None:
@@ -116,10 +116,12 @@ class AdapterOptions:
             kwargs["attention_mask"] = attend[:, None, None, :].expand(batch, 1, length, length)
         return attend
 
-    def _pattern(self, kwargs: dict, input_ids: torch.Tensor,
-                 pattern: torch.Tensor) -> torch.Tensor:
+    def _pattern(self, kwargs: dict, input_ids: torch.Tensor, pattern: torch.Tensor,
+                 model: nn.Module) -> torch.Tensor:
         """A (B, 1, N, N) boolean attention pattern, passed as it is (the families that take
-        one read a boolean: maskdiff.hf.families ``block_mask``); every position is scored."""
+        one read a boolean: maskdiff.hf.families ``block_mask``), or as a flex ``BlockMask``
+        of the same pattern for a model loaded with ``attn_implementation="flex_attention"``;
+        every position is scored."""
         batch, length = input_ids.shape
         if pattern.dtype != torch.bool or tuple(pattern.shape) != (batch, 1, length, length):
             raise ValueError(f"a 4-D attention pattern must be bool of shape "
@@ -129,7 +131,8 @@ class AdapterOptions:
             raise ValueError(f"a 4-D attention pattern (block diffusion) needs attention='4d' "
                              f"and logit_shift=0, this adapter has attention={self.attention!r}, "
                              f"logit_shift={self.logit_shift}")
-        kwargs["attention_mask"] = pattern
+        flex = getattr(model_config(model), "_attn_implementation", None) == "flex_attention"
+        kwargs["attention_mask"] = _flex_block_mask(pattern) if flex else pattern
         return torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
 
     def eligible(self, eligible: torch.Tensor) -> torch.Tensor:
@@ -145,6 +148,27 @@ class AdapterOptions:
         out = eligible.clone()
         out[:, :k] = False
         return out
+
+
+def model_config(model: nn.Module) -> Any:
+    """The config of ``model`` under DDP / FSDP wrappers (PEFT forwards ``config`` itself)."""
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    return getattr(model, "config", None)
+
+
+def _flex_block_mask(pattern: torch.Tensor) -> Any:
+    """The flex-attention ``BlockMask`` of a (B, 1, N, N) boolean pattern (what dllm's
+    ``BD3LMTrainer`` builds with ``create_block_mask`` for a flex model)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, _, length, _ = pattern.shape
+
+    def allowed(b, h, q, k):
+        return pattern[b, 0, q, k]
+
+    return create_block_mask(allowed, B=batch, H=None, Q_LEN=length, KV_LEN=length,
+                             device=pattern.device)
 
 
 _SAID: set[str] = set()

@@ -14,9 +14,10 @@ be trained that way, before the first step:
   ELBO's term for that token would be conditioned on the wrong context. dllm's ``BD3LMTrainer``
   applies its ``right_shift_logits`` to the ``[xt ; x0]`` logits without such a check; maskdiff
   refuses.
-- its attention implementation is ``flex_attention``: the fixture code (LLaDA2) then expects a
-  flex ``BlockMask`` (dllm builds one with ``create_block_mask``), not a tensor. SDPA (the
-  default) and eager take the boolean pattern.
+- its attention implementation takes no 4-D mask (``flash_attention_2``, ...). SDPA (the
+  default) and eager take the boolean pattern; for ``flex_attention`` the adapter passes the
+  same pattern as a flex ``BlockMask`` (as dllm does: LLaDA2's flex path with a tensor mask
+  crashed the process on the CPU, ``double free or corruption``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from typing import Any
 from torch import nn
 
 from maskdiff.core.blocks import BlockLayout
-from maskdiff.hf.adapter import AdapterOptions
+from maskdiff.hf.adapter import AdapterOptions, model_config
 from maskdiff.hf.families import GENERIC, family_of
 
 __all__ = ["check_block_model", "block_layout"]
 
-PATTERN_ATTENTION = ("sdpa", "eager")
+PATTERN_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 
 def block_layout(block_size: int | None, block_rates: str = "block") -> BlockLayout | None:
@@ -43,15 +44,9 @@ def block_layout(block_size: int | None, block_rates: str = "block") -> BlockLay
     return BlockLayout(block_size, block_rates)
 
 
-def _config(model: nn.Module) -> Any:
-    while hasattr(model, "module") and not hasattr(model, "config"):  # DDP / FSDP wrappers
-        model = model.module
-    return getattr(model, "config", None)
-
-
 def check_block_model(model: nn.Module, options: AdapterOptions, layout: BlockLayout) -> None:
     """Raise one line naming the model and what block training needs, where it cannot run."""
-    config = _config(model)
+    config = model_config(model)
     family = family_of(config)
     name = family.name if family is not GENERIC else (
         getattr(config, "model_type", None) or type(model).__name__)
@@ -72,4 +67,4 @@ def check_block_model(model: nn.Module, options: AdapterOptions, layout: BlockLa
     if implementation is not None and implementation not in PATTERN_ATTENTION:
         raise ValueError(f"{name}: {what} passes {needs} as a tensor, which "
                          f"attn_implementation={implementation!r} does not take; load the "
-                         f"model with attn_implementation='sdpa' (or 'eager')")
+                         f"model with attn_implementation='sdpa' (or 'eager', 'flex_attention')")
