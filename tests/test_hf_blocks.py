@@ -315,3 +315,34 @@ def test_flex_attention_gets_a_block_mask_and_equals_dllm_and_sdpa(family_dirs, 
     assert abs(ours - reference) < 1e-5 * abs(reference), (ours, reference)
     assert abs(ours - theirs) < 1e-5 * abs(theirs), (ours, theirs)
     # no backward here: torch 2.13's FlexAttention "does not support backward on CPU"
+
+
+@needs_fixtures
+def test_block_rates_loss_by_hand_with_dllms_mask(family_dirs, tmp_path):
+    """``block_rates="block"``: each block its own rate (no dllm peer: its bd3lm draws one t per
+    sequence). The trainer's loss equals a hand computation on the model called with dllm's own
+    three-part mask function (bd3lm.py): Σ over masked tokens of CE / t_block, per example over
+    its eligible count, averaged over the batch."""
+    from dllm_peer import load_bd3lm
+
+    dllm_ref_dir()
+    trainer = _trainer(family_dirs["llada2_moe"], tmp_path, block_size=5)
+    inputs = _inputs()
+    batch = batch_from_inputs(inputs)
+    randomness = BatchRandomness.for_batch(seed=5, step=2, example_indices=range(B))
+    ours = _loss(trainer, inputs, randomness)
+    t, _, views = trainer.estimator.draw(batch, randomness)
+    t = t.view(B, 3)  # ceil(12 / 5) blocks, one rate each
+    assert float((t.max(dim=1).values - t.min(dim=1).values).min()) > 1e-3
+    index = torch.arange(2 * L)
+    mask = load_bd3lm()._create_bd3lm_attention_mask(None, None, index[:, None], index[None, :],
+                                                     block_size=5, n=L)
+    with torch.no_grad():
+        logits = trainer.model(input_ids=torch.cat([views[0].xt, batch.x0], dim=1),
+                               attention_mask=mask[None, None].expand(B, 1, 2 * L, 2 * L),
+                               position_ids=index.remainder(L)[None].expand(B, 2 * L)).logits
+    ce = torch.nn.functional.cross_entropy(logits[:, :L].transpose(1, 2), batch.x0,
+                                           reduction="none")
+    token_t = t[:, torch.arange(L) // 5]
+    by_hand = (ce * views[0].masked / token_t).sum(dim=1) / batch.eligible.sum(dim=1)
+    assert abs(ours - float(by_hand.mean())) < 1e-5 * abs(ours), (ours, float(by_hand.mean()))
