@@ -22,8 +22,6 @@ be trained that way, before the first step:
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from maskdiff.core.blocks import BlockLayout
