@@ -99,11 +99,12 @@ def method_trainer_kwargs(name: str, **options) -> dict[str, Any]:
 
 
 def trainer_objective(estimator, legacy: Mapping[str, Any], mask_token_id: int,
-                      layout: BlockLayout | None = None):
+                      layout: BlockLayout | None = None, max_steps: int | None = None):
     """``(estimator, refitter)`` of a trainer from ``estimator=`` (an :class:`EstimatorConfig`,
     default the standard estimator, or a built :class:`Estimator`) or from the deprecated
     component arguments ``legacy`` (with a :class:`DeprecationWarning` and the migration line);
-    ``layout``: block diffusion (docs/method.md §12; a built estimator brings its own)."""
+    ``layout``: block diffusion (docs/method.md §12; a built estimator brings its own);
+    ``max_steps``: the run's length, a scheduled sampler's (``annealed``) schedule."""
     if legacy:
         if estimator is not None:
             raise ValueError(f"pass estimator= or the deprecated {sorted(legacy)}, not both")
@@ -115,7 +116,7 @@ def trainer_objective(estimator, legacy: Mapping[str, Any], mask_token_id: int,
         from maskdiff.training.objective import build_objective
 
         return build_objective(estimator, causal=False, mask_token_id=mask_token_id,
-                               layout=layout)
+                               layout=layout, max_steps=max_steps)
     if not (callable(estimator) and hasattr(estimator, "state_dict")):
         raise ValueError(f"estimator must be an EstimatorConfig or an Estimator (an Objective), "
                          f"got {type(estimator).__name__}")

@@ -129,8 +129,10 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         check_model(model, mask_token_id=options.mask_token_id, pad_token_id=options.pad_token_id)
         counts = trainable_counts(model)
         data_collator = data_collator if data_collator is not None else default_collator(options)
+        steps = getattr(args, "max_steps", -1)  # epochs (-1): an annealed schedule says so
         objective, refitter = trainer_objective(estimator, legacy, options.mask_token_id,
-                                                block_layout(block_size, block_rates))
+                                                block_layout(block_size, block_rates),
+                                                max_steps=steps if steps and steps > 0 else None)
         layout = getattr(objective, "layout", None)
         if layout is not None:
             check_block_model(model, options, layout)
