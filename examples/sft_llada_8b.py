@@ -96,6 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ppots-batch-size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--ppots-restarts", type=int, default=16)
     p.add_argument("--online-refit-every", type=int, default=0, help="0: static P-POTS")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="block diffusion (docs/method.md §12): blocks of N tokens, the model "
+                        "reading [xt ; x0] under the block mask (a family that takes a 4-D "
+                        "mask: LLaDA2; not LLaDA, not Dream)")
+    p.add_argument("--block-rates", choices=["block", "sequence"], default="block",
+                   help="one rate per block (BD3-LM) or per sequence (LLaDA2.0, dllm)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--report-to", nargs="+", default=["none"],
                    help="TrainingArguments.report_to, e.g. tensorboard (logs every maskdiff key)")
@@ -204,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         model=model, args=training, train_dataset=rows, data_collator=collate,
         processing_class=tokenizer, estimator=estimator.with_convention(args.loss_convention),
         mask_token_id=mask_id, seed=args.seed, pad_policy="eos",
-        logit_shift=adapter.options.logit_shift, attention=adapter.options.attention)
+        logit_shift=adapter.options.logit_shift, attention=adapter.options.attention,
+        block_size=args.block_size, block_rates=args.block_rates)
     trainable, total = trainer.parameter_counts
     if trainer.is_world_process_zero():
         print(f"training {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%)",

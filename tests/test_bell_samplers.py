@@ -205,3 +205,11 @@ def test_train_bell_iw_on_the_smoke_preset(tmp_path, capsys):
         "name": "bell_iw", "params": {"family": "beta", "alpha": 8, "mix": 0.05}}
     assert results["steps"] == 3 and math.isfinite(results["best_val"])
     assert get_method("bell_iw").cost == 1 and get_method("annealed").needs == frozenset()
+
+
+def test_the_hugging_face_trainer_gives_the_annealed_schedule_its_max_steps():
+    from maskdiff.hf.methods import trainer_objective
+
+    estimator, _ = trainer_objective(method_config("annealed"), {}, 5, max_steps=40)
+    assert estimator.rate_sampler.total_steps == 40
+    assert estimator.rate_sampler.window_at(20) == pytest.approx((0.0, 1.0))

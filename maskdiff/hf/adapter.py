@@ -65,26 +65,28 @@ class AdapterOptions:
         object.__setattr__(self, "forward_kwargs", types.MappingProxyType(dict(self.forward_kwargs)))
 
     def logits(self, model: nn.Module, input_ids: torch.Tensor,
-               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Call ``model`` (a HF model, a PEFT model or a DDP wrapper of one): (B, L, V) logits.
+               attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Call ``model`` (a HF model, a PEFT model or a DDP wrapper of one): (B, N, V) logits.
 
         ``attention_mask=None`` means every position is a real token (the model contract of
-        docs/architecture.md §3: the decoders pass None for unpadded prompts)."""
+        docs/architecture.md §3: the decoders pass None for unpadded prompts). A 4-D boolean
+        ``attention_mask`` (B, 1, N, N) is an attention pattern (block diffusion's ``[xt ; x0]``,
+        docs/method.md §12): it is passed as it is, with ``position_ids`` (B, N), and needs
+        ``attention="4d"`` and no logit shift (:func:`maskdiff.hf.blocks.check_block_model`)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
-        if attention_mask is None:
-            attention_mask = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
-        if tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
-                             f"input_ids has {tuple(input_ids.shape)}")
         kwargs = dict(self.forward_kwargs)
         kwargs["input_ids"] = input_ids
-        attend = attention_mask.to(torch.bool)
-        if self.attention == "2d":
-            kwargs["attention_mask"] = attend.long()
-        elif self.attention == "4d":
-            batch, length = input_ids.shape
-            kwargs["attention_mask"] = attend[:, None, None, :].expand(batch, 1, length, length)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attend = self._pattern(kwargs, input_ids, attention_mask, model)
+        else:
+            attend = self._key_mask(kwargs, input_ids, attention_mask)
+        if position_ids is not None:
+            if tuple(position_ids.shape) != tuple(input_ids.shape):
+                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, "
+                                 f"input_ids has {tuple(input_ids.shape)}")
+            kwargs["position_ids"] = position_ids
         out = model(**kwargs)
         logits = _logits_of(out)
         if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(input_ids.shape):
@@ -98,6 +100,40 @@ class AdapterOptions:
             logits = torch.cat([logits[:, :1].expand(-1, k, -1), logits[:, :-k]], dim=1)
         return logits
 
+    def _key_mask(self, kwargs: dict, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The (B, L) mask of real tokens, put in ``kwargs`` in this adapter's format."""
+        if attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                             f"input_ids has {tuple(input_ids.shape)}")
+        attend = attention_mask.to(torch.bool)
+        if self.attention == "2d":
+            kwargs["attention_mask"] = attend.long()
+        elif self.attention == "4d":
+            batch, length = input_ids.shape
+            kwargs["attention_mask"] = attend[:, None, None, :].expand(batch, 1, length, length)
+        return attend
+
+    def _pattern(self, kwargs: dict, input_ids: torch.Tensor, pattern: torch.Tensor,
+                 model: nn.Module) -> torch.Tensor:
+        """A (B, 1, N, N) boolean attention pattern, passed as it is (the families that take
+        one read a boolean: maskdiff.hf.families ``block_mask``), or as a flex ``BlockMask``
+        of the same pattern for a model loaded with ``attn_implementation="flex_attention"``;
+        every position is scored."""
+        batch, length = input_ids.shape
+        if pattern.dtype != torch.bool or tuple(pattern.shape) != (batch, 1, length, length):
+            raise ValueError(f"a 4-D attention pattern must be bool of shape "
+                             f"{(batch, 1, length, length)}, got {pattern.dtype} "
+                             f"{tuple(pattern.shape)}")
+        if self.attention != "4d" or self.logit_shift:
+            raise ValueError(f"a 4-D attention pattern (block diffusion) needs attention='4d' "
+                             f"and logit_shift=0, this adapter has attention={self.attention!r}, "
+                             f"logit_shift={self.logit_shift}")
+        flex = getattr(model_config(model), "_attn_implementation", None) == "flex_attention"
+        kwargs["attention_mask"] = _flex_block_mask(pattern) if flex else pattern
+        return torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
 
     def eligible(self, eligible: torch.Tensor) -> torch.Tensor:
         """``eligible`` with the first ``logit_shift`` positions removed: under a shift their
@@ -112,6 +148,27 @@ class AdapterOptions:
         out = eligible.clone()
         out[:, :k] = False
         return out
+
+
+def model_config(model: nn.Module) -> Any:
+    """The config of ``model`` under DDP / FSDP wrappers (PEFT forwards ``config`` itself)."""
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    return getattr(model, "config", None)
+
+
+def _flex_block_mask(pattern: torch.Tensor) -> Any:
+    """The flex-attention ``BlockMask`` of a (B, 1, N, N) boolean pattern (what dllm's
+    ``BD3LMTrainer`` builds with ``create_block_mask`` for a flex model)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, _, length, _ = pattern.shape
+
+    def allowed(b, h, q, k):
+        return pattern[b, 0, q, k]
+
+    return create_block_mask(allowed, B=batch, H=None, Q_LEN=length, KV_LEN=length,
+                             device=pattern.device)
 
 
 _SAID: set[str] = set()
@@ -172,9 +229,9 @@ class HFAdapter(nn.Module):
     def mask_token_id(self) -> int:
         return self.options.mask_token_id
 
-    def forward(self, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.options.logits(self.model, input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.options.logits(self.model, input_ids, attention_mask, position_ids)
 
 
 def _config_value(config: Any, *names: str) -> Any:

@@ -36,6 +36,12 @@ class Family:
         auto_classes: ``auto_map`` keys tried in order: the first one the map names is loaded.
         bos: what keeps position 0 out of a shifted loss: ``"never-eligible"`` (position 0, whose
             logits copy position 1's, is removed from the eligible set) or ``None`` (no shift).
+        block_mask: whether the family's code takes block diffusion's inputs (docs/method.md
+            §12): a (B, 1, 2L, 2L) boolean attention pattern and (B, 2L) ``position_ids``
+            (LLaDA2: its SDPA and eager paths turn the boolean pattern into an additive mask;
+            Dream: it casts any 3-/4-D mask to bool, so an additive float mask would be read
+            inverted). False: a 2-D mask only (LLaDA); None: not known (the adapter's
+            ``attention="4d"`` decides).
         sized_config: ``(vocab_size, hidden, layers, heads, mask_id, pad_id, eos_id, bos_id,
             max_len) -> config dict`` of a random model of this architecture (None: unknown).
     """
@@ -47,6 +53,7 @@ class Family:
     attention: str = "2d"
     auto_classes: tuple[str, ...] = ("AutoModelForMaskedLM", "AutoModel", "AutoModelForCausalLM")
     bos: str | None = None
+    block_mask: bool | None = None
     sized_config: SizedConfig | None = field(default=None, repr=False, compare=False)
 
     def describe(self, **chosen: Any) -> str:
@@ -116,15 +123,15 @@ def register_family(family: Family) -> Family:
 
 
 register_family(Family(
-    name="LLaDA", model_types=("llada",), mask_token_id=126336, attention="2d",
+    name="LLaDA", model_types=("llada",), mask_token_id=126336, attention="2d", block_mask=False,
     auto_classes=("AutoModelForCausalLM", "AutoModel"), sized_config=_llada_config))
 register_family(Family(
     name="Dream", model_types=("dream",), mask_token_id=151666, logit_shift=1, attention="4d",
-    auto_classes=("AutoModelForCausalLM", "AutoModel"), bos="never-eligible",
+    auto_classes=("AutoModelForCausalLM", "AutoModel"), bos="never-eligible", block_mask=True,
     sized_config=_dream_config))
 register_family(Family(
     name="LLaDA2", model_types=("llada2_moe",), mask_token_id=156895, attention="4d",
-    auto_classes=("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModel"),
+    auto_classes=("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModel"), block_mask=True,
     sized_config=_llada2_config))
 
 

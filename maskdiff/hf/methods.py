@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from maskdiff.core.blocks import BlockLayout
 from maskdiff.core.config import ComponentConfig, EstimatorConfig
 from maskdiff.core.objective import NORMALIZERS, Estimator
 
@@ -97,31 +98,39 @@ def method_trainer_kwargs(name: str, **options) -> dict[str, Any]:
     return kwargs
 
 
-def trainer_objective(estimator, legacy: Mapping[str, Any], mask_token_id: int):
+def trainer_objective(estimator, legacy: Mapping[str, Any], mask_token_id: int,
+                      layout: BlockLayout | None = None, max_steps: int | None = None):
     """``(estimator, refitter)`` of a trainer from ``estimator=`` (an :class:`EstimatorConfig`,
     default the standard estimator, or a built :class:`Estimator`) or from the deprecated
-    component arguments ``legacy`` (with a :class:`DeprecationWarning` and the migration line)."""
+    component arguments ``legacy`` (with a :class:`DeprecationWarning` and the migration line);
+    ``layout``: block diffusion (docs/method.md §12; a built estimator brings its own);
+    ``max_steps``: the run's length, a scheduled sampler's (``annealed``) schedule."""
     if legacy:
         if estimator is not None:
             raise ValueError(f"pass estimator= or the deprecated {sorted(legacy)}, not both")
         warnings.warn(MIGRATION, DeprecationWarning, stacklevel=3)
-        return _legacy_objective(dict(legacy), mask_token_id)
+        return _legacy_objective(dict(legacy), mask_token_id, layout)
     if estimator is None:
         estimator = EstimatorConfig()
     if isinstance(estimator, EstimatorConfig):
         from maskdiff.training.objective import build_objective
 
-        return build_objective(estimator, causal=False, mask_token_id=mask_token_id)
+        return build_objective(estimator, causal=False, mask_token_id=mask_token_id,
+                               layout=layout, max_steps=max_steps)
     if not (callable(estimator) and hasattr(estimator, "state_dict")):
         raise ValueError(f"estimator must be an EstimatorConfig or an Estimator (an Objective), "
                          f"got {type(estimator).__name__}")
     if getattr(estimator, "mask_token_id", mask_token_id) != mask_token_id:
         raise ValueError(f"the estimator's mask_token_id={estimator.mask_token_id} differs from "
                          f"the model's {mask_token_id}")
+    if layout is not None and getattr(estimator, "layout", None) != layout:
+        raise ValueError(f"block_size={layout.block_size} with a built estimator whose layout is "
+                         f"{getattr(estimator, 'layout', None)!r}: build it with layout="
+                         f"{layout!r} or pass an EstimatorConfig")
     return estimator, None
 
 
-def _legacy_objective(args: dict[str, Any], mask_token_id: int):
+def _legacy_objective(args: dict[str, Any], mask_token_id: int, layout: BlockLayout | None):
     from maskdiff.core.masking import Bernoulli
     from maskdiff.core.samplers import Uniform
 
@@ -142,7 +151,7 @@ def _legacy_objective(args: dict[str, Any], mask_token_id: int):
                           mask_token_id=mask_token_id, control=args.get("control"),
                           normalizer=normalizer, syntax_eligible=bool(args.get("syntax_eligible")),
                           grad_proxy=grad_proxy, weighting=args.get("weighting", "elbo"),
-                          cart_p=float(args.get("cart_p", 0.3)))
+                          cart_p=float(args.get("cart_p", 0.3)), layout=layout)
     refitter = None
     if tracker is not None:
         from maskdiff.ppots.online import OnlineRefitter

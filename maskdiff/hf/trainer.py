@@ -12,7 +12,6 @@ statistics and t-bins (:mod:`maskdiff.training.stats`), the tensor collectives
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import os
@@ -31,12 +30,13 @@ from maskdiff.core.objective import Estimator
 from maskdiff.core.samplers import DEFAULT_EPS
 from maskdiff.core.seeding import BatchRandomness
 from maskdiff.hf import checkpoints
-from maskdiff.hf.adapter import AdapterOptions, HFAdapter, _config_value
+from maskdiff.hf.adapter import HFAdapter
+from maskdiff.hf.blocks import block_layout, check_block_model
 from maskdiff.hf.checks import check_model
-from maskdiff.hf.families import GENERIC, family_of
-from maskdiff.hf.lora import logger, parameter_counts
-from maskdiff.hf.collate import IndexedDataset, MaskedDiffusionCollator, batch_from_inputs
+from maskdiff.hf.collate import batch_from_inputs
 from maskdiff.hf.methods import LEGACY_ARGS, trainer_objective
+from maskdiff.hf.setup import (default_collator, indexed, indexed_eval, model_and_options,
+                               trainable_counts)
 from maskdiff.training.evaluate import stratified_elbo, stratified_estimators
 from maskdiff.training.stats import StepStats, StepWindow, finish_step
 
@@ -88,6 +88,13 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         eval_rates_per_example, eval_seed: evaluation is the full-range objective over
             U[eps, 1] with stratified rates and common random numbers, exactly
             :func:`maskdiff.training.evaluate.elbo`; it never uses the training sampler's weights.
+        block_size, block_rates: block diffusion (docs/method.md §12, as ``maskdiff train
+            --block-size``): the model reads ``[xt ; x0]`` under the three-part attention mask
+            with ``position_ids`` (the family must take a 4-D boolean mask, no logit shift:
+            :mod:`maskdiff.hf.blocks`, else one line before training), each block draws its own
+            rate (``"block"``, BD3-LM) or every block the example's (``"sequence"``, LLaDA2.0 /
+            dllm); step statistics count (example, block) draws and evaluation is the block
+            ELBO. A built ``estimator=Estimator(..., layout=)`` brings its own layout.
 
     Data: map-style data sets of rows ``{"input_ids", "eligible", ["syntax"]}`` (or chat
     rows with ``data_collator=ChatCollator(...)``); they are wrapped in
@@ -110,29 +117,36 @@ class MaskedDiffusionTrainer(transformers.Trainer):
                  logit_shift: int | None = None, attention: str | None = None,
                  pad_token_id: int | None = None,
                  pad_policy: str = "exclude", forward_kwargs: Mapping[str, Any] | None = None,
-                 eval_rates_per_example: int = 4, eval_seed: int = 1234, **kwargs) -> None:
+                 eval_rates_per_example: int = 4, eval_seed: int = 1234,
+                 block_size: int | None = None, block_rates: str = "block", **kwargs) -> None:
         if model is None:
             raise ValueError("model is required (model_init is not supported)")
         legacy = {name: kwargs.pop(name) for name in LEGACY_ARGS if name in kwargs}
-        model, options = _model_and_options(
+        model, options = model_and_options(
             model, mask_token_id, kwargs.get("processing_class"), logit_shift=logit_shift,
             attention=attention, pad_token_id=pad_token_id, pad_policy=pad_policy,
             forward_kwargs=forward_kwargs)
         check_model(model, mask_token_id=options.mask_token_id, pad_token_id=options.pad_token_id)
-        counts = _trainable(model)
-        data_collator = data_collator if data_collator is not None else _default_collator(options)
-        objective, refitter = trainer_objective(estimator, legacy, options.mask_token_id)
+        counts = trainable_counts(model)
+        data_collator = data_collator if data_collator is not None else default_collator(options)
+        steps = getattr(args, "max_steps", -1)  # epochs (-1): an annealed schedule says so
+        objective, refitter = trainer_objective(estimator, legacy, options.mask_token_id,
+                                                block_layout(block_size, block_rates),
+                                                max_steps=steps if steps and steps > 0 else None)
+        layout = getattr(objective, "layout", None)
+        if layout is not None:
+            check_block_model(model, options, layout)
         if eval_rates_per_example < 1:
             raise ValueError(f"eval_rates_per_example must be >= 1, got {eval_rates_per_example}")
         super().__init__(model=model, args=args, data_collator=data_collator,
-                         train_dataset=_indexed(train_dataset),
-                         eval_dataset=_indexed_eval(eval_dataset), **kwargs)
+                         train_dataset=indexed(train_dataset),
+                         eval_dataset=indexed_eval(eval_dataset), **kwargs)
         # compute_loss returns a per-micro-batch mean: Trainer divides it by the number of
         # accumulation steps, which makes the step's gradient that of the global batch mean.
         self.loss_is_scaled_for_ga = False
         self.options = options
         self.parameter_counts = counts  # (trainable, total), logged at INFO on "maskdiff.hf"
-        self.estimator, self.refitter = objective, refitter
+        self.estimator, self.refitter, self.layout = objective, refitter, layout
         self.seed = int(self.args.seed if seed is None else seed)
         self.proxy = VarianceProxy()
         self.refit_history: list[dict] = []
@@ -140,7 +154,7 @@ class MaskedDiffusionTrainer(transformers.Trainer):
             mask_token_id=options.mask_token_id, rates_per_example=eval_rates_per_example,
             normalizer=getattr(objective, "normalizer", "eligible"),
             eps=getattr(getattr(objective, "rate_sampler", None), "eps", DEFAULT_EPS),
-            syntax_eligible=bool(getattr(objective, "syntax_eligible", False)))
+            syntax_eligible=bool(getattr(objective, "syntax_eligible", False)), layout=layout)
         self.eval_seed = int(eval_seed)
         self._pending: list[StepStats] = []
         self._micro = (-1, 0)
@@ -193,8 +207,8 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         randomness = self.randomness(batch.example_index.tolist())
         adapter, logits = self.adapter(model), []
 
-        def forward(input_ids, attention_mask):
-            logits.append(adapter(input_ids, attention_mask))
+        def forward(input_ids, attention_mask, position_ids=None):
+            logits.append(adapter(input_ids, attention_mask, position_ids))
             return logits[-1]
 
         out = self.estimator(forward, batch, randomness, update_control=False)
@@ -206,7 +220,9 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         if model.training:
             self._pending.append(StepStats.collect([out], [int(batch.attention_mask.sum())]))
         if return_outputs:
-            return loss, {"values": out.values, "raw_loss": out.raw_loss, "t": out.t, "w": out.w}
+            # per (example, block) entries, example-major, when out.units > 1
+            return loss, {"values": out.values, "raw_loss": out.raw_loss, "t": out.t, "w": out.w,
+                          "units": out.units}
         return loss
 
     def _finish_step(self) -> None:
@@ -267,9 +283,15 @@ class MaskedDiffusionTrainer(transformers.Trainer):
             "refit": jsonio.dumps({"params": self.refit_params, "refits": self.refits,
                                  "history": self.refit_history}),
             "log_window": self._window.state_dict(),  # the steps since the last log line
+            "layout": jsonio.dumps(None if self.layout is None else self.layout.to_dict()),
         }
 
     def load_maskdiff_state(self, state: Mapping[str, Any]) -> None:
+        saved = json.loads(state.get("layout", "null"))  # absent from older checkpoints: none
+        ours = None if self.layout is None else self.layout.to_dict()
+        if saved != ours:
+            raise ValueError(f"{checkpoints.STATE_FILE}: the checkpoint was trained with block "
+                             f"layout {saved}, this trainer has {ours} (block_size=, block_rates=)")
         self.estimator.load_state_dict({key: state[key] for key in self.estimator.state_dict()})
         self.proxy.load_state_dict(state["proxy"])
         refit = json.loads(state["refit"])
@@ -310,75 +332,6 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             self.load_maskdiff_state(checkpoints.load_state(checkpoint))
-
-
-# ----------------------------------------------------------------------------- set-up helpers
-def _model_and_options(model, mask_token_id: int | None, processing, *,
-                       logit_shift: int | None, attention: str | None,
-                       pad_token_id: int | None, pad_policy: str,
-                       forward_kwargs: Mapping[str, Any] | None
-                       ) -> tuple[nn.Module, AdapterOptions]:
-    """The model to train and how to call it: an adapter's own, else built from the arguments,
-    the processing class (pad / EOS id) and the model's config."""
-    if isinstance(model, HFAdapter):
-        if mask_token_id is not None and mask_token_id != model.options.mask_token_id:
-            raise ValueError(f"mask_token_id={mask_token_id} differs from the adapter's "
-                             f"{model.options.mask_token_id}")
-        return model.model, model.options
-    config = getattr(model, "config", None)
-    if mask_token_id is None:
-        mask_token_id = _config_value(config, "mask_token_id")
-    if mask_token_id is None:
-        raise ValueError("mask_token_id is required (the model's config names none)")
-    if pad_token_id is None and processing is not None:
-        pad_token_id = processing.eos_token_id if pad_policy == "eos" else processing.pad_token_id
-    if pad_token_id is None:
-        pad_token_id = _config_value(
-            config, "eos_token_id" if pad_policy == "eos" else "pad_token_id")
-    if isinstance(pad_token_id, (list, tuple)):
-        pad_token_id = pad_token_id[0]
-    family = family_of(config)  # a raw model of a known family: its shift and attention format
-    if family is not GENERIC and (logit_shift is None or attention is None):
-        print(family.describe(logit_shift=logit_shift, attention=attention), file=sys.stderr)
-    logit_shift = family.logit_shift if logit_shift is None else logit_shift
-    attention = family.attention if attention is None else attention
-    return model, AdapterOptions(
-        mask_token_id=int(mask_token_id), logit_shift=logit_shift, attention=attention,
-        pad_token_id=None if pad_token_id is None else int(pad_token_id),
-        pad_policy=pad_policy, forward_kwargs=forward_kwargs or {})
-
-
-def _trainable(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameters, logged (INFO, ``maskdiff.hf``); none trainable → error."""
-    trainable, total = parameter_counts(model)
-    if trainable == 0:
-        raise ValueError(f"{type(model).__name__} has no trainable parameter (all "
-                         f"{total} have requires_grad=False): nothing would train")
-    logger.info("MaskedDiffusionTrainer: %d trainable of %d parameters (%.3f%%)", trainable,
-                total, 100.0 * trainable / max(total, 1))
-    return trainable, total
-
-
-def _default_collator(options: AdapterOptions) -> MaskedDiffusionCollator:
-    if options.pad_token_id is None:
-        raise ValueError("no pad id known for the default collator: pass pad_token_id= "
-                         "or data_collator=")
-    return MaskedDiffusionCollator(options.pad_token_id, pad_policy=options.pad_policy)
-
-
-def _indexed(dataset: Any) -> Any:
-    """Rows keyed by their index (what seeds their draws)."""
-    if dataset is None or isinstance(dataset, IndexedDataset):
-        return dataset
-    if isinstance(dataset, torch.utils.data.IterableDataset):
-        return dataset  # rows must carry their own example_index (the collator checks)
-    return IndexedDataset(dataset)
-
-
-def _indexed_eval(dataset: Any) -> Any:
-    if isinstance(dataset, Mapping):  # several evaluation sets by name
-        return {name: _indexed(part) for name, part in dataset.items()}
-    return _indexed(dataset)
 
 
 def trainer_class() -> type[MaskedDiffusionTrainer]:
