@@ -25,12 +25,6 @@ DEMO_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", "ar")
 BLOCK_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", "clipped", EQUAL_COMPUTE)
 BLOCK_SIZE = 8  # the block preset's block size, chosen before any block result (see below)
 BLOCK_SWEEP = (16, 8, 4)  # the block sweep's sizes (with b = L and the causal twin)
-# The full job's methods: the variance paper's and maskdiff's estimators it was measured with
-# (docs/results/compare-full.json). Methods registered since (the pretraining rate samplers of
-# docs/method.md §3) join a compare run through --methods, so the full job stays what it was.
-FULL_METHODS = ("standard", "clipped", "strats", "ema", "isad", "syrm", "mirror", "multisample2",
-                "ppots", "ppots_online", "ppots_mirror", "window", "ar", "gpots",
-                "gpots_mirror", "gpots_online")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +132,7 @@ PRESETS: dict[str, ComparePreset] = {
                           pretrain_steps=1000, pretrain_lr=3e-3, base=_DEMO_BASE,
                           ppots_design=(8, 32, 4),
                           grad_noise_draws=128, **_PAIRED),
-    "full": ComparePreset(name="full", methods=FULL_METHODS, seeds=SEEDS[:12], pretrain_steps=1000,
+    "full": ComparePreset(name="full", methods=None, seeds=SEEDS[:12], pretrain_steps=1000,
                           pretrain_lr=3e-3, base=_DEMO_BASE, equal_compute=True, ppots_design=(8, 32, 4),
                           grad_noise_draws=256, **_PAIRED),
     # Block diffusion (issue 25; README "Block diffusion"): the methods at block size 8, the
