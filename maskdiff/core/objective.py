@@ -329,7 +329,7 @@ class Estimator:
                                          self.cart_p)
         units = self.units(batch.x0.shape[1])
         if units > 1:
-            raw = self._unit_losses(token_losses, counts, units)
+            raw = self.unit_losses(token_losses, counts, units)
         if self.grad_proxy is not None:
             proxy = (logit_gradient_norms(logits, batch.x0, views, counts, self.grad_proxy)
                      if units == 1 else block_gradient_norms(
@@ -347,10 +347,11 @@ class Estimator:
             n_empty=n_empty, forward_passes=len(views), masked_ce_sum=ce_sum, masked_count=count,
             grad_proxy=proxy, units=units, input_factor=1 if self.layout is None else 2)
 
-    def _unit_losses(self, token_losses: list[torch.Tensor], counts: torch.Tensor,
+    def unit_losses(self, token_losses: list[torch.Tensor], counts: torch.Tensor,
                      units: int) -> torch.Tensor:
-        """Per (example, block) loss, scaled by ``units`` (:attr:`EstimatorOutput.units`),
-        averaged over the views: (B · units,) with gradient."""
+        """Per (example, block) loss from each view's (B, L) token losses, scaled by ``units``
+        (:attr:`EstimatorOutput.units`), averaged over the views: (B · units,), example-major,
+        with gradient. The P-POTS probe (diagnostics.probe) reads the same values."""
         scale = counts[:, None] / units
         return torch.stack([self.layout.unit_sums(losses) / scale
                             for losses in token_losses]).mean(dim=0).reshape(-1)

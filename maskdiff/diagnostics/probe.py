@@ -33,6 +33,29 @@ def _mask_uniforms(mask_seeds: torch.Tensor, n_sets: int, length: int) -> torch.
     return out
 
 
+class _Draws:
+    """The batch on ``device`` and the estimator's views of rows ``example_ids`` at rates ``t``
+    with mask uniforms seeded by ``mask_seeds``: what every probe below evaluates."""
+
+    def __init__(self, batch: Batch, estimator: Estimator, device) -> None:
+        self.device = torch.device(device) if device is not None else batch.x0.device
+        self.eligible = estimator.eligible(batch).to(self.device)
+        self.x0, self.attention = batch.x0.to(self.device), batch.attention_mask.to(self.device)
+        self.counts = normalizer_counts(self.eligible, estimator.normalizer)
+        self.masker, self.mask_id = estimator.masker, estimator.mask_token_id
+
+    def rows(self, example_ids: torch.Tensor, t: torch.Tensor, mask_seeds: torch.Tensor):
+        """``(x0, eligible, attention, counts, rates, uniforms)`` of the rows."""
+        ids = example_ids.to(self.device)
+        x0 = self.x0[ids]
+        uniforms = _mask_uniforms(mask_seeds, self.masker.n_uniform_sets, x0.shape[1])
+        return (x0, self.eligible[ids], self.attention[ids], self.counts[ids],
+                t.to(device=self.device, dtype=torch.float32), uniforms.to(self.device))
+
+    def views(self, x0, eligible, rates, uniforms):
+        return self.masker.views_from_uniforms(x0, eligible, rates, uniforms, self.mask_id)
+
+
 def estimator_loss_fn(model, batch: Batch, estimator: Estimator, *,
                       device: torch.device | str | None = None,
                       apply_control: bool = True) -> LossFn:
@@ -49,20 +72,12 @@ def estimator_loss_fn(model, batch: Batch, estimator: Estimator, *,
     The model is put in eval mode for the probe and restored afterwards by the caller's
     context; dropout would otherwise add noise that training does not see at evaluation.
     """
-    device = torch.device(device) if device is not None else batch.x0.device
-    eligible_all = estimator.eligible(batch).to(device)
-    x0_all = batch.x0.to(device)
-    attention_all = batch.attention_mask.to(device)
-    counts_all = normalizer_counts(eligible_all, estimator.normalizer)
-    masker, mask_id = estimator.masker, estimator.mask_token_id
+    draws = _Draws(batch, estimator, device)
 
     def loss_fn(example_ids: torch.Tensor, t: torch.Tensor, mask_seeds: torch.Tensor) -> torch.Tensor:
-        ids = example_ids.to(device)
-        x0, eligible, attention = x0_all[ids], eligible_all[ids], attention_all[ids]
-        rates = t.to(device=device, dtype=torch.float32)
-        uniforms = _mask_uniforms(mask_seeds, masker.n_uniform_sets, x0.shape[1]).to(device)
-        views = masker.views_from_uniforms(x0, eligible, rates, uniforms, mask_id)
-        values, _ = estimator.view_losses(model, x0, views, attention, counts_all[ids])
+        x0, eligible, attention, counts, rates, uniforms = draws.rows(example_ids, t, mask_seeds)
+        views = draws.views(x0, eligible, rates, uniforms)
+        values, _ = estimator.view_losses(model, x0, views, attention, counts)
         if apply_control and estimator.control is not None:
             values = estimator.control.adjust(values, rates)
         return values.float().cpu()
@@ -81,24 +96,16 @@ def estimator_unit_loss_fn(model, batch: Batch, estimator: Estimator, *,
     layout = estimator.layout
     if layout is None:
         raise ValueError("estimator_unit_loss_fn needs an estimator with a block layout")
-    device = torch.device(device) if device is not None else batch.x0.device
-    eligible_all = estimator.eligible(batch).to(device)
-    x0_all = batch.x0.to(device)
-    attention_all = batch.attention_mask.to(device)
-    counts_all = normalizer_counts(eligible_all, estimator.normalizer)
-    masker, mask_id = estimator.masker, estimator.mask_token_id
-    units = layout.units(x0_all.shape[1])
+    draws = _Draws(batch, estimator, device)
+    units = layout.units(draws.x0.shape[1])
 
     def loss_fn(example_ids: torch.Tensor, t: torch.Tensor, mask_seeds: torch.Tensor) -> torch.Tensor:
-        ids = example_ids.to(device)
-        x0, eligible, attention = x0_all[ids], eligible_all[ids], attention_all[ids]
-        rates = t.to(device=device, dtype=torch.float32)
-        uniforms = _mask_uniforms(mask_seeds, masker.n_uniform_sets, x0.shape[1]).to(device)
-        views = masker.views_from_uniforms(x0, eligible, rates, uniforms, mask_id)
-        _, token_losses = estimator.view_losses(model, x0, views, attention, counts_all[ids])
-        scale = counts_all[ids][:, None] / units  # the trainer's units · l_k (Estimator)
-        values = torch.stack([layout.unit_sums(losses) / scale for losses in token_losses])
-        return values.mean(dim=0).float().cpu()
+        x0, eligible, attention, counts, rates, uniforms = draws.rows(example_ids, t, mask_seeds)
+        views = draws.views(x0, eligible, rates, uniforms)
+        _, token_losses = estimator.view_losses(model, x0, views, attention, counts)
+        # The trainer's per-(example, block) values (Estimator.unit_losses), one row of units.
+        return estimator.unit_losses(token_losses, counts, units).view(len(x0), units) \
+            .float().cpu()
 
     return loss_fn
 
@@ -116,11 +123,7 @@ def estimator_gradient_fn(model, batch: Batch, estimator: Estimator, *, statisti
     """
     if statistic not in GRADIENT_STATISTICS:
         raise ValueError(f"statistic must be one of {GRADIENT_STATISTICS}, got {statistic!r}")
-    device = torch.device(device) if device is not None else batch.x0.device
-    eligible_all = estimator.eligible(batch).to(device)
-    x0_all, attention_all = batch.x0.to(device), batch.attention_mask.to(device)
-    counts_all = normalizer_counts(eligible_all, estimator.normalizer)
-    masker, mask_id = estimator.masker, estimator.mask_token_id
+    draws = _Draws(batch, estimator, device)
     params = [p for p in model.parameters() if p.requires_grad] if statistic == "gradient" else []
 
     def exact_norm(x0, views, attention, counts) -> float:
@@ -132,20 +135,15 @@ def estimator_gradient_fn(model, batch: Batch, estimator: Estimator, *, statisti
         return float(sum(g.double().pow(2).sum() for g in grads if g is not None)) ** 0.5
 
     def gradient_fn(example_ids: torch.Tensor, t: torch.Tensor, mask_seeds: torch.Tensor) -> torch.Tensor:
-        ids = example_ids.to(device)
-        x0, eligible, attention = x0_all[ids], eligible_all[ids], attention_all[ids]
-        rates = t.to(device=device, dtype=torch.float32)
-        uniforms = _mask_uniforms(mask_seeds, masker.n_uniform_sets, x0.shape[1]).to(device)
-        counts = counts_all[ids]
+        x0, eligible, attention, counts, rates, uniforms = draws.rows(example_ids, t, mask_seeds)
         if statistic != "gradient":
-            views = masker.views_from_uniforms(x0, eligible, rates, uniforms, mask_id)
+            views = draws.views(x0, eligible, rates, uniforms)
             logits = estimator.forward_views(model, views, attention)
             return logit_gradient_norms(logits, x0, views, counts, statistic).float().cpu()
-        out = torch.empty(len(ids))
-        for r in range(len(ids)):  # one example per backward: per-example gradients
+        out = torch.empty(len(x0))
+        for r in range(len(x0)):  # one example per backward: per-example gradients
             row = slice(r, r + 1)
-            row_views = masker.views_from_uniforms(x0[row], eligible[row], rates[row],
-                                                   uniforms[:, row], mask_id)
+            row_views = draws.views(x0[row], eligible[row], rates[row], uniforms[:, row])
             out[r] = exact_norm(x0[row], row_views, attention[row], counts[row])
         return out
 
