@@ -288,3 +288,21 @@ def test_a_pair_that_does_not_fit_is_refused_naming_the_line(smoke_run, tmp_path
                  "--out", str(tmp_path / "out"), "--steps", "1"])
     assert code == 2
     assert "long.jsonl:2: chosen:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_dpo_bias_benchmark_runs_and_shared_draws_are_exact_at_the_start(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dpo_bias.py"
+    spec = importlib.util.spec_from_file_location("bench_dpo_bias", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--run-steps", "6", "--pairs", "4", "--reps", "3", "--high-budget", "32",
+                       "--dpo-steps", "2", "--budget", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "dpo_bias.json").read_text())
+    start = result["start"]
+    assert start["vrpo"]["se_delta"] == 0.0 and start["vrpo"]["beta"]["0.1"]["loss_bias"] == 0.0
+    assert start["naive"]["se_delta"] > 0 and start["naive"]["beta"]["1.0"]["loss_bias"] > 0
+    assert set(result["trained"]) == set(PREFERENCE_ESTIMATORS)
