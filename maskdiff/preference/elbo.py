@@ -43,6 +43,7 @@ class PreferenceEstimator:
     scheme: str
     shared: bool
     description: str
+    stratified: bool = False  # lowvar: draw j's l from stratum j of the n draws
 
     @property
     def views(self) -> int:
@@ -80,7 +81,7 @@ class PreferenceEstimator:
         if self.scheme == "lowvar":
             for j in range(n):
                 view = lowvar_view(batch, BatchRandomness.for_batch(key, j, indices),
-                                   mask_token_id, eps)
+                                   mask_token_id, eps, stratum=(j, n) if self.stratified else None)
                 logits = model(view.xt, batch.attention_mask)
                 total = total + masked_token_losses(logits, batch.x0, view).sum(dim=1)
             return -total / n
@@ -108,6 +109,9 @@ PREFERENCE_ESTIMATORS: dict[str, PreferenceEstimator] = {e.name: e for e in (
     PreferenceEstimator("lowvar", "lowvar", True,
                         "LLaDA's low-variance estimator: l ~ U{1..L} response tokens masked "
                         "uniformly, each weighted L·c(l) (L/l at eps = 0); shared draws"),
+    PreferenceEstimator("lowvar-stratified", "lowvar", True,
+                        "lowvar with l stratified: draw j of n takes u in [j/n, (j+1)/n); shared",
+                        stratified=True),
     PreferenceEstimator("sqrt-stratified", "sqrt-stratified", True,
                         "rates in the quantile strata of p(t) ∝ t^-1/2, importance-weighted; shared"),
     PreferenceEstimator("sqrt-stratified-mirror", "sqrt-stratified-mirror", True,
@@ -152,14 +156,18 @@ def count_weights(n_tokens: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Ten
 
 
 def lowvar_view(batch: Batch, randomness: BatchRandomness, mask_token_id: int,
-                eps: float = DEFAULT_EPS) -> View:
+                eps: float = DEFAULT_EPS, stratum: tuple[int, int] | None = None) -> View:
     """LLaDA's low-variance draw: ``l = 1 + ⌊u·L⌋`` (uniform on 1..L) of the example's ``L``
     eligible tokens masked, the ``l`` with the smallest seeded uniforms; each masked token
     weighted ``L · c(l)`` (:func:`count_weights`, LLaDA's ``L/l`` at ``eps = 0``), stored as
-    the view's ``inclusion_prob = 1/(L · c(l))`` so that the objective's division applies it."""
+    the view's ``inclusion_prob = 1/(L · c(l))`` so that the objective's division applies it.
+    ``stratum=(j, n)``: ``u`` is drawn in ``[j/n, (j+1)/n)`` (the mean over the ``n`` strata is
+    unbiased: ``l`` is a function of ``u``)."""
     eligible, x0 = batch.eligible, batch.x0
     n_tokens = eligible.sum(dim=1)
     u = randomness.rate_uniforms().to(x0.device)
+    if stratum is not None:
+        u = (stratum[0] + u) / stratum[1]
     count = torch.minimum((u * n_tokens.double()).floor().long() + 1, n_tokens)
     scores = randomness.mask_uniforms(1, x0.shape[1])[0].to(x0.device)
     scores = scores.masked_fill(~eligible, 2.0)
