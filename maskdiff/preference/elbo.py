@@ -183,40 +183,45 @@ def lowvar_view(batch: Batch, randomness: BatchRandomness, mask_token_id: int,
     return View(xt=xt, masked=masked, inclusion_prob=prob.float()[:, None].expand_as(x0))
 
 
-@torch.no_grad()
 def exact_log_likelihood(model, batch: Batch, *, mask_token_id: int, eps: float = DEFAULT_EPS,
-                         max_tokens: int = 12, chunk: int = 256) -> torch.Tensor:
+                         max_tokens: int = 12, chunk: int = 256, grad: bool = False
+                         ) -> torch.Tensor:
     """The eps-floored ELBO of each example *exactly*, float64 (B,): every non-empty subset of
     its ``L ≤ max_tokens`` eligible tokens masked once (``2^L − 1`` forward passes), weighted by
-    :func:`count_weights`. The ground truth the estimators are tested and benchmarked against."""
-    out = torch.zeros(len(batch), dtype=torch.float64)
-    for b in range(len(batch)):
-        positions = batch.eligible[b].nonzero().flatten()
-        n = len(positions)
-        if n > max_tokens:
-            raise ValueError(f"exact ELBO of example {int(batch.example_index[b])}: {n} eligible "
-                             f"tokens, more than max_tokens={max_tokens} (2^L forward passes)")
-        if n == 0:
-            continue
-        codes = torch.arange(1, 2 ** n)
-        bits = ((codes[:, None] >> torch.arange(n)[None, :]) & 1).bool()
-        c = count_weights(torch.tensor([n]), eps)[0]
-        sizes = bits.sum(dim=1)
-        # mean over the C(L, l) subsets of size l, times c(l)
-        per_subset = c[sizes - 1] / torch.tensor([math.comb(n, int(s)) for s in sizes],
-                                                 dtype=torch.float64)
-        x0, attn = batch.x0[b], batch.attention_mask[b]
-        total = 0.0
-        for start in range(0, len(codes), chunk):
-            sub = bits[start:start + chunk]
-            masked = torch.zeros(len(sub), x0.shape[0], dtype=torch.bool, device=x0.device)
-            masked[:, positions] = sub.to(x0.device)
-            xt = torch.where(masked, torch.full_like(masked, mask_token_id, dtype=x0.dtype),
-                             x0.expand_as(masked))
-            logits = model(xt, attn.expand_as(masked)).float()
-            nll = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), x0.expand_as(masked), reduction="none")
-            total += float(((nll * masked).sum(dim=1).double().cpu()
-                            * per_subset[start:start + chunk]).sum())
-        out[b] = -total
-    return out
+    :func:`count_weights`. The ground truth the estimators are tested and benchmarked against;
+    ``grad=True`` keeps it on the autograd graph (the exact ELBO's gradient)."""
+    with torch.set_grad_enabled(grad):
+        values = [_exact_one(model, batch, b, mask_token_id, eps, max_tokens, chunk)
+                  for b in range(len(batch))]
+    return torch.stack(values)
+
+
+def _exact_one(model, batch: Batch, b: int, mask_token_id: int, eps: float, max_tokens: int,
+               chunk: int) -> torch.Tensor:
+    positions = batch.eligible[b].nonzero().flatten()
+    n = len(positions)
+    if n > max_tokens:
+        raise ValueError(f"exact ELBO of example {int(batch.example_index[b])}: {n} eligible "
+                         f"tokens, more than max_tokens={max_tokens} (2^L forward passes)")
+    total = torch.zeros((), dtype=torch.float64, device=batch.x0.device)
+    if n == 0:
+        return total
+    codes = torch.arange(1, 2 ** n)
+    bits = ((codes[:, None] >> torch.arange(n)[None, :]) & 1).bool()
+    c = count_weights(torch.tensor([n]), eps)[0]
+    sizes = bits.sum(dim=1)
+    # mean over the C(L, l) subsets of size l, times c(l)
+    per_subset = (c[sizes - 1] / torch.tensor([math.comb(n, int(s)) for s in sizes],
+                                              dtype=torch.float64)).to(batch.x0.device)
+    x0, attn = batch.x0[b], batch.attention_mask[b]
+    for start in range(0, len(codes), chunk):
+        sub = bits[start:start + chunk]
+        masked = torch.zeros(len(sub), x0.shape[0], dtype=torch.bool, device=x0.device)
+        masked[:, positions] = sub.to(x0.device)
+        xt = torch.where(masked, torch.full_like(masked, mask_token_id, dtype=x0.dtype),
+                         x0.expand_as(masked))
+        logits = model(xt, attn.expand_as(masked)).float()
+        nll = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), x0.expand_as(masked), reduction="none")
+        total = total + ((nll * masked).sum(dim=1).double() * per_subset[start:start + chunk]).sum()
+    return -total
