@@ -260,9 +260,14 @@ def test_dpo_command_end_to_end_with_exact_resume(smoke_run, capsys):
     # 3 steps × 2 pairs × 2 responses × budget 2, for the policy and the frozen reference
     assert result["policy_forward_passes"] == result["reference_forward_passes"] == 24
     assert load_run(smoke_run / "a", "latest").checkpoint.name == "step-000003"
-    # a resume under another beta is refused in one line
+    # a resume under another beta is refused in one line; so is --out at a training run
     assert main(args[:-1] + ["0.25", "--out", str(smoke_run / "b"), "--steps", "4"]) == 2
     assert "differs in beta" in capsys.readouterr().err
+    assert main(args + ["--out", str(smoke_run / "run")]) == 2
+    assert "is the starting run itself" in capsys.readouterr().err
+    # rerunning the finished command changes nothing
+    assert main(args + ["--out", str(smoke_run / "a")]) == 0
+    assert all(torch.equal(a[k], _weights(smoke_run / "a")[k]) for k in a)
 
 
 def test_precomputed_reference_trains_as_the_frozen_copy(smoke_run):

@@ -53,7 +53,10 @@ def run(args) -> int:
         precompute_reference=args.precompute_reference,
         checkpoint_every=args.checkpoint_every, device=args.device)
     result = train_dpo(config, overwrite=args.overwrite)
-    print(f"maskdiff dpo: {result['steps']} steps, final {config.loss} loss "
-          f"{result['final_loss']:.4f}, reward margin {result['reward_margin']:+.4f}; "
-          f"{args.out}/results.json")
+    if result["final_loss"] is None:
+        print(f"maskdiff dpo: {result['steps']} steps; {args.out}/results.json")
+    else:
+        print(f"maskdiff dpo: {result['steps']} steps, final {config.loss} loss "
+              f"{result['final_loss']:.4f}, reward margin {result['reward_margin']:+.4f}; "
+              f"{args.out}/results.json")
     return 0

@@ -96,6 +96,9 @@ class DPOTrainer:
 
     def __init__(self, config: DPOConfig, quiet: bool = False) -> None:
         self.config, self.quiet = config, quiet
+        if Path(config.out_dir).resolve() == Path(config.run).resolve():
+            raise ValueError(f"--out {config.out_dir} is the starting run itself; give another "
+                             f"directory (the run's checkpoints stay the reference)")
         loaded = load_run(config.run, config.checkpoint, config.device)
         run = loaded.config
         if run.model.causal:
@@ -218,7 +221,10 @@ class DPOTrainer:
                                       f" ({found.note()}); use --overwrite to start over")
             return False
         state = ckpt.state
-        old = json.loads(state.get("dpo", "{}"))
+        if "dpo" not in state:
+            raise ValueError(f"{self.out_dir} holds checkpoints of a training run, not of a "
+                             f"preference run ({ckpt.path}); use another --out")
+        old = json.loads(state["dpo"])
         changed = config_changes(old, self.config)
         if state.get("start_weights") != self.start_digest:
             changed.append(f"the starting weights of {self.config.run}")
