@@ -86,8 +86,9 @@ def deltas(estimator, policies, reference, batches, *, budget, seed, mask_id, h)
                                         mask_token_id=mask_id, role=role).double()
     d, b, dd = [], [], []
     for chosen, rejected in batches:
-        policy_part = [elbo(m, chosen, "policy") - elbo(m, rejected, "policy") for m in policies]
-        pw = elbo(policies[0], chosen, "policy")
+        chosen_elbos = [elbo(m, chosen, "policy") for m in policies]
+        policy_part = [w - elbo(m, rejected, "policy") for m, w in zip(policies, chosen_elbos)]
+        pw = chosen_elbos[0]
         rw, rl = elbo(reference, chosen, "reference"), elbo(reference, rejected, "reference")
         d.append(policy_part[0] - (rw - rl))
         b.append(pw)
