@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "maskdiff.commands.generate",
     "maskdiff.commands.evaluate",
     "maskdiff.commands.lm_eval",
+    "maskdiff.commands.dpo",
     "maskdiff.commands.theory",
     "maskdiff.commands.predict_window",
     "maskdiff.commands.fit_pots",

@@ -170,6 +170,7 @@ def test_cycle_allow_list_is_not_stale():
 LAYERS = [
     {"fileio", "jobs", "jsonio", "memory", "plotting"},
     {"core"}, {"diagnostics"}, {"ppots"}, {"data", "models"}, {"training"}, {"hf"}, {"labs"},
+    {"preference"},
     {"evaluation"}, {"experiments"}, {"commands", "cli"}, {"maskdiff"},
 ]
 

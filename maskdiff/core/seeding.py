@@ -40,6 +40,8 @@ STREAM_PARITY_TRAIN = 13  # batch order and masks
 # The image experiment (maskdiff.experiments.image, image_eval):
 STREAM_CLASSIFIER = 7  # the digit classifier's initialisation and batch order
 STREAM_IMAGE_SAMPLING = 11  # the generation noise
+# Preference optimisation (maskdiff.preference):
+STREAM_PREFERENCE_REFERENCE = 21  # the reference model's own draws under an unshared estimator
 
 
 def _splitmix64(x: int) -> int:
