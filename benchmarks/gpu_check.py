@@ -41,7 +41,9 @@ OVERHEAD_ROWS = {"bare PyTorch loop": "bare loop (plain PyTorch step)",  # in th
                  "maskdiff standard": "trainer standard",
                  "maskdiff mirror": "trainer MIRROR fused",
                  "maskdiff mirror (unfused)": "trainer MIRROR unfused",
-                 "maskdiff ppots_online": "trainer online P-POTS"}
+                 "maskdiff ppots_online": "trainer online P-POTS",
+                 # block diffusion (method.md §12): [x_t ; x_0] through flex attention on CUDA
+                 "maskdiff standard block b=16": "trainer block diffusion b=16"}
 SIZES = {  # overhead.py's arguments: on the GPU, and for --dry-run
     "gpu": ["--device", "cuda", "--d-model", "768", "--layers", "14", "--n-heads", "12",
             "--max-len", "512", "--batch-size", "32", "--n-train", "512", "--steps", "10",
@@ -165,7 +167,8 @@ def overhead(files: Path, budget: Budget, limit: float, dry_run: bool) -> list[d
                     "this Python's torch sees no CUDA device (use --dry-run on a CPU)")]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"),
            *SIZES["dry" if dry_run else "gpu"], "--bf16", "--peak-tflops", str(PEAK_TFLOPS),
-           "--methods", "standard,mirror,ppots_online", "--json", str(out)]
+           "--methods", "standard,mirror,ppots_online", "--block-sizes", "16",
+           "--json", str(out)]
     code, seconds = run_part(cmd, log, budget.limit(limit), outputs=[out])
     if code != 0 or not out.exists():
         return failed(part, "overhead.py", code, seconds, log)

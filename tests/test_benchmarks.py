@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERHEAD_NAMES = ["bare loop (plain PyTorch step)", "trainer standard", "trainer MIRROR fused",
-                  "trainer MIRROR unfused", "trainer online P-POTS"]
+                  "trainer MIRROR unfused", "trainer online P-POTS", "trainer block diffusion b=16"]
 PASSES = {"maskdiff mirror": 2, "maskdiff mirror (unfused)": 2}
 
 
@@ -66,8 +66,11 @@ def test_gpu_check_dry_run_prints_one_table_and_writes_the_json(tmp_path):
     for contender, r in by_name.items():
         assert r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 and r["mfu"] > 0, r
         assert r["tokens_per_s"] == pytest.approx(tokens / (r["ms_per_step"] / 1e3), rel=1e-9)
-        flops = PASSES.get(contender, 1) * tokens * (
-            6 * raw["n_parameters"] + 12 * raw["args"]["layers"] * raw["args"]["d_model"] * raw["args"]["max_len"])
+        factor = r["input_factor"]  # 2 for block diffusion: the model reads [x_t ; x_0]
+        assert factor == (2 if "block" in contender else 1)
+        flops = PASSES.get(contender, 1) * factor * tokens * (
+            6 * raw["n_parameters"]
+            + 12 * raw["args"]["layers"] * raw["args"]["d_model"] * factor * raw["args"]["max_len"])
         assert r["mfu"] == pytest.approx(flops / (r["ms_per_step"] / 1e3) / 989e12, rel=1e-9)
     for r in bench:
         assert r["status"] == "ok" and r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["ms_per_step"] > 0
