@@ -146,6 +146,7 @@ def test_the_block_sweep_reuses_the_block_runs_and_reports_the_references(block_
     block = json.loads((block_out / "b8" / "results.json").read_text())
     assert b8["pass_at_1"] == block["methods"]["standard"]["pass_at_1"]  # the same runs
     assert "block size" in (block_out / "block-sweep.md").read_text()
+    assert (block_out / "block-sweep.png").stat().st_size > 10_000  # the figure was drawn
 
 
 def test_block_options_are_refused_with_hf_or_the_batch_sweep(tmp_path, capsys):

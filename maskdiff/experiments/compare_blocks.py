@@ -90,10 +90,42 @@ class BlockSweepJob:
                "machine": plain["machine"], "rows": rows,
                "seconds": time.perf_counter() - started}
         atomic_write_text(out / "block-sweep.json", jsonio.dumps(doc, indent=1) + "\n")
+        plot_block_sweep(doc, out / "block-sweep.png")
         atomic_write_text(out / "block-sweep.md", "\n".join(
             [f"# compare sweep over the block size — preset `{self.preset.name}`", ""]
-            + block_sweep_setup(doc) + [""] + block_sweep_table(doc)) + "\n")
+            + block_sweep_setup(doc) + [""] + block_sweep_table(doc)
+            + ["", "![pass@1 and cost per model](block-sweep.png)"]) + "\n")
         return doc
+
+
+def plot_block_sweep(doc: dict, path: Path) -> None:
+    """pass@1 per model (each seed a dot, the mean with its 95% CI) and the training time per
+    run relative to b = L: the sweep's trade in one figure."""
+    from maskdiff.plotting import pyplot
+
+    plt = pyplot()
+    rows = [r for r in doc["rows"] if r.get("pass_at_1_ci")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, r in enumerate(rows):
+        ci = r["pass_at_1_ci"]
+        left.plot([i] * len(r["pass_at_1"]), [100 * p for p in r["pass_at_1"]], ".",
+                  color="grey", alpha=0.6)
+        left.errorbar([i], [100 * ci["mean"]], yerr=[[100 * (ci["mean"] - ci["lo"])],
+                                                      [100 * (ci["hi"] - ci["mean"])]],
+                      fmt="o", color="C0", capsize=4)
+    left.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=20, fontsize=8)
+    left.set_ylabel("pass@1 (%)")
+    left.set_title(f"pass@1 over {len(doc['seeds'])} paired seeds (95% CI)")
+    costs = [(r["label"], r.get("seconds_ratio") or 1.0) for r in rows]
+    right.bar(range(len(costs)), [c for _, c in costs], color="C1")
+    right.set_xticks(range(len(costs)), [label for label, _ in costs], rotation=20, fontsize=8)
+    right.axhline(1.0, color="black", linewidth=0.8)
+    right.set_ylabel("training seconds per run / b = L's")
+    right.set_title("cost (2L input tokens under blocks)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _mean(values) -> float | None:
