@@ -19,8 +19,9 @@ from maskdiff.core.objective import Estimator
 from maskdiff.core.samplers import DEFAULT_EPS, Window, build_sampler
 from maskdiff.core.seeding import BatchRandomness
 from maskdiff.core.shaped_samplers import Annealed, Bell, BellImportance, bell_pdf
-from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
+from maskdiff.training.config import TrainConfig
 from maskdiff.training.trainer import Trainer
+from tiny import tiny
 
 FUNCTIONS = {"t": lambda t: t, "exp(-3t)": lambda t: np.exp(-3 * t), "1/t": lambda t: 1.0 / t}
 
@@ -153,14 +154,8 @@ def test_the_estimator_draws_each_step_from_its_window_and_ranks_agree():
 
 
 def _tiny(tmp_path, **overrides) -> TrainConfig:
-    base = TrainConfig(
-        model=ModelConfig(d_model=32, n_layers=1, n_heads=2),
-        data=DataConfig(n_train=64, n_val=8, n_test=8),
-        optim=OptimConfig(max_steps=6, warmup_steps=1, batch_size=8),
-        eval=EvalConfig(every=3, n_examples=8, rates_per_example=1, patience=0),
-        log_every=1, out_dir=str(tmp_path / "run"), checkpoint_every=2,
-        estimator=method_config("annealed"))
-    return replace(base, **overrides)
+    return tiny(tmp_path, **{"checkpoint_every": 2, "estimator": method_config("annealed"),
+                             **overrides})
 
 
 def test_the_trainer_anneals_over_the_runs_max_steps(tmp_path):

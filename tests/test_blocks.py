@@ -18,8 +18,9 @@ from maskdiff.core.objective import Estimator, masked_token_losses, normalizer_c
 from maskdiff.core.samplers import Stratified, Uniform
 from maskdiff.core.seeding import BatchRandomness
 from maskdiff.models.transformer import Transformer, TransformerConfig
-from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
+from maskdiff.training.config import ModelConfig, TrainConfig
 from maskdiff.training.trainer import Trainer
+from tiny import tiny
 
 BD3LM = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "models" / \
     "dllm_ref" / "bd3lm.py"
@@ -218,13 +219,7 @@ def test_the_per_block_gradient_proxy_is_the_norm_of_each_blocks_logit_gradient(
 
 
 def _tiny(tmp_path, **overrides) -> TrainConfig:
-    base = TrainConfig(
-        model=ModelConfig(d_model=32, n_layers=1, n_heads=2),
-        data=DataConfig(n_train=64, n_val=8, n_test=8),
-        optim=OptimConfig(max_steps=6, warmup_steps=1, batch_size=8),
-        eval=EvalConfig(every=3, n_examples=8, rates_per_example=1, patience=0),
-        log_every=1, out_dir=str(tmp_path / "run"), block_size=4, checkpoint_every=2)
-    return replace(base, **overrides)
+    return tiny(tmp_path, **{"block_size": 4, "checkpoint_every": 2, **overrides})
 
 
 @pytest.mark.parametrize("method", ["mirror", "ema", "strats"])

@@ -8,19 +8,12 @@ import torch
 
 from maskdiff.training import checkpoint as checkpoint_module
 from maskdiff.training.checkpoint import latest_checkpoint, load_checkpoint
-from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
+from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, to_dict
 from maskdiff.core.methods import method_config
 from maskdiff.training.trainer import Trainer, TrainingError
+from tiny import tiny
 
 
-def tiny(tmp_path, **overrides) -> TrainConfig:
-    base = TrainConfig(
-        model=ModelConfig(d_model=32, n_layers=1, n_heads=2),
-        data=DataConfig(n_train=64, n_val=8, n_test=8),
-        optim=OptimConfig(max_steps=6, warmup_steps=1, batch_size=8),
-        eval=EvalConfig(every=3, n_examples=8, rates_per_example=1, patience=0),
-        log_every=1, out_dir=str(tmp_path / "run"))
-    return replace(base, **overrides)
 
 
 def _weights(trainer):
