@@ -210,6 +210,7 @@ def test_no_row_of_the_full_presets_tasks_is_truncated(tmp_path):
         assert all(c["examples"] == 0 for c in counts.values()), (task_name, counts)
 
 
+@pytest.mark.slow  # ~40 s: out of the default run (10-minute budget), `pytest -m slow`
 def test_a_finished_run_whose_task_filled_its_parameters_is_reused(tmp_path):
     """ISAD's delimiter ids are filled in from the task when the run starts, so the saved
     config holds them and the job's own config does not: reuse compares the resolved one."""

@@ -50,6 +50,7 @@ def _log(out: Path) -> list[dict]:
     return [r for r in state["log_history"] if "masked_ce" in r]
 
 
+@pytest.mark.slow  # ~40 s: out of the default run (10-minute budget), `pytest -m slow`
 def test_accelerate_ddp_two_processes_match_one(tmp_path):
     """`accelerate launch --config_file examples/accelerate/ddp.yaml --num_processes 2` (gloo on
     this CPU) of the LLaDA example: the same rates (the same t-bins filled), losses to 1e-5 and
