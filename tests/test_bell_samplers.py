@@ -1,4 +1,4 @@
-"""The pretraining rate samplers of SPEC §13 (docs/method.md §3 "Bell-shaped rates", "Annealed
+"""The pretraining rate samplers (docs/method.md §3 "Bell-shaped rates", "Annealed
 windows"): bell-shaped time sampling, biased and importance-weighted, the parity paper's fixed
 windows and the annealed window, as samplers and as methods of ``maskdiff train``."""
 

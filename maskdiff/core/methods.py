@@ -263,7 +263,7 @@ for _method in (  # gradient-targeted P-POTS (docs/method.md §4 [beyond])
                                      refit=RefitConfig(statistic="logits"))),
 ):
     register_method(_method)
-# Pretraining rate samplers (docs/method.md §3 "Bell-shaped rates" / "Annealed windows", SPEC §13):
+# Pretraining rate samplers (docs/method.md §3 "Bell-shaped rates" / "Annealed windows"):
 # bell-shaped time sampling (arXiv 2605.13026; the family is a stand-in, the paper's exact density
 # was not readable) as its biased form and importance-weighted back to U[eps, 1]; the parity
 # paper's fixed SFT windows; a window that widens to U[eps, 1] over the first half of the run.

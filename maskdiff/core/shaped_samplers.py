@@ -1,5 +1,5 @@
 """Bell-shaped and annealed rate samplers (docs/method.md §3, "Bell-shaped rates" and
-"Annealed windows"; SPEC §13).
+"Annealed windows").
 
 - :class:`Bell` draws ``t`` from a bell-shaped density on [eps, 1] with ``w = 1``: bell-shaped
   time sampling as arXiv 2605.13026 trains with it. It *changes* the objective: its declared
