@@ -11,6 +11,9 @@ from maskdiff.commands import (
     positive,
 )
 from maskdiff.experiments.compare_presets import PRESETS, Decoding
+from maskdiff.experiments.pretrain_presets import PRETRAIN_PRESETS
+
+REGIMES = ("finetune", "pretrain")
 
 
 def register(subparsers) -> None:
@@ -25,10 +28,16 @@ def register(subparsers) -> None:
                     "multiplier to standard's final validation ELBO. Writes OUT/report.md, "
                     "OUT/results.json and plots. Finished runs are reused when the job is "
                     "restarted; a killed job resumes.")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                   help="demo (default: 5 methods × 5 seeds, ~900 CPU-seconds), full (every "
-                        "registered method, 12 seeds), gpu (a larger model, 10 seeds, --device "
-                        "cuda), smoke (tests)")
+    p.add_argument("--regime", choices=REGIMES, default="finetune",
+                   help="finetune (default): every method fine-tunes one starting checkpoint; "
+                        "pretrain: every method trains from scratch on the World English Bible "
+                        "(or --train-file {text} rows), scored by the test ELBO along training "
+                        "and compute to target (OUT/pretrain/; docs/method.md §11)")
+    p.add_argument("--preset", choices=sorted(PRESETS) + sorted(PRETRAIN_PRESETS), default=None,
+                   help="finetune: demo (default: 5 methods × 5 seeds, ~900 CPU-seconds), full "
+                        "(every registered method, 12 seeds), gpu (a larger model, 10 seeds, "
+                        "--device cuda), smoke (tests); pretrain: pretrain (default), "
+                        "pretrain-smoke (tests)")
     p.add_argument("--methods", help="comma-separated subset of the preset's methods, or others "
                                      "(e.g. standard,mirror,standard@2x)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
@@ -64,7 +73,11 @@ def register(subparsers) -> None:
 
 
 def _preset(args):
-    preset = PRESETS[args.preset]
+    name = args.preset or "demo"
+    if name not in PRESETS:
+        raise ValueError(f"--preset {name} is a --regime pretrain preset; the finetune "
+                         f"presets: {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[name]
     if args.methods:
         preset = replace(preset, methods=parse_names(args.methods))
     if args.train_file:
@@ -82,6 +95,8 @@ def _preset(args):
 def run(args) -> int:
     from maskdiff.experiments.compare import CompareJob
 
+    if args.regime == "pretrain":
+        return _pretrain(args)
     preset = _preset(args)
     seeds = parse_seeds(args.seeds)
     device = args.device or preset.base.device
@@ -123,6 +138,37 @@ def run(args) -> int:
         results = CompareJob(preset, out, seeds=seeds, device=args.device,
                              progress=not args.quiet, workers=workers, threads=args.threads).run()
     print_summary(results)
+    print(f"\n{results['seconds'] / 60:.1f} min; report: {out / 'report.md'}")
+    return 0
+
+
+def _pretrain(args) -> int:
+    from maskdiff.experiments.pretrain import PretrainJob
+    from maskdiff.experiments.pretrain_presets import with_train_file
+    from maskdiff.experiments.pretrain_report import tables
+
+    name = args.preset or "pretrain"
+    if name not in PRETRAIN_PRESETS:
+        raise ValueError(f"--regime pretrain: --preset must be one of "
+                         f"{', '.join(sorted(PRETRAIN_PRESETS))}, got {name}")
+    for flag in ("hf", "sweep_batch", "block_size", "sweep_block"):
+        if getattr(args, flag):
+            raise ValueError(f"--regime pretrain: --{flag.replace('_', '-')} is a finetune option")
+    preset = PRETRAIN_PRESETS[name]
+    if args.methods:
+        preset = replace(preset, methods=parse_names(args.methods))
+    if args.train_file:
+        if not Path(args.train_file).exists():
+            raise ValueError(f"--train-file {args.train_file}: no such file")
+        preset = with_train_file(preset, args.train_file, args.max_len)
+    elif args.max_len:
+        raise ValueError("--max-len applies to --train-file data only")
+    device = args.device or preset.base.device
+    workers = args.workers or (min(4, os.cpu_count() or 1) if device == "cpu" else 1)
+    out = Path(args.out or f"runs/compare-{name}") / "pretrain"
+    results = PretrainJob(preset, out, seeds=parse_seeds(args.seeds), device=args.device,
+                          progress=not args.quiet, workers=workers, threads=args.threads).run()
+    print("\n".join(["", *tables(results)]))
     print(f"\n{results['seconds'] / 60:.1f} min; report: {out / 'report.md'}")
     return 0
 
