@@ -72,23 +72,30 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _preset(args):
-    name = args.preset or "demo"
-    if name not in PRESETS:
-        raise ValueError(f"--preset {name} is a --regime pretrain preset; the finetune "
-                         f"presets: {', '.join(sorted(PRESETS))}")
-    preset = PRESETS[name]
+def _chosen(args, presets: dict, regime: str):
+    """The preset ``--preset`` names among ``presets`` (the regime's), with ``--methods``; the
+    ``--train-file`` / ``--max-len`` checks of both regimes."""
+    name = args.preset or ("demo" if regime == "finetune" else "pretrain")
+    if name not in presets:
+        raise ValueError(f"--regime {regime}: --preset must be one of "
+                         f"{', '.join(sorted(presets))}, got {name}")
+    preset = presets[name]
     if args.methods:
         preset = replace(preset, methods=parse_names(args.methods))
+    if args.train_file and not Path(args.train_file).exists():
+        raise ValueError(f"--train-file {args.train_file}: no such file")
+    if args.max_len and not args.train_file:
+        raise ValueError("--max-len applies to --train-file data only")
+    return name, preset
+
+
+def _preset(args):
+    _, preset = _chosen(args, PRESETS, "finetune")
     if args.train_file:
-        if not Path(args.train_file).exists():
-            raise ValueError(f"--train-file {args.train_file}: no such file")
         data = replace(preset.base.data, train_file=str(args.train_file),
                        max_len=args.max_len or preset.base.data.max_len)
         # User responses have their own lengths: decode the whole region after the prompt.
         preset = replace(preset, base=replace(preset.base, data=data), decoding=Decoding())
-    elif args.max_len:
-        raise ValueError("--max-len applies to --train-file data only")
     return preset
 
 
@@ -147,22 +154,12 @@ def _pretrain(args) -> int:
     from maskdiff.experiments.pretrain_presets import with_train_file
     from maskdiff.experiments.pretrain_report import tables
 
-    name = args.preset or "pretrain"
-    if name not in PRETRAIN_PRESETS:
-        raise ValueError(f"--regime pretrain: --preset must be one of "
-                         f"{', '.join(sorted(PRETRAIN_PRESETS))}, got {name}")
     for flag in ("hf", "sweep_batch", "block_size", "sweep_block"):
         if getattr(args, flag):
             raise ValueError(f"--regime pretrain: --{flag.replace('_', '-')} is a finetune option")
-    preset = PRETRAIN_PRESETS[name]
-    if args.methods:
-        preset = replace(preset, methods=parse_names(args.methods))
+    name, preset = _chosen(args, PRETRAIN_PRESETS, "pretrain")
     if args.train_file:
-        if not Path(args.train_file).exists():
-            raise ValueError(f"--train-file {args.train_file}: no such file")
         preset = with_train_file(preset, args.train_file, args.max_len)
-    elif args.max_len:
-        raise ValueError("--max-len applies to --train-file data only")
     device = args.device or preset.base.device
     workers = args.workers or (min(4, os.cpu_count() or 1) if device == "cpu" else 1)
     out = Path(args.out or f"runs/compare-{name}") / "pretrain"
