@@ -83,10 +83,12 @@ def pretrain_config(*, steps: int, curve_points: int, d_model: int = 64, n_layer
         log_every=every, device=device)
 
 
-PILOT_STEPS = 1600  # see docs/method.md §11: the pilot's standard curve
+# The training length: what 6 seeds × 11 runs fit in 90 minutes on 2 cores (the pilot measured
+# 0.097 CPU-s per step and 3.0 CPU-s per evaluation point; README "Pretraining from scratch").
+PRETRAIN_STEPS = 1000
 PRETRAIN_PRESETS: dict[str, PretrainPreset] = {
     "pretrain": PretrainPreset(name="pretrain",
-                               base=pretrain_config(steps=PILOT_STEPS, curve_points=8)),
+                               base=pretrain_config(steps=PRETRAIN_STEPS, curve_points=8)),
     # The test suite's preset: the whole path in well under a minute (numbers meaningless).
     "pretrain-smoke": PretrainPreset(
         name="pretrain-smoke", methods=("standard", "window", "bell_iw", "standard@2x", "ar"),
