@@ -81,7 +81,8 @@ def _fake_record(job, spec):
             "curve": [{"step": 2 * i, "fwd": 8.0 * i, "test_loss": float(y)}
                       for i, y in enumerate(ys)],
             "forward_passes": 32, "fwd_per_step": 4.0, "steps": 8, "train_seconds": 1.0,
-            "run_dir": str(job.out_dir / "runs" / spec.dirname), "window": None}
+            "run_dir": str(job.out_dir / "runs" / spec.dirname),
+            "window": [0.35, 0.45] if spec.method == "window" else None}
 
 
 def test_the_job_summarises_reports_and_calls_the_judge(tmp_path, monkeypatch):
@@ -106,6 +107,13 @@ def test_the_job_summarises_reports_and_calls_the_judge(tmp_path, monkeypatch):
     report = (tmp_path / "report.md").read_text()
     assert "compute × to std@0.25" in report and "## The generation judge" in report
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+    from maskdiff.experiments.readme_tables import add, update  # the README's future tables
+
+    add(tmp_path / "docs", "compare-pretrain", tmp_path / "results.json")
+    text = "".join(f"<!-- results:compare-pretrain:{t} -->\n<!-- /results -->\n"
+                   for t in ("pretrain-setup", "pretrain"))
+    new, changed = update(text, tmp_path / "docs")
+    assert len(changed) == 2 and "| window [0.350, 0.450] | 1 |" in new
 
 
 def test_presets_refuse_bad_sizes():

@@ -47,6 +47,18 @@ def _block_sweep_setup(doc: dict) -> list[str]:
     return block_sweep_setup(doc)
 
 
+def _pretrain(results: dict) -> list[str]:
+    from maskdiff.experiments.pretrain_report import tables
+
+    return tables(results)
+
+
+def _pretrain_setup(results: dict) -> list[str]:
+    from maskdiff.experiments.pretrain_report import setup_lines
+
+    return setup_lines(results)
+
+
 def _block_setup(results: dict) -> list[str]:
     """A block job's setup: the plain one and what the block layout changes."""
     return _setup(results) + [""] + report.block_lines(results)
@@ -132,6 +144,8 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "block-setup": _block_setup,
     "block-sweep": _block_sweep,
     "block-sweep-setup": _block_sweep_setup,
+    "pretrain": _pretrain,  # compare --regime pretrain's results.json
+    "pretrain-setup": _pretrain_setup,
 }
 
 
