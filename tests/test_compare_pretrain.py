@@ -150,3 +150,21 @@ def test_the_smoke_preset_end_to_end_and_resumed(tmp_path):
     assert main(argv) == 0  # finished runs are reused: the same curves
     again = json.loads((out / "results.json").read_text())
     assert [r["curve"] for r in again["runs"]] == [r["curve"] for r in results["runs"]]
+
+
+@pytest.mark.slow
+def test_the_protocol_runs_on_a_train_file_of_text_rows(tmp_path):
+    from maskdiff.data.corpus import load_corpus
+
+    text = load_corpus("val")
+    rows = [text[i:i + 40] for i in range(0, 40 * 120, 40)]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    assert main(["compare", "--regime", "pretrain", "--preset", "pretrain-smoke", "--train-file",
+                 str(data), "--max-len", "48", "--methods", "standard,window", "--seeds", "1,2",
+                 "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"]) == 0
+    results = json.loads((tmp_path / "out" / "pretrain" / "results.json").read_text())
+    assert results["task"]["name"] == "jsonl" and results["task"]["train_file"] == str(data)
+    assert results["task"]["n_train"] + results["task"]["n_val"] == 120
+    assert results["prediction"]["corpus_chars"] < 40 * 120  # t* read from the training rows
+    assert "held-out rows" in (tmp_path / "out" / "pretrain" / "report.md").read_text()

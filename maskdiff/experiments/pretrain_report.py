@@ -35,7 +35,8 @@ def _label(name: str, m: dict) -> str:
 def setup_lines(results: dict) -> list[str]:
     cfg, task, train = results["config"], results["task"], results["config"]["train"]
     pred = results.get("prediction")
-    source = (f"`{task['train_file']}`" if task.get("train_file")
+    source = (f"`{task['train_file']}` (its held-out rows are the validation and the test split)"
+              if task.get("train_file")
               else f"the World English Bible ({task['chunk_chars']}-character chunks)")
     lines = [
         f"Pretraining from scratch on {source}: {task['n_train']} training examples, "
