@@ -20,7 +20,7 @@ def test_the_full_plan_runs_every_method_with_syrm_on_tables_and_the_equal_compu
             "syrm (table)", "standard (table)", "gpots", "gpots_mirror", "gpots_online",
             # the pretraining rate samplers (docs/method.md §3)
             "bell", "bell_iw", "bell2", "bell8", "bell_ln", "bell_ln_iw", "window_0.45_0.55",
-            "window_0.2_1", "window_0.3_1", "window_0.5_1", "annealed"} == labels
+            "window_0.2_1", "window_0.3_1", "window_0.5_1", "annealed", "standard@4x"} == labels
     assert len(specs) == len(labels) * len(PRESETS["full"].seeds)
     assert len(PRESETS["full"].seeds) >= 10 and len(PRESETS["demo"].seeds) >= 5
     assert plan(PRESETS["demo"], seeds=[1, 2])[:2] == [RunSpec("standard", 1, "arithmetic"),

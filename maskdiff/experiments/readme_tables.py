@@ -21,6 +21,7 @@ from pathlib import Path
 
 from maskdiff import jsonio
 from maskdiff.experiments import compare_report as report
+from maskdiff.experiments.compare_ceiling import ceiling_table
 from maskdiff.fileio import atomic_write_text
 from maskdiff.jobs import read_record
 
@@ -127,6 +128,7 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "summary": summary,
     "equal": report.equal_compute_table,
     "equal-words": report.equal_compute_words,
+    "ceiling": ceiling_table,
     "power": report.power_lines,
     "sweep": _sweep,
     "block-setup": _block_setup,
