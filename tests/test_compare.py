@@ -223,3 +223,15 @@ def test_a_finished_run_whose_task_filled_its_parameters_is_reused(tmp_path):
     stamp = (out / "runs" / "arithmetic" / "isad" / "s42" / "compare.json").stat().st_mtime_ns
     assert main(args) == 0
     assert (out / "runs" / "arithmetic" / "isad" / "s42" / "compare.json").stat().st_mtime_ns == stamp
+
+
+def test_the_windows_preset_is_the_sft_window_table_on_fulls_runs():
+    """Issue 26 item 4: the parity paper's windows ([0, 1] is standard), 10 paired seeds, on
+    `full`'s base and starting checkpoint, so the two jobs share their runs."""
+    windows, full = PRESETS["windows"], PRESETS["full"]
+    assert windows.methods == ("standard", "window_0.45_0.55", "window_0.2_1", "window_0.3_1",
+                               "window_0.5_1")
+    assert windows.base == full.base and windows.seeds == full.seeds[:10]
+    assert windows.pretrain_steps == full.pretrain_steps
+    assert windows.pretrain_lr == full.pretrain_lr
+    assert {s.dirname for s in plan(windows)} <= {s.dirname for s in plan(full)}
