@@ -183,13 +183,13 @@ def runs(tmp_path_factory):
 
 
 def test_evaluate_judge_end_to_end(runs, capsys):
-    assert main(["evaluate", "--run", str(runs / "mdm"), "--judge", str(runs / "ar"), "--n", "4",
+    assert main(["evaluate", "--run", str(runs / "mdm"), "--judge", str(runs / "ar"), "--n", "2",
                  "--samples", "3", "--probe-rates", "0,0.5,1"]) == 0
     out = capsys.readouterr().out
     assert "unconditional" in out and "partial-mask probe" in out and "r=0.5" in out
     gen = json.loads((runs / "mdm" / "eval.json").read_text())["generation"]
     assert [p["rate"] for p in gen["probe"]] == [0.0, 0.5, 1.0]
-    assert gen["sources"]["unconditional"]["judge_nll"]["n"] == 3
+    assert gen["sources"]["unconditional"]["judge_nll"]["n"] == 3  # --samples, not --n
     assert gen["probe"][0]["accuracy"]["mean"] == 1.0 and len(gen["items"]["probe_0.5"]) == 3
     assert gen["judge"]["run"] == str(runs / "ar")
 

@@ -57,7 +57,8 @@ def run(args) -> int:
     if args.judge is not None:  # refused before any work: a causal --run, a mismatched judge
         args.judge_run = load_judge(args.judge, loaded, args.run, args.checkpoint, args.device)
     config, tok = loaded.config, loaded.tokenizer
-    examples = list(load_task(config.data).split(args.split))[: args.n]
+    split = list(load_task(config.data).split(args.split))
+    examples = split[: args.n]
     if config.data.train_file is not None and args.split == "test":
         print("maskdiff evaluate: note: with a train_file the test split is the validation "
               "split (early stopping chose the checkpoint on it), not held-out data",
@@ -86,7 +87,7 @@ def run(args) -> int:
         report["pass_at_1"] = gen.pass_at_1
         print(f"pass@1 {gen.pass_at_1:.3f} over {gen.n} examples")
     if args.judge is not None:
-        report["generation"] = run_judge(args, loaded, examples, collate, layout)
+        report["generation"] = run_judge(args, loaded, split, collate, layout)  # its own --samples
     atomic_write_text(Path(args.run) / "eval.json", jsonio.dumps(report, indent=2) + "\n")
     return 0
 

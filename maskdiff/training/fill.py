@@ -118,5 +118,5 @@ def _commit_counts(ids: torch.Tensor, logits: torch.Tensor, start: int, end: int
 
 def _gumbel(shape, generator: torch.Generator) -> torch.Tensor:
     """Standard Gumbel noise drawn on the CPU from ``generator`` (device-independent draws)."""
-    uniform = torch.rand(shape, generator=generator, dtype=torch.float64)
-    return (-torch.log(-torch.log(uniform.clamp_min(1e-300)))).float()
+    uniform = torch.rand(shape, generator=generator).clamp_min(torch.finfo(torch.float32).tiny)
+    return -torch.log(-torch.log(uniform))

@@ -76,7 +76,8 @@ class JudgeConfig:
                 raise ValueError(f"probe rates must lie in [0, 1], got {rate}")
         if not 0.0 <= self.prompt_fraction < 1.0:
             raise ValueError(f"prompt_fraction must lie in [0, 1), got {self.prompt_fraction}")
-        if self.samples < 1 or self.batch_size < 1 or (self.probe_examples or 1) < 1:
+        if self.samples < 1 or self.batch_size < 1 or (
+                self.probe_examples is not None and self.probe_examples < 1):
             raise ValueError("samples, probe_examples and batch_size must be >= 1")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
