@@ -4,6 +4,8 @@ masked-diffusion run's samples and partial-mask probe scored by a causal judge
 
 from __future__ import annotations
 
+import sys
+
 from maskdiff.commands import positive
 from maskdiff.training.evaluate import se_text
 from maskdiff.training.judge import DEFAULT_PROBE_RATES, SOURCES, JudgeConfig, judge_generation
@@ -46,6 +48,7 @@ def add_judge_arguments(parser) -> None:
 def run_judge(args, loaded, examples, collate, layout) -> dict:
     """Score the run's samples with ``args.judge_run`` (loaded and checked before any other
     work); print the table; return the report's dict (per-sample values included)."""
+    note_judge_data(args, loaded)
     config = JudgeConfig(samples=args.samples, probe_examples=args.probe_examples,
                          probe_rates=args.probe_rates, prompt_fraction=args.prompt_fraction,
                          temperature=args.temperature, steps=args.steps, seed=args.seed)
@@ -55,6 +58,21 @@ def run_judge(args, loaded, examples, collate, layout) -> dict:
     out["judge"] = {"run": str(args.judge), "checkpoint": str(args.judge_run.checkpoint)}
     print_generation(out, args.judge)
     return out
+
+
+JUDGE_DATA_FIELDS = ("task", "train_file", "data_seed", "difficulty")
+
+
+def note_judge_data(args, loaded) -> None:
+    """A note on stderr when the judge was trained on other data than the run (its tokenizer
+    matched: :func:`~maskdiff.training.judge.load_judge` refused otherwise)."""
+    ours, theirs = loaded.config.data, args.judge_run.config.data
+    differ = [f"data.{name}: {getattr(ours, name)!r} vs {getattr(theirs, name)!r}"
+              for name in JUDGE_DATA_FIELDS if getattr(ours, name) != getattr(theirs, name)]
+    if differ:
+        print(f"maskdiff evaluate: note: --judge {args.judge} was trained on other data than "
+              f"--run {args.run} ({'; '.join(differ)}): its perplexities measure closeness to "
+              f"its corpus", file=sys.stderr)
 
 
 def _distinct(div: dict) -> str:
