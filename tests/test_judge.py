@@ -210,3 +210,17 @@ def test_probe_rates_flag_is_checked(runs, capsys):
         main(["evaluate", "--run", str(runs / "mdm"), "--judge", str(runs / "ar"),
               "--probe-rates", "0.5,1.5"])
     assert "--probe-rates" in capsys.readouterr().err
+
+
+def test_a_judge_trained_on_other_data_is_noted(capsys):
+    from types import SimpleNamespace
+
+    from maskdiff.commands.generation import note_judge_data
+    from maskdiff.training.config import DataConfig
+
+    run = SimpleNamespace(config=SimpleNamespace(data=DataConfig(task="text")))
+    judge = SimpleNamespace(config=SimpleNamespace(data=DataConfig(task="text", data_seed=5)))
+    note_judge_data(SimpleNamespace(judge="J", run="R", judge_run=judge), run)
+    assert "data.data_seed: 0 vs 5" in capsys.readouterr().err
+    note_judge_data(SimpleNamespace(judge="J", run="R", judge_run=run), run)
+    assert capsys.readouterr().err == ""
