@@ -27,7 +27,7 @@ from torch import nn
 
 from maskdiff.core.blocks import BlockLayout
 from maskdiff.core.checks import int_at_least
-from maskdiff.training.generate import _inference_mode, transfer_schedule
+from maskdiff.training.generate import inference_mode, transfer_schedule
 
 
 def fill_masked(model: nn.Module, ids: torch.Tensor, *, mask_token_id: int,
@@ -61,7 +61,7 @@ def fill_masked(model: nn.Module, ids: torch.Tensor, *, mask_token_id: int,
     ids = ids.clone()
     length = ids.shape[1]
     size = length if layout is None else layout.block_size
-    with _inference_mode(model):
+    with inference_mode(model):
         for start in range(0, length, size):
             _fill_region(model, ids, attention, start, min(start + size, length), steps=steps,
                          temperature=temperature, generators=generators,

@@ -37,7 +37,7 @@ import torch
 from maskdiff.core.blocks import BlockLayout
 from maskdiff.core.seeding import STREAM_JUDGE_PROBE, STREAM_JUDGE_SAMPLING, derive_seed, generator_for
 from maskdiff.models.transformer import causal_lm_loss
-from maskdiff.training.evaluate import Collate, _batches, _summarise
+from maskdiff.training.evaluate import Collate, example_batches, summarise_examples
 from maskdiff.training.fill import fill_masked
 from maskdiff.training.runs import LoadedRun, load_run
 
@@ -117,7 +117,7 @@ def judge_nll(judge: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor
 def nll_summary(values: torch.Tensor) -> dict:
     """Mean NLL per token over samples with its standard error, and the perplexity exp(mean)
     with its delta-method standard error."""
-    result = _summarise(values)
+    result = summarise_examples(values)
     ppl = math.exp(result.mean)
     return {**result.to_dict(), "perplexity": ppl,
             "perplexity_se": ppl * result.se if math.isfinite(result.se) else None}
@@ -211,9 +211,9 @@ def judge_generation(model: torch.nn.Module, judge: torch.nn.Module, examples: S
     rates = {rate: _Tally() for rate in config.probe_rates}
     total = 2 * n_samples + n_probe * len(rates)
     with tqdm(total=total, desc="judge", unit="row", disable=not progress) as bar:
-        for batch in _batches(examples[:n_samples], collate, config.batch_size, device):
+        for batch in example_batches(examples[:n_samples], collate, config.batch_size, device):
             _sample_batch(model, judge, batch, collate.tokenizer, tallies, layout, config, bar)
-        for batch in _batches(examples[:n_probe], collate, config.batch_size, device):
+        for batch in example_batches(examples[:n_probe], collate, config.batch_size, device):
             _probe_batch(model, judge, batch, collate.tokenizer, rates, layout, config, bar)
     return _report(tallies, rates, config)
 
@@ -266,7 +266,7 @@ def _probe_batch(model, judge, batch, tok, rates: dict, layout, config: JudgeCon
 def _mean_se(values: torch.Tensor) -> dict | None:
     if len(values) == 0:
         return None
-    result = _summarise(values)
+    result = summarise_examples(values)
     return {"mean": result.mean, "se": result.se if math.isfinite(result.se) else None,
             "n": result.n}
 
