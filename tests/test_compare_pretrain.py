@@ -94,8 +94,16 @@ def test_the_job_summarises_reports_and_calls_the_judge(tmp_path, monkeypatch):
                         lambda self: {"t_star": 0.4, "window": [0.35, 0.45], "level": "char",
                                       "corpus_chars": 10})
     calls = []
-    job = PretrainJob(preset, tmp_path, progress=False,
-                      judge=lambda run, twin: calls.append((run.name, twin.parent.name)) or {"ok": 1})
+
+    def judge(run, twin):  # a stand-in judge: the NLL of its samples is the seed's number
+        calls.append((run.name, twin.parent.name))
+        nll = {"judge_nll": {"mean": float(run.name[1:]) + (run.parent.name == "window")},
+               "diversity": {"distinct_2": 0.5}}
+        return {"sources": {"unconditional": nll, "continuation": nll},
+                "probe": [{"rate": 1.0, "judge_nll": {"mean": 3.0},
+                           "masked_accuracy": {"mean": 0.25}}]}
+
+    job = PretrainJob(preset, tmp_path, progress=False, judge=judge)
     results = job.run()
     assert sorted(calls) == sorted([(f"s{s}", "ar") for s in (1, 2, 3)] * 2)
     window = results["methods"]["window"]
@@ -104,16 +112,20 @@ def test_the_job_summarises_reports_and_calls_the_judge(tmp_path, monkeypatch):
     assert results["methods"]["ar"]["loss_kind"] == "causal NLL"
     assert "vs_standard" not in results["methods"]["ar"]
     assert set(results["judge"]["runs"]) == {"1", "2", "3"}
+    nll = window["generation"]["unconditional_nll"]
+    assert nll["mean"] == pytest.approx(3.0)  # seeds 1, 2, 3, each + 1
+    assert nll["vs_standard"]["mean"] == pytest.approx(1.0)
+    assert window["generation"]["probe_1_accuracy"]["mean"] == pytest.approx(0.25)
     report = (tmp_path / "report.md").read_text()
-    assert "compute × to std@0.25" in report and "## The generation judge" in report
+    assert "compute × to std@0.25" in report and "probe r=1: masked accuracy" in report
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     from maskdiff.experiments.readme_tables import add, update  # the README's future tables
 
     add(tmp_path / "docs", "compare-pretrain", tmp_path / "results.json")
     text = "".join(f"<!-- results:compare-pretrain:{t} -->\n<!-- /results -->\n"
-                   for t in ("pretrain-setup", "pretrain"))
+                   for t in ("pretrain-setup", "pretrain", "pretrain-generation"))
     new, changed = update(text, tmp_path / "docs")
-    assert len(changed) == 2 and "| window [0.350, 0.450] | 1 |" in new
+    assert len(changed) == 3 and "| window [0.350, 0.450] | 1 |" in new
 
 
 def test_presets_refuse_bad_sizes():
@@ -147,6 +159,10 @@ def test_the_smoke_preset_end_to_end_and_resumed(tmp_path):
     assert twice == 2 * results["methods"]["standard"]["fwd_per_step"]
     for r in results["runs"]:
         assert len(r["curve"]) == SMOKE.curve_points + 1 and r["curve"][0]["step"] == 0
+        assert (r.get("generation") is None) == (r["method"] == "ar")  # the twin judged the rest
+    generation = results["methods"]["window"]["generation"]
+    assert generation["unconditional_nll"]["vs_standard"] is not None
+    assert {"probe_0.5_accuracy", "probe_1_accuracy"} <= set(generation)
     assert main(argv) == 0  # finished runs are reused: the same curves
     again = json.loads((out / "results.json").read_text())
     assert [r["curve"] for r in again["runs"]] == [r["curve"] for r in results["runs"]]

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from maskdiff import jsonio
 from maskdiff.core.methods import get_method
-from maskdiff.experiments.pool import worker_pool
+from maskdiff.experiments.pool import Serial, worker_pool
 from maskdiff.experiments.pretrain_presets import PretrainPreset
 from maskdiff.fileio import atomic_write_text
 from maskdiff.jobs import reuse_or_run
@@ -113,6 +113,8 @@ class PretrainJob:
     judge: Callable[[Path, Path], dict] | None = None
 
     def __post_init__(self) -> None:
+        if self.judge is None and self.preset.judge is not None:
+            self.judge = GenerationJudge(self.preset, self.device or self.preset.base.device)
         self.out_dir = Path(self.out_dir)
         if self.device is not None:
             self.preset = replace(self.preset, base=replace(self.preset.base, device=self.device))
@@ -198,7 +200,8 @@ class PretrainJob:
                 records.append(record)
                 bar.set_postfix_str(f"{record['method']} s{record['seed']}")
                 bar.update(1)
-        self.apply_judge(records)
+            bar.set_postfix_str("generation judge")
+            self.apply_judge(records, pool)
         results = summarise(self.preset, records, prediction=prediction,
                             seconds=time.perf_counter() - started, task=self.task_info(),
                             threads=(self.threads or 1) if self.workers > 1
@@ -207,13 +210,18 @@ class PretrainJob:
         write_outputs(self.out_dir, results)
         return results
 
-    def apply_judge(self, records: list[dict]) -> None:
-        """The generation hook: ``judge(run_dir, judge_dir)`` per diffusion run (see class)."""
+    def apply_judge(self, records: list[dict], pool=None) -> None:
+        """The generation hook: ``judge(run_dir, judge_dir)`` per diffusion run (see class),
+        in ``pool`` when given (the judge must then pickle)."""
         twins = {r["seed"]: r["run_dir"] for r in records if r["method"] == JUDGE}
         for r in records:
             r["judge_run"] = twins.get(r["seed"]) if r["method"] != JUDGE else None
-            if self.judge is not None and r["judge_run"] is not None:
-                r["generation"] = self.judge(Path(r["run_dir"]), Path(r["judge_run"]))
+        todo = [r for r in records if r["judge_run"] is not None]
+        if self.judge is None or not todo:
+            return
+        pairs = [(self.judge, Path(r["run_dir"]), Path(r["judge_run"])) for r in todo]
+        for r, generation in zip(todo, (pool or Serial()).map(_judge_pair, pairs)):
+            r["generation"] = generation
 
     def task_info(self) -> dict:
         data = self.preset.base.data
@@ -234,6 +242,46 @@ def _window(config) -> list[float] | None:
     params = config.estimator.sampler.params
     return ([params["t_min"], params["t_max"]] if config.estimator.sampler.name == "window"
             else None)
+
+
+@dataclass(frozen=True)
+class GenerationJudge:
+    """The built-in judge (:mod:`maskdiff.training.judge`): the diffusion run's final model
+    decodes from all-masks, continues test prompts and fills partially masked test text; the
+    causal twin's final model scores it. Cached in the run's ``generation.json``."""
+
+    preset: PretrainPreset
+    device: str = "cpu"
+
+    def __call__(self, run_dir: Path, judge_dir: Path) -> dict:
+        from dataclasses import asdict
+
+        from maskdiff.training.judge import judge_generation, load_judge
+        from maskdiff.training.runs import load_run, make_collator
+
+        config, n = self.preset.judge, max(self.preset.judge.samples,
+                                           self.preset.judge.probe_examples or 0)
+
+        def compute() -> dict:
+            from maskdiff.data.setup import load_task
+
+            run = load_run(run_dir, "latest", self.device)
+            judge = load_judge(judge_dir, run, run_dir, "latest", self.device)
+            task = load_task(run.config.data)
+            report = judge_generation(run.model, judge.model, list(task.test)[:n],
+                                      make_collator(run.config, task), config=config,
+                                      device=self.device)
+            return {**report.to_dict(), "judge_run": str(judge_dir)}
+
+        key = {"judge": asdict(config), "judge_run": str(judge_dir), "checkpoint": "latest"}
+        return reuse_or_run(Path(run_dir) / "generation.json", key, compute,
+                            on_change="recompute", what="generation judge",
+                            required=("sources", "probe"))
+
+
+def _judge_pair(args) -> dict:
+    judge, run_dir, judge_dir = args
+    return judge(run_dir, judge_dir)
 
 
 def _run_spec(args) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from maskdiff.core.methods import METHODS
 from maskdiff.experiments.compare_presets import SEEDS
 from maskdiff.training.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
+from maskdiff.training.judge import JudgeConfig
 
 # The samplers under test (issue 26 item 2) and the causal twin, the generation judge.
 PRETRAIN_METHODS = ("standard", "window", "window_0.45_0.55", "bell", "bell_iw", "annealed",
@@ -28,7 +29,10 @@ class PretrainPreset:
     ``optim.max_steps`` is the training length of every method. The test ELBO is scored on
     ``n_test`` test examples × ``test_rates`` stratified rates (CRN seed ``test_seed``) at
     initialisation and every ``max_steps / curve_points`` steps. The window is predicted at
-    ``level`` from the first ``corpus_chars`` characters of the training split (None: all)."""
+    ``level`` from the first ``corpus_chars`` characters of the training split (None: all).
+    ``judge``: how the causal twin (``ar``) scores every diffusion run's final model
+    (:mod:`maskdiff.training.judge`: samples from all-masks, continuations of test prompts, the
+    partial-mask probe), when the job has ``ar`` runs."""
 
     name: str
     base: TrainConfig
@@ -43,6 +47,7 @@ class PretrainPreset:
     level: str = "char"
     min_count: int = 5
     corpus_chars: int | None = None
+    judge: JudgeConfig | None = JudgeConfig(samples=32)  # None: no generation scores
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.methods) - set(METHODS))
@@ -93,6 +98,7 @@ PRETRAIN_PRESETS: dict[str, PretrainPreset] = {
     "pretrain-smoke": PretrainPreset(
         name="pretrain-smoke", methods=("standard", "window", "bell_iw", "standard@2x", "ar"),
         seeds=SEEDS[:2], n_test=8, test_rates=2, curve_points=4, corpus_chars=20_000,
+        judge=JudgeConfig(samples=2, probe_rates=(0.5, 1.0), batch_size=2),
         base=pretrain_config(steps=8, curve_points=4, d_model=16, n_layers=1, n_heads=2,
                              chunk_chars=24, n_train=64, n_val=8, n_test=8, batch_size=4,
                              warmup=2)),

@@ -19,6 +19,7 @@ import math
 import platform
 import warnings
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -125,7 +126,7 @@ def method_summary(rows: dict[int, dict], base: dict[int, dict], fractions) -> d
            "fwd_per_step": rows[seeds[0]]["fwd_per_step"],
            "train_seconds": [rows[s]["train_seconds"] for s in seeds],
            "window": rows[seeds[0]].get("window"),
-           "generation": [rows[s].get("generation") for s in seeds]}
+           "generation": generation_summary(rows, base)}
     common = [s for s in seeds if s in base]
     if causal or not common or rows is base:
         return out
@@ -137,6 +138,39 @@ def method_summary(rows: dict[int, dict], base: dict[int, dict], fractions) -> d
                             if len(common) >= 2 else {"mean": diffs[0]}),
         "compute_to_target": compute_to_target([base[s] for s in common],
                                                [rows[s] for s in common], fractions)}
+    return out
+
+
+def _gen_values(generation: dict) -> dict[str, float]:
+    """The judge's numbers of one run: NLL per token of each source, distinct-2 of the
+    unconditional samples, and the probe's masked-token accuracy and NLL per rate."""
+    out = {f"{name}_nll": row["judge_nll"]["mean"] for name, row in generation["sources"].items()}
+    out["unconditional_distinct_2"] = generation["sources"]["unconditional"]["diversity"][
+        "distinct_2"]
+    for row in generation["probe"]:
+        masked = row.get("masked_accuracy")
+        out[f"probe_{row['rate']:g}_accuracy"] = None if masked is None else masked["mean"]
+        out[f"probe_{row['rate']:g}_nll"] = row["judge_nll"]["mean"]
+    return out
+
+
+def generation_summary(rows: dict[int, dict], base: dict[int, dict]) -> dict | None:
+    """Per judge number: the mean over seeds, and the paired difference to standard's (the
+    same seeds) where two or more seeds have both; None when no run was judged."""
+    seeds = [s for s in sorted(rows) if rows[s].get("generation")]
+    if not seeds:
+        return None
+    values = {s: _gen_values(rows[s]["generation"]) for s in seeds}
+    base_values = {s: _gen_values(base[s]["generation"]) for s in seeds
+                   if s in base and base[s].get("generation")}
+    out = {}
+    for key in values[seeds[0]]:
+        xs = [values[s][key] for s in seeds if values[s].get(key) is not None]
+        pairs = [(values[s][key], base_values[s][key]) for s in base_values
+                 if values[s].get(key) is not None and base_values[s].get(key) is not None]
+        out[key] = {"mean": float(np.mean(xs)) if xs else None, "n": len(xs),
+                    "vs_standard": (stats.paired_difference(*zip(*pairs))
+                                    if len(pairs) >= 2 and rows is not base else None)}
     return out
 
 
@@ -167,9 +201,10 @@ def summarise(preset, records: list[dict], *, prediction: dict | None, seconds: 
         "preset": preset.name, "seeds": seeds, "methods": methods, "prediction": prediction,
         "task": task, "power": power(methods, len(seeds)),
         "judge": {"method": "ar", "runs": {str(s): d for s, d in judge.items()},
-                  "scores": None,
-                  "note": "generation judge hook: PretrainJob(judge=...) scores each diffusion "
-                          "run against the causal twin of its seed (runs[].generation)"},
+                  "config": None if preset.judge is None else asdict(preset.judge),
+                  "note": "each diffusion run's final model judged by the causal twin of its "
+                          "seed: runs[].generation, methods[].generation (PretrainJob(judge=...) "
+                          "plugs in another judge)"},
         "config": {"train": to_dict(preset.base), "n_test": preset.n_test,
                    "test_rates": preset.test_rates, "test_seed": preset.test_seed,
                    "curve_points": preset.curve_points, "targets": list(preset.targets),

@@ -55,6 +55,12 @@ def _pretrain(results: dict) -> list[str]:
     return tables(results)
 
 
+def _pretrain_generation(results: dict) -> list[str]:
+    from maskdiff.experiments.pretrain_report import generation_table
+
+    return generation_table(results)
+
+
 def _pretrain_setup(results: dict) -> list[str]:
     from maskdiff.experiments.pretrain_report import setup_lines
 
@@ -149,6 +155,7 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "block-sweep-setup": _block_sweep_setup,
     "pretrain": _pretrain,  # compare --regime pretrain's results.json
     "pretrain-setup": _pretrain_setup,
+    "pretrain-generation": _pretrain_generation,
 }
 
 DIRECTORY_TABLES: dict[str, Callable[[Path], list[str]]] = {"decision": decision_table}
