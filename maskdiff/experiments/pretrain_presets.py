@@ -89,7 +89,8 @@ def pretrain_config(*, steps: int, curve_points: int, d_model: int = 64, n_layer
 
 
 # The training length: what 6 seeds × 11 runs fit in 90 minutes on 2 cores (the pilot measured
-# 0.097 CPU-s per step and 3.0 CPU-s per evaluation point; README "Pretraining from scratch").
+# 0.097 CPU-s per step, 3.0 per evaluation point and 12.6 per judged run: ~84 minutes; README
+# "Pretraining from scratch", benchmarks/results/pretrain_pilot.json).
 PRETRAIN_STEPS = 1000
 PRETRAIN_PRESETS: dict[str, PretrainPreset] = {
     "pretrain": PretrainPreset(name="pretrain",
