@@ -49,22 +49,14 @@ def _block_sweep_setup(doc: dict) -> list[str]:
     return block_sweep_setup(doc)
 
 
-def _pretrain(results: dict) -> list[str]:
-    from maskdiff.experiments.pretrain_report import tables
+def _pretrain(name: str) -> Callable[[dict], list[str]]:
+    """A table of ``compare --regime pretrain``'s report (:mod:`pretrain_report`'s ``name``)."""
+    def table(results: dict) -> list[str]:
+        from maskdiff.experiments import pretrain_report
 
-    return tables(results)
+        return getattr(pretrain_report, name)(results)
 
-
-def _pretrain_generation(results: dict) -> list[str]:
-    from maskdiff.experiments.pretrain_report import generation_table
-
-    return generation_table(results)
-
-
-def _pretrain_setup(results: dict) -> list[str]:
-    from maskdiff.experiments.pretrain_report import setup_lines
-
-    return setup_lines(results)
+    return table
 
 
 def _block_setup(results: dict) -> list[str]:
@@ -153,9 +145,9 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "block-setup": _block_setup,
     "block-sweep": _block_sweep,
     "block-sweep-setup": _block_sweep_setup,
-    "pretrain": _pretrain,  # compare --regime pretrain's results.json
-    "pretrain-setup": _pretrain_setup,
-    "pretrain-generation": _pretrain_generation,
+    "pretrain": _pretrain("tables"),  # compare --regime pretrain's results.json
+    "pretrain-setup": _pretrain("setup_lines"),
+    "pretrain-generation": _pretrain("generation_table"),
 }
 
 DIRECTORY_TABLES: dict[str, Callable[[Path], list[str]]] = {"decision": decision_table}
