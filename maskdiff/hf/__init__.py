@@ -17,6 +17,9 @@ Three pieces, each usable alone:
   same numbers maskdiff's trainer computes, on any number of ranks, with gradient accumulation,
   and after a resume. It logs the per-t-bin statistics of :mod:`maskdiff.training.trainer` and can refit
   a P-POTS importance density online (docs/method.md §4 [beyond]).
+- :class:`MaskedDiffusionDPOTrainer`: DPO / ELBO-KTO on ELBO differences (docs/method.md §13)
+  from TRL's ``{"prompt", "chosen", "rejected"}`` rows, with :mod:`maskdiff.preference`'s
+  estimators; the reference a frozen copy, the PEFT base model or precomputed ELBOs.
 
 ``transformers`` is imported lazily by the functions that need it and by the first use of
 ``MaskedDiffusionTrainer`` (:mod:`maskdiff.hf.trainer` imports it), so ``import maskdiff.hf``
@@ -42,6 +45,7 @@ from maskdiff.hf.collate import (  # noqa: F401
     hf_batch,
     syntax_token_ids,
 )
+from maskdiff.hf.pairs import PreferenceCollator, encode_pair, encode_pairs  # noqa: F401
 from maskdiff.core.config import EstimatorConfig  # noqa: F401 (the trainer's estimator=)
 from maskdiff.hf.methods import method_estimator, method_trainer_kwargs  # noqa: F401
 from maskdiff.hf.source import HFSource, load_hf_source  # noqa: F401
@@ -51,6 +55,8 @@ __all__ = [
     "AdapterOptions", "HFAdapter", "load_hf_model", "MaskedDiffusionCollator", "IndexedDataset",
     "batch_from_inputs", "syntax_token_ids", "encode_chat", "ChatCollator", "encode_row", "hf_batch",
     "MaskedDiffusionTrainer",  # noqa: F822 -- built on first access by the module __getattr__
+    "MaskedDiffusionDPOTrainer",  # noqa: F822 -- likewise
+    "PreferenceCollator", "encode_pair", "encode_pairs",
     "HFSource", "load_hf_source", "EstimatorConfig", "method_estimator",
     "method_trainer_kwargs",
 ]
@@ -62,4 +68,8 @@ def __getattr__(name: str):
         from maskdiff.hf.trainer import MaskedDiffusionTrainer
 
         return MaskedDiffusionTrainer
+    if name == "MaskedDiffusionDPOTrainer":
+        from maskdiff.hf.dpo import MaskedDiffusionDPOTrainer
+
+        return MaskedDiffusionDPOTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
