@@ -217,3 +217,19 @@ def test_resume_is_exact(tmp_path):
     other = make(tmp_path / "c", beta=0.2)
     with pytest.raises(ValueError, match="beta=0.1 \\(now 0.2\\)"):
         other.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_docs_snippet_runs_and_the_chosen_answers_pull_ahead(tmp_path, monkeypatch):
+    """The DPO snippet of docs/huggingface.md runs as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "huggingface.md").read_text()
+    section = text.split("### Preference optimisation: DPO on ELBOs", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope = {"__name__": "__docs__"}
+    exec(compile(code, "docs/huggingface.md", "exec"), scope)
+    margins = [r["rewards/margins"] for r in scope["logs"]]
+    assert len(margins) == 4 and margins[-1] > margins[0] > 0, margins
+    assert scope["logs"][-1]["rewards/accuracies"] >= 0.75

@@ -52,7 +52,8 @@ class MaskedDiffusionDPOTrainer(CheckpointedTrainer):
         model: a HF masked diffusion model, a PEFT model (LoRA: :func:`maskdiff.hf.lora.apply_lora`)
             or an :class:`HFAdapter`; adapter options as :class:`MaskedDiffusionTrainer`'s
             (``mask_token_id``, ``logit_shift``, ``attention``, ``pad_token_id``,
-            ``pad_policy``, ``forward_kwargs``).
+            ``pad_policy``, ``forward_kwargs``); the mask id defaults to the tokenizer's, else
+            the config's.
         ref_model: the reference; default a frozen copy of ``model`` at the start, or, for a
             PEFT model, the same model with its adapters disabled (no copy, as TRL does).
         train_dataset, eval_dataset: rows ``{"prompt", "chosen", "rejected"}``, strings or
@@ -103,6 +104,8 @@ class MaskedDiffusionDPOTrainer(CheckpointedTrainer):
                                                                      mc_budget)
         self.preference_estimator = preference_estimator(estimator)
         self.preference_estimator.draws(self.budget)  # a budget the estimator cannot split
+        if mask_token_id is None and not isinstance(model, HFAdapter):
+            mask_token_id = getattr(processing_class, "mask_token_id", None)  # as load_hf_model
         model, options = model_and_options(
             model, mask_token_id, processing_class, logit_shift=logit_shift, attention=attention,
             pad_token_id=pad_token_id, pad_policy=pad_policy, forward_kwargs=forward_kwargs)
