@@ -27,6 +27,9 @@ from maskdiff.hf import (  # noqa: E402
 from maskdiff.preference import preference_estimator, preference_loss  # noqa: E402
 from test_hf import tiny_bert, weights, word_tokenizer  # noqa: E402
 
+# transformers 4.x's Trainer logs the loss rounded to 4 decimals (make test-tf4)
+ROUNDING = 5e-5 if transformers.__version__.startswith("4.") else 0.0
+
 ROWS = [
     {"prompt": "what is two plus three", "chosen": "the answer : five",
      "rejected": "the answer : a b c"},
@@ -95,7 +98,7 @@ def test_loss_is_the_native_preference_loss_of_the_native_estimators(tmp_path, l
     trainer.train()  # one step over the 4 pairs at lr 0: the same numbers, logged
     log = trainer.state.log_history[0]
     rewards = [0.5 * (p - r) for p, r in zip(elbos["policy"], elbos["reference"])]
-    assert log["loss"] == pytest.approx(float(expected.mean()), rel=1e-5, abs=1e-4)
+    assert log["loss"] == pytest.approx(float(expected.mean()), rel=1e-5, abs=1e-6 + ROUNDING)
     assert log["rewards/chosen"] == pytest.approx(float(rewards[0].mean()), rel=1e-5)
     assert log["rewards/rejected"] == pytest.approx(float(rewards[1].mean()), rel=1e-5)
     assert log["rewards/margins"] == pytest.approx(float((rewards[0] - rewards[1]).mean()),
@@ -165,8 +168,8 @@ def test_precomputed_reference_equals_the_frozen_copy_and_is_reused(tmp_path, mo
     frozen.train()
     pre.train()
     losses = [[e["loss"] for e in t.state.log_history if "loss" in e] for t in (frozen, pre)]
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    assert abs(losses[0][0] - math.log(2)) < 1e-6  # shared draws, policy = reference
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=2 * ROUNDING)
+    assert abs(losses[0][0] - math.log(2)) < 1e-6 + ROUNDING  # shared draws, policy = reference
     metrics = pre.evaluate()
     assert {"eval_loss", "eval_rewards/accuracies", "eval_rewards/margins"} <= set(metrics)
 
@@ -190,7 +193,8 @@ def test_lora_reference_is_the_base_model_with_adapters_disabled(tmp_path):
     trainer.train()
     logs = [e for e in trainer.state.log_history if "loss" in e]
     # LoRA starts at B = 0: the policy is its reference, shared draws give margin 0 exactly
-    assert logs[0]["rewards/margins"] == 0.0 and abs(logs[0]["loss"] - math.log(2)) < 1e-6
+    assert logs[0]["rewards/margins"] == 0.0
+    assert abs(logs[0]["loss"] - math.log(2)) < 1e-6 + ROUNDING
     assert logs[-1]["rewards/margins"] != 0.0
     changed = {k for k, v in weights(model).items() if not torch.equal(before[k], v)}
     assert changed and all("lora_" in k for k in changed), sorted(changed)

@@ -45,7 +45,6 @@ from maskdiff.hf.collate import (  # noqa: F401
     hf_batch,
     syntax_token_ids,
 )
-from maskdiff.hf.pairs import PreferenceCollator, encode_pair, encode_pairs  # noqa: F401
 from maskdiff.core.config import EstimatorConfig  # noqa: F401 (the trainer's estimator=)
 from maskdiff.hf.methods import method_estimator, method_trainer_kwargs  # noqa: F401
 from maskdiff.hf.source import HFSource, load_hf_source  # noqa: F401
@@ -56,10 +55,13 @@ __all__ = [
     "batch_from_inputs", "syntax_token_ids", "encode_chat", "ChatCollator", "encode_row", "hf_batch",
     "MaskedDiffusionTrainer",  # noqa: F822 -- built on first access by the module __getattr__
     "MaskedDiffusionDPOTrainer",  # noqa: F822 -- likewise
-    "PreferenceCollator", "encode_pair", "encode_pairs",
+    "PreferenceCollator", "encode_pair", "encode_pairs",  # noqa: F822 -- likewise
     "HFSource", "load_hf_source", "EstimatorConfig", "method_estimator",
     "method_trainer_kwargs",
 ]
+
+
+_PAIRS = ("PreferenceCollator", "encode_pair", "encode_pairs")
 
 
 def __getattr__(name: str):
@@ -68,6 +70,10 @@ def __getattr__(name: str):
         from maskdiff.hf.trainer import MaskedDiffusionTrainer
 
         return MaskedDiffusionTrainer
+    if name in _PAIRS:  # they import maskdiff.preference: on first use too
+        import maskdiff.hf.pairs as pairs
+
+        return getattr(pairs, name)
     if name == "MaskedDiffusionDPOTrainer":
         from maskdiff.hf.dpo import MaskedDiffusionDPOTrainer
 
