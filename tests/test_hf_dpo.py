@@ -237,3 +237,26 @@ def test_docs_snippet_runs_and_the_chosen_answers_pull_ahead(tmp_path, monkeypat
     margins = [r["rewards/margins"] for r in scope["logs"]]
     assert len(margins) == 4 and margins[-1] > margins[0] > 0, margins
     assert scope["logs"][-1]["rewards/accuracies"] >= 0.75
+
+
+@pytest.mark.parametrize("name", ["llada", "dream"])
+def test_diffusion_llm_families_train_by_dpo(name, tmp_path_factory, tmp_path):
+    """LLaDA's and Dream's own model code (the fixtures, tiny random configs; Dream's logits
+    shifted by one): two DPO steps from a frozen copy, the first exactly log 2 under shared
+    draws, the second moved."""
+    from maskdiff.hf.remote import save_random_model, sized_config
+    from test_hf_families import MODELS, load
+
+    if not MODELS.is_dir():
+        pytest.skip(f"no model fixtures at {MODELS}")
+    path = save_random_model(MODELS / name, tmp_path_factory.mktemp(name),
+                             config=sized_config(name))
+    adapter, tok, mask_id = load(path)
+    trainer = MaskedDiffusionDPOTrainer(
+        model=adapter, train_dataset=ROWS, processing_class=tok, budget=2, beta=1.0,
+        args=_args(tmp_path, max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2))
+    assert trainer.options.mask_token_id == mask_id
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert abs(logs[0]["loss"] - math.log(2)) < 1e-6 + ROUNDING and logs[0]["rewards/margins"] == 0
+    assert logs[1]["rewards/margins"] != 0.0

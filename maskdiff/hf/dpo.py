@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from maskdiff import jsonio
+from maskdiff.core.batch import Batch
 from maskdiff.core.samplers import DEFAULT_EPS
 from maskdiff.hf.adapter import STATE_FILE, HFAdapter
 from maskdiff.hf.checks import check_model
@@ -73,8 +74,9 @@ class MaskedDiffusionDPOTrainer(CheckpointedTrainer):
             the starting weights, the tokenised rows, estimator, budget, seed, eps -- matches;
             eval sets ``reference_elbos_eval[_name].json``): equal to what the reference computes
             every step, without its forward passes.
-        disable_dropout: set every ``nn.Dropout`` to 0 (default, as TRL): the draws are the
-            only noise.
+        disable_dropout: every dropout of the model to 0 (default; ``nn.Dropout`` as TRL, and
+            the ``*dropout*`` rates attention code reads from its config): the draws are the
+            only noise, as in ``maskdiff dpo`` (whose policy runs in eval mode).
 
     Logged: ``loss`` and, per logging window (``eval_`` prefixed in evaluation), TRL's
     ``rewards/chosen``, ``rewards/rejected`` (``β·(B̂_π − B̂_ref)`` means), ``rewards/margins``,
@@ -179,10 +181,13 @@ class MaskedDiffusionDPOTrainer(CheckpointedTrainer):
                "estimator": self.preference_estimator.name, "options": _options_key(self.options),
                **self._draws()}
 
+        def batches(indices: list[int]) -> tuple[Batch, Batch]:
+            return tuple(self._scored(b) for b in self.collator.pair_batches(rows, indices))
+
         def compute() -> torch.Tensor:
             with self.reference() as reference:
                 return reference_table(
-                    reference, len(rows), lambda idx: self.collator.pair_batches(rows, idx),
+                    reference, len(rows), batches,
                     self.preference_estimator, **self._draws(),
                     batch_size=max(self.args.per_device_eval_batch_size, 1),
                     device=self.args.device)
@@ -196,8 +201,7 @@ class MaskedDiffusionDPOTrainer(CheckpointedTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The mean over the micro-batch's pairs of :func:`preference_loss` on ``B̂_π`` and
         ``B̂_ref`` (the batch's first half the chosen answers, its second the rejected)."""
-        batch = batch_from_inputs(inputs)
-        batch = dataclasses.replace(batch, eligible=self.options.eligible(batch.eligible))
+        batch = self._scored(batch_from_inputs(inputs))
         policy = self.preference_estimator.log_likelihood(
             HFAdapter(model, self.options), batch, role="policy", **self._draws())
         if "reference_elbos" in inputs:
@@ -215,6 +219,10 @@ class MaskedDiffusionDPOTrainer(CheckpointedTrainer):
             return loss, {"policy_elbos": policy.detach(), "reference_elbos": reference,
                           "losses": losses.detach()}
         return loss
+
+    def _scored(self, batch: Batch) -> Batch:
+        """``batch`` with the positions a logit shift cannot score removed from the ELBO."""
+        return dataclasses.replace(batch, eligible=self.options.eligible(batch.eligible))
 
     def _record(self, policy: torch.Tensor, reference: torch.Tensor, split: str) -> None:
         n = len(policy) // 2
@@ -296,9 +304,24 @@ def _reference_model(model: nn.Module, ref_model, precompute: bool) -> nn.Module
 
 
 def _disable_dropout(model: nn.Module) -> None:
+    """Every dropout of ``model`` to 0: ``nn.Dropout`` modules (TRL's ``disable_dropout``) and
+    float attributes and config fields named ``*dropout*``, which attention implementations read
+    in training mode (LLaDA reads ``config.attention_dropout``, Llama-style code copies it to
+    ``self.attention_dropout``)."""
+    configs = []
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+        config = getattr(module, "config", None)
+        if config is not None and all(config is not seen for seen in configs):
+            configs.append(config)
+    for config in configs:
+        for name, value in list(vars(config).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(config, name, 0.0)
 
 
 def _rows_digest(rows: list[dict]) -> str:
