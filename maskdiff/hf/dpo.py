@@ -165,7 +165,8 @@ class MaskedDiffusionDPOTrainer(CheckpointedTrainer):
 
     def _precompute_all(self) -> None:
         """The reference table of every data set, put in its rows (``"reference"``)."""
-        digest = weights_digest(self.accelerator.unwrap_model(self.model).state_dict())
+        reference = self.ref_model if self.ref_model is not None else self.model
+        digest = weights_digest(self.accelerator.unwrap_model(reference).state_dict())
         sets = {"": self.train_dataset}
         if isinstance(self.eval_dataset, Mapping):
             sets.update({f"eval_{name}": rows for name, rows in self.eval_dataset.items()})
