@@ -20,7 +20,7 @@ def test_the_full_plan_runs_every_method_with_syrm_on_tables_and_the_equal_compu
             "syrm (table)", "standard (table)", "gpots", "gpots_mirror", "gpots_online",
             # the pretraining rate samplers (docs/method.md §3)
             "bell", "bell_iw", "bell2", "bell8", "bell_ln", "bell_ln_iw", "window_0.45_0.55",
-            "window_0.2_1", "window_0.3_1", "window_0.5_1", "annealed"} == labels
+            "window_0.2_1", "window_0.3_1", "window_0.5_1", "annealed", "standard@4x"} == labels
     assert len(specs) == len(labels) * len(PRESETS["full"].seeds)
     assert len(PRESETS["full"].seeds) >= 10 and len(PRESETS["demo"].seeds) >= 5
     assert plan(PRESETS["demo"], seeds=[1, 2])[:2] == [RunSpec("standard", 1, "arithmetic"),
@@ -223,3 +223,15 @@ def test_a_finished_run_whose_task_filled_its_parameters_is_reused(tmp_path):
     stamp = (out / "runs" / "arithmetic" / "isad" / "s42" / "compare.json").stat().st_mtime_ns
     assert main(args) == 0
     assert (out / "runs" / "arithmetic" / "isad" / "s42" / "compare.json").stat().st_mtime_ns == stamp
+
+
+def test_the_windows_preset_is_the_sft_window_table_on_fulls_runs():
+    """Issue 26 item 4: the parity paper's windows ([0, 1] is standard), 10 paired seeds, on
+    `full`'s base and starting checkpoint, so the two jobs share their runs."""
+    windows, full = PRESETS["windows"], PRESETS["full"]
+    assert windows.methods == ("standard", "window_0.45_0.55", "window_0.2_1", "window_0.3_1",
+                               "window_0.5_1")
+    assert windows.base == full.base and windows.seeds == full.seeds[:10]
+    assert windows.pretrain_steps == full.pretrain_steps
+    assert windows.pretrain_lr == full.pretrain_lr
+    assert {s.dirname for s in plan(windows)} <= {s.dirname for s in plan(full)}

@@ -11,6 +11,7 @@ from maskdiff.commands import (
     add_decoding_arguments, add_model_source_arguments, add_threads_argument, apply_threads, positive,
 )
 from maskdiff.commands.generate import note_block_length
+from maskdiff.commands.generation import add_judge_arguments, run_judge
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
 from maskdiff.fileio import atomic_write_text
@@ -18,6 +19,7 @@ from maskdiff.training.evaluate import (
     ELBO_SCHEMES, EVAL_SCHEME, causal_nll, elbo, elbo_scheme, pass_at_1, se_text,
 )
 from maskdiff.training.config import block_layout
+from maskdiff.training.judge import load_judge
 from maskdiff.training.runs import load_run
 
 
@@ -38,6 +40,7 @@ def register(subparsers) -> None:
                    help="rates of t per example (a *-mirror scheme: 2 forward passes each)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the ELBO's common random numbers")
     p.add_argument("--pass-at-1", action="store_true", help="also generate and score answers")
+    add_judge_arguments(p)
     add_decoding_arguments(p)
     add_threads_argument(p, help="PyTorch's intra-op CPU threads (default: PyTorch's choice); "
                                  "eval.json records it")
@@ -51,8 +54,11 @@ def run(args) -> int:
     if args.data is not None:
         raise ValueError("--data goes with --hf; a run evaluates on its own task's --split")
     loaded = load_run(args.run, args.checkpoint, args.device)
+    if args.judge is not None:  # refused before any work: a causal --run, a mismatched judge
+        args.judge_run = load_judge(args.judge, loaded, args.run, args.checkpoint, args.device)
     config, tok = loaded.config, loaded.tokenizer
-    examples = list(load_task(config.data).split(args.split))[: args.n]
+    split = list(load_task(config.data).split(args.split))
+    examples = split[: args.n]
     if config.data.train_file is not None and args.split == "test":
         print("maskdiff evaluate: note: with a train_file the test split is the validation "
               "split (early stopping chose the checkpoint on it), not held-out data",
@@ -80,6 +86,8 @@ def run(args) -> int:
                         device=args.device, layout=layout)
         report["pass_at_1"] = gen.pass_at_1
         print(f"pass@1 {gen.pass_at_1:.3f} over {gen.n} examples")
+    if args.judge is not None:
+        report["generation"] = run_judge(args, loaded, split, collate, layout)  # its own --samples
     atomic_write_text(Path(args.run) / "eval.json", jsonio.dumps(report, indent=2) + "\n")
     return 0
 
@@ -104,6 +112,9 @@ def _run_hf(args, threads: int) -> int:
 
     if args.data is None:
         raise ValueError("--hf needs --data FILE.jsonl (the rows to evaluate on)")
+    if args.judge is not None:
+        raise ValueError("--judge scores a native masked-diffusion run's samples: use it with "
+                         "--run, not --hf")
     model = load_model_argument(args)
     report = evaluate_rows(model, args.data, n=args.n, scheme=args.scheme, rates=args.rates,
                            seed=args.seed, pass_at_1=args.pass_at_1, gen_length=args.gen_length,

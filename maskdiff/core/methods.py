@@ -250,6 +250,7 @@ for _method in (
 ):
     register_method(_method)
 register_method(equal_compute("standard", 2))
+register_method(equal_compute("standard", 4))  # the noise ceiling (docs/method.md §11)
 for _method in (  # gradient-targeted P-POTS (docs/method.md §4 [beyond])
     Method(name="gpots", summary="gradient-targeted P-POTS: rates from sqrt(E[|grad l|^2 | t])",
            needs=frozenset({"density"}), density_target="gradient"),

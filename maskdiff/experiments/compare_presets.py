@@ -24,6 +24,9 @@ START_DATA_OFFSET = 1000
 DEMO_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", "ar")
 BLOCK_METHODS = ("standard", "mirror", "ppots", "ppots_mirror", "clipped", EQUAL_COMPUTE)
 BLOCK_SIZE = 8  # the block preset's block size, chosen before any block result (see below)
+# The parity paper's SFT window table (its Table: [0.45, 0.55], [0, 1], [0.2, 1], [0.3, 1],
+# [0.5, 1]); [0, 1] is standard (issue 26 item 4, README "Fine-tuning windows").
+WINDOW_METHODS = ("standard", "window_0.45_0.55", "window_0.2_1", "window_0.3_1", "window_0.5_1")
 BLOCK_SWEEP = (16, 8, 4)  # the block sweep's sizes (with b = L and the causal twin)
 
 
@@ -143,6 +146,10 @@ PRESETS: dict[str, ComparePreset] = {
                            pretrain_steps=1000, pretrain_lr=3e-3,
                            base=replace(_DEMO_BASE, block_size=BLOCK_SIZE),
                            ppots_design=(8, 32, 4), **_PAIRED),
+    # The SFT window table: `full`'s base and starting checkpoint, so its runs are `full`'s.
+    "windows": ComparePreset(name="windows", methods=WINDOW_METHODS, seeds=SEEDS[:10],
+                             pretrain_steps=1000, pretrain_lr=3e-3, base=_DEMO_BASE,
+                             ppots_design=(8, 32, 4), **_PAIRED),
     # Not yet run on a GPU (none was lent to this project's sessions): sizes are estimates.
     "gpu": ComparePreset(name="gpu", methods=None, seeds=SEEDS[:10], pretrain_steps=4000,
                          pretrain_lr=2e-3, equal_compute=True, grad_noise_draws=512,

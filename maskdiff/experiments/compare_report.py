@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from maskdiff.core.methods import BASELINE
+from maskdiff.experiments.compare_ceiling import ceiling_section
 from maskdiff.experiments.compare_plots import write_plots
 from maskdiff.experiments.compare_summary import paired_labels
 from maskdiff.experiments.compare_eval import predicted_multiplier
@@ -356,6 +357,7 @@ def write_report(out_dir: Path, results: dict) -> None:
         lines += ["## Equal compute", "", "Each two-view method against standard with twice the "
                   "batch (the same forward passes), paired by seed:", "", *equal, "",
                   *equal_compute_words(results), ""]
+    lines += ceiling_section(results)
     if results.get("grad_noise"):
         lines += ["## Gradient noise scale on the starting checkpoint", ""] + noise_table(results)
         lines += ["", "Predicted multiplier: (1 + B_std/B) / ((1 + B_m/B) · forward passes per "

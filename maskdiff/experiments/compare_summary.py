@@ -18,6 +18,7 @@ import numpy as np
 
 from maskdiff.core.methods import BASELINE, get_method
 from maskdiff.experiments import stats
+from maskdiff.experiments.compare_ceiling import noise_ceiling
 from maskdiff.jobs import load_record
 
 BIG_FIELDS = ("hits", "elbo_items")  # per-item scores: in each run's compare.json only
@@ -186,6 +187,7 @@ def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None
             m["mean_minus_standard"] = st["mean"] - bst["mean"]
             m["sd_ratio_to_standard"] = st["sd"] / bst["sd"] if bst["sd"] > 0 else None
     _equal_compute(methods, by_label)
+    ceiling = noise_ceiling(methods, by_label)
     if ppots is not None and ppots.get("seconds"):
         served = [r["train_seconds"] for r in records if "density" in get_method(r["method"]).needs]
         if served:
@@ -195,7 +197,7 @@ def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None
             "methods": methods, "power": power_analysis(methods, len(seeds)),
             "runs": [{k: v for k, v in r.items() if k not in BIG_FIELDS} for r in records],
             "seconds": seconds, "ppots": ppots, "window": window, "grad_noise": grad_noise,
-            "workers": workers, "threads": threads, "block": block,
+            "workers": workers, "threads": threads, "block": block, "ceiling": ceiling,
             "machine": f"{platform.machine()}, {platform.system()}, "
                        f"Python {platform.python_version()}",
             "config": _config(preset)}

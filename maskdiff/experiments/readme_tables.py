@@ -21,6 +21,8 @@ from pathlib import Path
 
 from maskdiff import jsonio
 from maskdiff.experiments import compare_report as report
+from maskdiff.experiments.compare_ceiling import ceiling_table
+from maskdiff.experiments.decision import decision_table
 from maskdiff.fileio import atomic_write_text
 from maskdiff.jobs import read_record
 
@@ -127,6 +129,7 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "summary": summary,
     "equal": report.equal_compute_table,
     "equal-words": report.equal_compute_words,
+    "ceiling": ceiling_table,
     "power": report.power_lines,
     "sweep": _sweep,
     "block-setup": _block_setup,
@@ -134,11 +137,19 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "block-sweep-setup": _block_sweep_setup,
 }
 
+DIRECTORY_TABLES: dict[str, Callable[[Path], list[str]]] = {"decision": decision_table}
+
 
 def render(results_dir: Path, name: str, table: str) -> str:
     """The lines of one block, ending with a newline."""
+    if table in DIRECTORY_TABLES:  # tables over several results files: <!-- results:all:T -->
+        if name != "all":
+            raise ValueError(f"README block {name}:{table}: table {table!r} reads every results "
+                             f"file; mark it <!-- results:all:{table} -->")
+        return "\n".join(DIRECTORY_TABLES[table](Path(results_dir))) + "\n"
     if table not in TABLES:
-        raise ValueError(f"unknown README table {table!r}; known: {sorted(TABLES)}")
+        raise ValueError(f"unknown README table {table!r}; known: "
+                         f"{sorted([*TABLES, *DIRECTORY_TABLES])}")
     path = Path(results_dir) / f"{name}.json"
     if not path.exists():
         raise ValueError(f"README block {name}:{table}: no results file {path}")

@@ -15,6 +15,8 @@ Every ``maskdiff compare`` number that carries an uncertainty comes from here:
   independent) and the Pitman–Morgan test;
 - :func:`item_se` / :func:`split_half` — the evaluation floor: the precision of one run's score
   from its finite test set, and how much of a seed spread is training and how much test set;
+- :func:`ratio_of_means` — a paired ratio of means with Fieller's interval (a method's
+  gain as a share of the noise ceiling's);
 - :func:`power_paired_t`, :func:`detectable_difference`, :func:`power_variance_ratio`,
   :func:`detectable_sd_ratio` — the power calculation behind the number of seeds.
 
@@ -280,6 +282,32 @@ def compute_multiplier(x_base: Sequence[float], base: np.ndarray, x_m: Sequence[
             # Not reached: the multiplier is below what reaching it at the last point would give.
             "upper_bound": None if value > 0 else fwd_base / float(np.asarray(x_m)[-1]),
             "level": level}
+
+
+# ----------------------------------------------------------------------------- ratio of means
+def ratio_of_means(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict:
+    """``mean(a) / mean(b)`` for paired samples with Fieller's interval: the set of ``θ`` the
+    one-sample t-test of ``a − θ·b`` does not reject (exact for paired normal samples). When
+    ``mean(b)`` is itself not significantly non-zero the set is unbounded: ``lo``/``hi`` are
+    then None and ``bounded`` False (the ratio's denominator could be 0)."""
+    _check_level(level)
+    x, y = _array(a, "a"), _array(b, "b")
+    if x.size != y.size:
+        raise ValueError(f"paired samples must have equal length, got {x.size} and {y.size}")
+    n = x.size
+    mx, my = float(x.mean()), float(y.mean())
+    cov = np.cov(x, y, ddof=1) / n  # the covariance matrix of the two means
+    t2 = float(stats.t.ppf(0.5 + level / 2, n - 1)) ** 2
+    qa = my * my - t2 * cov[1, 1]
+    qb = -2.0 * (mx * my - t2 * cov[0, 1])
+    qc = mx * mx - t2 * cov[0, 0]
+    ratio = mx / my if my != 0 else None
+    disc = qb * qb - 4.0 * qa * qc
+    if qa <= 0 or disc < 0:
+        return {"ratio": ratio, "lo": None, "hi": None, "bounded": False, "n": n, "level": level}
+    root = math.sqrt(disc)
+    lo, hi = sorted(((-qb - root) / (2 * qa), (-qb + root) / (2 * qa)))
+    return {"ratio": ratio, "lo": lo, "hi": hi, "bounded": True, "n": n, "level": level}
 
 
 # ----------------------------------------------------------------------------------- power

@@ -52,14 +52,14 @@ def se_text(se: float | None, n: int, what: str = "example") -> str:
     return f"n/a ({n} {what}{'' if n == 1 else 's'})"
 
 
-def _summarise(per_example: torch.Tensor) -> EvalResult:
+def summarise_examples(per_example: torch.Tensor) -> EvalResult:
     values = per_example.double()
     n = len(values)
     se = float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
     return EvalResult(mean=float(values.mean()), se=se, n=n)
 
 
-def _batches(examples: Sequence, collate: Collate, batch_size: int, device):
+def example_batches(examples: Sequence, collate: Collate, batch_size: int, device):
     for start in range(0, len(examples), batch_size):
         items = [(start + k, ex) for k, ex in enumerate(examples[start:start + batch_size])]
         yield collate(items).to(device)
@@ -243,7 +243,7 @@ def elbo_estimate(model, examples: Sequence, collate: Collate, *, mask_token_id:
     model.eval()
     try:
         draws = torch.cat([elbo_draws(model, batch, estimators, seed).cpu()
-                           for batch in _batches(examples, collate, batch_size, device)])
+                           for batch in example_batches(examples, collate, batch_size, device)])
     finally:
         model.train(was_training)
     return ElboEstimate(mean=draws.mean(dim=1), se=draws_se(draws, chosen.stratified),
@@ -267,7 +267,7 @@ def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_
     model.eval()
     try:
         per_example = [stratified_elbo(model, batch, estimators, seed).cpu()
-                       for batch in _batches(examples, collate, batch_size, device)]
+                       for batch in example_batches(examples, collate, batch_size, device)]
     finally:
         model.train(was_training)
     return torch.cat(per_example)
@@ -282,11 +282,11 @@ def elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
     validation's, the default here) is :func:`per_example_elbo`; the other
     :data:`ELBO_SCHEMES` spend ``rates_per_example`` rates as they say."""
     if scheme == "stratified":
-        return _summarise(per_example_elbo(
+        return summarise_examples(per_example_elbo(
             model, examples, collate, mask_token_id=mask_token_id,
             rates_per_example=rates_per_example, seed=seed, batch_size=batch_size,
             normalizer=normalizer, eps=eps, device=device, layout=layout))
-    return _summarise(elbo_estimate(
+    return summarise_examples(elbo_estimate(
         model, examples, collate, mask_token_id=mask_token_id, scheme=scheme,
         rates=rates_per_example, seed=seed, batch_size=batch_size, normalizer=normalizer,
         eps=eps, device=device, layout=layout).mean)
@@ -302,10 +302,10 @@ def causal_nll(model, examples: Sequence, collate: Collate, *, batch_size: int =
     model.eval()
     try:
         losses = [causal_lm_loss(model(b.x0, b.attention_mask), b.x0, b.eligible).cpu()
-                  for b in _batches(examples, collate, batch_size, device)]
+                  for b in example_batches(examples, collate, batch_size, device)]
     finally:
         model.train(was_training)
-    return _summarise(torch.cat(losses))
+    return summarise_examples(torch.cat(losses))
 
 
 @dataclass(frozen=True)

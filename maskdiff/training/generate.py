@@ -58,7 +58,7 @@ def transfer_schedule(n_masked: int, steps: int) -> list[int]:
 
 
 @contextmanager
-def _inference_mode(model: nn.Module) -> Iterator[None]:
+def inference_mode(model: nn.Module) -> Iterator[None]:
     """eval() and no_grad for the duration; the previous training mode is restored afterwards."""
     was_training = model.training
     model.eval()
@@ -143,7 +143,7 @@ def generate_diffusion(
             raise ValueError(f"block_length={block_length} conflicts with the block layout's "
                              f"block_size={layout.block_size}: a block model decodes in the "
                              f"blocks it was trained on")
-        with _inference_mode(model):
+        with inference_mode(model):
             return _decode_blocks(model, ids, attention, prompt_length=prompt_length,
                                   steps=steps, layout=layout, mask_token_id=mask_token_id,
                                   use_cache=use_cache)
@@ -161,7 +161,7 @@ def generate_diffusion(
             f"n_blocks={n_blocks} (gen_length={gen_length} / block_length={block_length})"
         )
     schedule = transfer_schedule(block_length, steps // n_blocks)
-    with _inference_mode(model):
+    with inference_mode(model):
         for block in range(n_blocks):
             start = prompt_length + block * block_length
             end = start + block_length
@@ -288,7 +288,7 @@ def generate_causal(
     ids = prompt_ids
     attention = prompt_attention
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
-    with _inference_mode(model):
+    with inference_mode(model):
         for _ in range(max_new_tokens):
             next_token = model(ids, attention)[:, -1].argmax(dim=-1)
             if eos_id is not None:

@@ -1,0 +1,64 @@
+"""The README's decision table (maskdiff.experiments.decision): verdicts read off intervals."""
+
+import json
+
+import pytest
+
+from maskdiff.experiments.decision import NO_EFFECT, decision_table, verdict
+from maskdiff.experiments.readme_tables import render
+
+
+def _vs(mult, lo, hi, pass_lo, pass_hi, reached=True):
+    return {"fwd_ratio": 1.0,
+            "compute": {"multiplier": mult, "lo": lo, "hi": hi, "reached": reached},
+            "pass_at_1": {"difference": {"mean": (pass_lo + pass_hi) / 2, "lo": pass_lo,
+                                         "hi": pass_hi, "p": 0.01}}}
+
+
+@pytest.mark.parametrize("vs, expected", [
+    (_vs(1.6, 1.5, 1.8, -0.05, -0.02), "faster likelihood, worse generation"),
+    (_vs(1.6, 1.5, 1.8, -0.01, 0.02), "faster"),
+    (_vs(0.7, 0.6, 0.8, -0.01, 0.02), "more compute"),
+    (_vs(0.0, 0.0, 0.0, -0.01, 0.02, reached=False), "more compute"),
+    (_vs(0.0, 0.0, 1.1, -0.01, 0.02, reached=False), NO_EFFECT),
+    (_vs(1.0, 0.9, 1.1, -0.05, -0.01), "worse generation"),
+    (_vs(1.0, 0.9, 1.1, -0.01, 0.02), NO_EFFECT),
+])
+def test_verdicts_follow_the_intervals(vs, expected):
+    assert verdict(vs) == expected
+
+
+def _method(name, vs=None):
+    return {"method": name, "test_loss_kind": "ELBO", **({"vs_standard": vs} if vs else {})}
+
+
+def test_the_table_has_one_row_per_verdict_and_one_for_the_rest(tmp_path):
+    results = {"methods": {
+        "standard": _method("standard"),
+        "clipped": _method("clipped", _vs(1.62, 1.5, 1.77, -0.057, -0.019)),
+        "mirror": _method("mirror", {**_vs(0.68, 0.65, 0.74, -0.008, 0.025), "fwd_ratio": 2.0}),
+        "ema": _method("ema", _vs(1.0, 1.0, 1.0, 0.0, 0.0)),
+        "strats": _method("strats", _vs(0.0, 0.0, 1.1, -0.024, 0.006, reached=False)),
+        "standard@2x": _method("standard@2x", {**_vs(1.9, 1.7, 2.1, -0.01, 0.03),
+                                               "fwd_ratio": 2.0}),
+        "syrm (table)": {**_method("syrm", _vs(1.0, 0.9, 1.1, 0, 0)), "method": "syrm"},
+    }}
+    (tmp_path / "compare-full.json").write_text(json.dumps(results))
+    lines = decision_table(tmp_path)
+    assert lines[2] == ("| fine-tuning (`--preset full`) | clipped | 1 | 1.62 [1.50, 1.77] | "
+                        "-3.8 [-5.7, -1.9] | **faster likelihood, worse generation** |")
+    assert lines[3].startswith("| fine-tuning (`--preset full`) | mirror | 2 | 0.68 [0.65, 0.74]")
+    assert lines[3].endswith("| **more compute** |")
+    # the controls and other-task labels are not methods to choose; the rest share a row
+    assert lines[4] == f"| fine-tuning (`--preset full`) | ema, strats | | | | {NO_EFFECT} |"
+    assert len(lines) == 5
+    assert render(tmp_path, "all", "decision") == "\n".join(lines) + "\n"
+    with pytest.raises(ValueError, match="mark it <!-- results:all:decision -->"):
+        render(tmp_path, "compare-full", "decision")
+
+
+def test_missing_regimes_are_skipped_and_a_damaged_file_is_named(tmp_path):
+    assert len(decision_table(tmp_path)) == 2  # the header only
+    (tmp_path / "compare-block.json").write_text("{not json")
+    with pytest.raises(ValueError, match="compare-block.json"):
+        decision_table(tmp_path)
