@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TF4 := .venv-tf4
 TF4_TESTS ?= tests/test_hf_families.py tests/test_hf.py tests/test_hf_guards.py tests/test_data_tokenizers.py \
 	tests/test_hf_checkpoints.py tests/test_cli_hf_flags.py tests/test_loss_conventions.py \
-	tests/test_hf_families_peer.py tests/test_hf_blocks.py
+	tests/test_hf_families_peer.py tests/test_hf_blocks.py tests/test_hf_dpo.py
 
 .PHONY: demo test test-tf4 setup clean
 

@@ -169,8 +169,8 @@ def test_cycle_allow_list_is_not_stale():
 # nothing of maskdiff; the package root only re-exports.
 LAYERS = [
     {"fileio", "jobs", "jsonio", "memory", "plotting"},
-    {"core"}, {"diagnostics"}, {"ppots"}, {"data", "models"}, {"training"}, {"hf"}, {"labs"},
-    {"preference"},
+    {"core"}, {"diagnostics"}, {"ppots"}, {"data", "models"}, {"training"}, {"preference"},
+    {"hf"}, {"labs"},
     {"evaluation"}, {"experiments"}, {"commands", "cli"}, {"maskdiff"},
 ]
 

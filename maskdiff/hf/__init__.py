@@ -17,6 +17,9 @@ Three pieces, each usable alone:
   same numbers maskdiff's trainer computes, on any number of ranks, with gradient accumulation,
   and after a resume. It logs the per-t-bin statistics of :mod:`maskdiff.training.trainer` and can refit
   a P-POTS importance density online (docs/method.md §4 [beyond]).
+- :class:`MaskedDiffusionDPOTrainer`: DPO / ELBO-KTO on ELBO differences (docs/method.md §13)
+  from TRL's ``{"prompt", "chosen", "rejected"}`` rows, with :mod:`maskdiff.preference`'s
+  estimators; the reference a frozen copy, the PEFT base model or precomputed ELBOs.
 
 ``transformers`` is imported lazily by the functions that need it and by the first use of
 ``MaskedDiffusionTrainer`` (:mod:`maskdiff.hf.trainer` imports it), so ``import maskdiff.hf``
@@ -51,9 +54,14 @@ __all__ = [
     "AdapterOptions", "HFAdapter", "load_hf_model", "MaskedDiffusionCollator", "IndexedDataset",
     "batch_from_inputs", "syntax_token_ids", "encode_chat", "ChatCollator", "encode_row", "hf_batch",
     "MaskedDiffusionTrainer",  # noqa: F822 -- built on first access by the module __getattr__
+    "MaskedDiffusionDPOTrainer",  # noqa: F822 -- likewise
+    "PreferenceCollator", "encode_pair", "encode_pairs",  # noqa: F822 -- likewise
     "HFSource", "load_hf_source", "EstimatorConfig", "method_estimator",
     "method_trainer_kwargs",
 ]
+
+
+_PAIRS = ("PreferenceCollator", "encode_pair", "encode_pairs")
 
 
 def __getattr__(name: str):
@@ -62,4 +70,12 @@ def __getattr__(name: str):
         from maskdiff.hf.trainer import MaskedDiffusionTrainer
 
         return MaskedDiffusionTrainer
+    if name in _PAIRS:  # they import maskdiff.preference: on first use too
+        import maskdiff.hf.pairs as pairs
+
+        return getattr(pairs, name)
+    if name == "MaskedDiffusionDPOTrainer":
+        from maskdiff.hf.dpo import MaskedDiffusionDPOTrainer
+
+        return MaskedDiffusionDPOTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

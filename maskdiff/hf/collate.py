@@ -161,7 +161,7 @@ def _has_generation_markers(template: str | None) -> bool:
     return bool(template) and re.search(r"{%-?\s*generation\s*-?%}", template) is not None
 
 
-def _render_ids(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *,
+def render_ids(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *,
                 add_generation_prompt: bool = False, **kwargs: Any) -> list[int]:
     out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True,
                                         add_generation_prompt=add_generation_prompt, **kwargs)
@@ -204,13 +204,13 @@ def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, method
             raise ValueError("the chat template marked no assistant tokens (no {% generation %} "
                              "markers?): use method='diff'")
     else:
-        ids = _render_ids(tokenizer, messages, **extra)
+        ids = render_ids(tokenizer, messages, **extra)
         eligible = [0] * len(ids)
         for i, message in enumerate(messages):
             if message.get("role") != "assistant":
                 continue
-            before = _render_ids(tokenizer, messages[:i], add_generation_prompt=True, **extra)
-            upto = _render_ids(tokenizer, messages[:i + 1], **extra)
+            before = render_ids(tokenizer, messages[:i], add_generation_prompt=True, **extra)
+            upto = render_ids(tokenizer, messages[:i + 1], **extra)
             if upto[:len(before)] != before or ids[:len(upto)] != upto:
                 raise ValueError(f"assistant message {i}: the chat template's renders are not "
                                  f"prefixes of each other, so the turn cannot be located by "
@@ -302,11 +302,7 @@ def encode_row(tokenizer: Any, row: Mapping[str, Any], *, method: str = "auto",
     elif getattr(tokenizer, "chat_template", None):
         return encode_chat(tokenizer, ChatCollator.messages(row), method=method, syntax_ids=syntax_ids)
     elif "prompt" in row and "response" in row:
-        prompt = [int(i) for i in tokenizer(row["prompt"])["input_ids"]]
-        response = [int(i) for i in tokenizer(row["response"], add_special_tokens=False)["input_ids"]]
-        eos = getattr(tokenizer, "eos_token_id", None)
-        response += [] if eos is None else [int(eos)]
-        out = {"input_ids": prompt + response, "eligible": [0] * len(prompt) + [1] * len(response)}
+        out = encode_prompt_response(tokenizer, row["prompt"], row["response"])
     else:
         raise ValueError(f"a row needs 'input_ids', 'text', 'messages' or 'prompt'+'response' "
                          f"(chat rows need a tokenizer with a chat template for 'messages'), "
@@ -315,6 +311,17 @@ def encode_row(tokenizer: Any, row: Mapping[str, Any], *, method: str = "auto",
         wanted = frozenset(int(i) for i in syntax_ids)
         out["syntax"] = [int(t in wanted and not e) for t, e in zip(out["input_ids"], out["eligible"])]
     return out
+
+
+def encode_prompt_response(tokenizer: Any, prompt: str, response: str) -> dict[str, list[int]]:
+    """Plain text, no chat template: the prompt with the tokenizer's special tokens, then the
+    response and the EOS token (when the tokenizer has one), the response and EOS eligible."""
+    prompt_ids = [int(i) for i in tokenizer(prompt)["input_ids"]]
+    response_ids = [int(i) for i in tokenizer(response, add_special_tokens=False)["input_ids"]]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    response_ids += [] if eos is None else [int(eos)]
+    return {"input_ids": prompt_ids + response_ids,
+            "eligible": [0] * len(prompt_ids) + [1] * len(response_ids)}
 
 
 def hf_batch(tokenizer: Any, rows: Sequence[Mapping[str, Any]], *, pad_policy: str = "exclude",

@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +33,7 @@ from maskdiff.hf.blocks import block_layout, check_block_model
 from maskdiff.hf.checks import check_model
 from maskdiff.hf.collate import batch_from_inputs
 from maskdiff.hf.methods import LEGACY_ARGS, trainer_objective
+from maskdiff.hf.resume import CheckpointedTrainer
 from maskdiff.hf.setup import (default_collator, indexed, indexed_eval, model_and_options,
                                trainable_counts)
 from maskdiff.training.evaluate import stratified_elbo, stratified_estimators
@@ -59,7 +58,7 @@ class _StepEnd(transformers.TrainerCallback):
         return control
 
 
-class MaskedDiffusionTrainer(transformers.Trainer):
+class MaskedDiffusionTrainer(CheckpointedTrainer):
     """A ``transformers.Trainer`` whose loss is maskdiff's :class:`Estimator` (docs/method.md §1).
 
     Args (besides ``transformers.Trainer``'s own):
@@ -104,11 +103,9 @@ class MaskedDiffusionTrainer(transformers.Trainer):
     ``variance_proxy`` (docs/method.md §7) and ``tokens_per_s``, as maskdiff.training.trainer logs them; at a
     refit step ``ppots_refit`` and ``ppots_kl``. Sampler density, control variate, proxy
     tracker and the open log window are saved with every checkpoint (``maskdiff_state.pt``)
-    and restored on resume, so a resumed run computes and logs what the uninterrupted one does.
-    Checkpoints (:mod:`maskdiff.hf.checkpoints`): ``maskdiff_state.pt`` is written before
-    ``transformers`` finishes the folder and deletes older ones, so a kill leaves a complete
-    checkpoint; ``resume_from_checkpoint=True`` resumes from the newest complete one, saying on
-    stderr which newer ones it skipped (interrupted while being written, or torn).
+    and restored on resume, so a resumed run computes and logs what the uninterrupted one does
+    (:class:`~maskdiff.hf.resume.CheckpointedTrainer`: ``resume_from_checkpoint=True`` resumes
+    from the newest complete checkpoint, saying on stderr which newer ones it skipped).
     """
 
     def __init__(self, model=None, args=None, data_collator=None, train_dataset=None,
@@ -173,13 +170,6 @@ class MaskedDiffusionTrainer(transformers.Trainer):
     @property
     def refit_params(self) -> dict[str, float] | None:
         return None if self.refitter is None else self.refitter.params
-
-    # -- data: keep every column (eligible, example_index are not forward arguments) -------
-    def _remove_unused_columns(self, dataset, description=None):
-        return dataset
-
-    def _get_collator_with_removed_columns(self, data_collator, description=None):
-        return data_collator
 
     # -- the loss -------------------------------------------------------------------------
     def adapter(self, model: nn.Module) -> HFAdapter:
@@ -301,37 +291,6 @@ class MaskedDiffusionTrainer(transformers.Trainer):
         self.refit_history = list(refit["history"])
         if "log_window" in state:  # absent from older checkpoints
             self._window.load_state_dict(state["log_window"])
-
-    def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """``transformers.Trainer.train``; ``resume_from_checkpoint=True`` takes the newest
-        complete checkpoint (one line on stderr per newer one skipped), a path is checked."""
-        if resume_from_checkpoint is True:
-            folder, skipped = checkpoints.newest_complete(self.args.output_dir)
-            if skipped and self.args.process_index == 0:
-                print(f"maskdiff: skipping {'; '.join(skipped)}: resuming from {folder}",
-                      file=sys.stderr, flush=True)
-            resume_from_checkpoint = str(folder)
-        elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
-            reason = checkpoints.problem(resume_from_checkpoint)
-            if reason is not None:
-                raise ValueError(f"cannot resume from {resume_from_checkpoint}: {reason}; "
-                                 f"resume_from_checkpoint=True resumes from the newest "
-                                 f"complete checkpoint")
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def _save_checkpoint(self, model, trial):
-        # maskdiff's state first: transformers then writes the rest, trainer_state.json last,
-        # and only then deletes older checkpoints (maskdiff.hf.checkpoints).
-        if self.args.should_save:
-            folder = f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            checkpoints.begin_checkpoint(os.path.join(self._get_output_dir(trial=trial), folder),
-                                         self.maskdiff_state())
-        super()._save_checkpoint(model, trial)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None:
-            self.load_maskdiff_state(checkpoints.load_state(checkpoint))
 
 
 def trainer_class() -> type[MaskedDiffusionTrainer]:
