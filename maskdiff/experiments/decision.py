@@ -2,16 +2,19 @@
 which regime, from the paired compare jobs stored under ``docs/results/``.
 
 Per regime (one results file each, :data:`REGIMES`; a missing file is skipped) and method,
-the compute multiplier to standard's final validation ELBO (forward passes, so a two-view
-method pays for its second view) and the pass@1 difference to standard, both with their 95%
-intervals, and a verdict read off the intervals only:
+the compute multiplier to standard's final ELBO (forward passes, so a two-view method pays
+for its second view; fine-tuning: the validation ELBO, pretraining: the test ELBO curve) and
+the generation effect — fine-tuning: the pass@1 difference to standard; pretraining: the
+causal judge's NLL of the method's continuations of test prompts minus standard's (``evaluate
+--judge``; higher is worse) — both with their 95% intervals, and a verdict read off the
+intervals only:
 
-- **faster** — the multiplier's interval lies above 1 and pass@1 is not significantly worse;
-- **faster likelihood, worse generation** — the multiplier's interval lies above 1, pass@1 is
-  significantly worse (the biased objectives: they optimise another ELBO);
+- **faster** — the multiplier's interval lies above 1 and generation is not significantly worse;
+- **faster likelihood, worse generation** — the multiplier's interval lies above 1, generation
+  is significantly worse (the biased objectives: they optimise another ELBO);
 - **more compute** — the multiplier's interval lies below 1 (the seeds resampled, a method
-  that never reaches standard's final ELBO counts 0) and pass@1 is not significantly worse;
-- **worse generation** — pass@1 is significantly worse and the method is not faster;
+  that never reaches standard's final ELBO counts 0) and generation is not significantly worse;
+- **worse generation** — generation is significantly worse and the method is not faster;
 - otherwise no measurable effect: such methods share one row per regime, so the table stays
   small and every method the regime ran is named.
 """
@@ -34,18 +37,22 @@ REGIMES = (
 NO_EFFECT = "no measurable effect"
 
 
-def _interval(d: dict | None, scale: float = 1.0, signed: bool = False) -> str:
+def _interval(d: dict | None, scale: float = 1.0, digits: int = 1) -> str:
+    """``mean [lo, hi]``, signed, ``scale`` times the values."""
     if not d or d.get("lo") is None:
         return "–"
-    f = (lambda x: f"{scale * x:+.1f}") if signed else (lambda x: f"{scale * x:.2f}")
-    return f"{f(d.get('mean', d.get('multiplier')))} [{f(d['lo'])}, {f(d['hi'])}]"
+    f = lambda x: f"{scale * x:+.{digits}f}"  # noqa: E731
+    return f"{f(d['mean'])} [{f(d['lo'])}, {f(d['hi'])}]"
 
 
 def verdict(vs: dict) -> str:
-    """The verdict of one method's ``vs_standard`` entry (module docstring)."""
-    comp = vs.get("compute") or {}
+    """The verdict of one method's ``vs_standard`` entry of a fine-tuning job (module
+    docstring)."""
     pass_d = (vs.get("pass_at_1") or {}).get("difference") or {}
-    worse_pass = pass_d.get("hi") is not None and pass_d["hi"] < 0
+    return _verdict(vs.get("compute") or {}, pass_d.get("hi") is not None and pass_d["hi"] < 0)
+
+
+def _verdict(comp: dict, worse_pass: bool) -> str:
     faster = comp.get("lo") is not None and comp.get("reached", True) and comp["lo"] > 1
     slower = comp.get("hi") is not None and comp["hi"] < 1
     if faster:
@@ -68,9 +75,9 @@ def regime_rows(results: dict, regime: str) -> list[str]:
             quiet.append(label)
             continue
         pass_d = (vs.get("pass_at_1") or {}).get("difference")
+        effect = "–" if not pass_d else f"pass@1 {_interval(pass_d, 100)} points"
         rows.append(f"| {regime} | {label} | {vs['fwd_ratio']:.0f} | "
-                    f"{multiplier(vs.get('compute'))} | {_interval(pass_d, 100, True)} | "
-                    f"**{said}** |")
+                    f"{multiplier(vs.get('compute'))} | {effect} | **{said}** |")
     if quiet:
         rows.append(f"| {regime} | {', '.join(quiet)} | | | | {NO_EFFECT} |")
     return rows
@@ -79,7 +86,7 @@ def regime_rows(results: dict, regime: str) -> list[str]:
 def decision_table(results_dir: Path) -> list[str]:
     """The decision table over every regime whose results file exists."""
     lines = ["| regime | method | compute / standard's per step | compute multiplier [95% CI] | "
-             "pass@1 Δ, points [95% CI] | verdict |", "|---|---|---|---|---|---|"]
+             "generation effect [95% CI] | verdict |", "|---|---|---|---|---|---|"]
     for name, regime in REGIMES:
         path = Path(results_dir) / f"{name}.json"
         if not path.exists():
@@ -87,5 +94,44 @@ def decision_table(results_dir: Path) -> list[str]:
         record, why = read_record(path)
         if why is not None:
             raise ValueError(f"{path}: {why}")
-        lines += regime_rows(record, regime)
+        rows = pretrain_rows if record.get("regime") == "pretrain" else regime_rows
+        lines += rows(record, regime)
     return lines
+
+
+def _pretrain_multiplier(comp: dict | None) -> str:
+    if not comp:
+        return "–"
+    if comp.get("multiplier") is None:
+        bound = comp.get("upper_bound")
+        return (f"not reached ({comp['censored']}/{comp['n']} seeds)"
+                + ("" if bound is None else f", ≤ {bound:.2f}"))
+    ci = "" if comp.get("lo") is None else f" [{comp['lo']:.2f}, {comp['hi']:.2f}]"
+    return f"{comp['multiplier']:.2f}{ci}"
+
+
+def pretrain_rows(results: dict, regime: str) -> list[str]:
+    """The rows of a pretraining job (``compare --regime pretrain``): the compute multiplier to
+    standard's final test ELBO, the judge's continuation NLL difference as generation."""
+    rows, quiet = [], []
+    for label, m in results["methods"].items():
+        vs = m.get("vs_standard")
+        if label == BASELINE or not vs or get_method(label).base == BASELINE:
+            continue
+        comp = next((c for c in vs.get("compute_to_target") or [] if c["fraction"] == 1.0), None)
+        gen = ((m.get("generation") or {}).get("continuation_nll") or {}).get("vs_standard")
+        worse = bool(gen) and gen.get("lo") is not None and gen["lo"] > 0
+        censored = comp is not None and comp.get("multiplier") is None
+        said = _verdict({} if comp is None or censored else comp, worse)
+        if censored and not worse:
+            said = "more compute"  # it never reaches standard's final test ELBO on some seed
+        if said == NO_EFFECT:
+            quiet.append(label)
+            continue
+        effect = "–" if not gen else f"judge NLL {_interval(gen, digits=3)} nats/token"
+        ratio = m["fwd_per_step"] / results["methods"][BASELINE]["fwd_per_step"]
+        rows.append(f"| {regime} | {label} | {ratio:.0f} | {_pretrain_multiplier(comp)} | "
+                    f"{effect} | **{said}** |")
+    if quiet:
+        rows.append(f"| {regime} | {', '.join(quiet)} | | | | {NO_EFFECT} |")
+    return rows
