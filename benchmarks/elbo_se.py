@@ -9,7 +9,12 @@ Monte-Carlo standard error at that budget (averaged over examples as a variance)
 - ``stratified``: one rate per equal stratum of [eps, 1], Bernoulli masks;
 - ``stratified-mirror``: one rate per stratum, MIRROR's two complementary masks per rate;
 - ``sqrt-stratified`` (``-mirror``): one rate per quantile stratum of ``p(t) ∝ t^-1/2`` with
-  importance weights (and MIRROR).
+  importance weights (and MIRROR);
+- ``lowvar`` (``-stratified``, ``-mirror``): LLaDA's low-variance estimator, exactly ``l``
+  tokens masked (``l`` iid, stratified, or stratified with the complementary mask);
+- ``ppots-stratified`` (``-mirror``): one rate per quantile stratum of a density fitted to the
+  model, ``p(t) ∝ sqrt(E[l_t² | t])``, on the first ``FIT_EXAMPLES`` validation examples
+  (cached in ``OUT/elbo_density``; its forward passes are reported, paid once per model).
 
 It reports, per scheme, the SE at each budget, the passes that reach plain MC's SE at
 ``--target`` passes (log-log interpolation, 95% bootstrap interval over examples), whether the
@@ -33,15 +38,18 @@ import torch
 
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
-from maskdiff.training.evaluate import ELBO_SCHEMES, draws_se, elbo_draws
+from maskdiff.training.evaluate import (
+    ELBO_SCHEMES, FIT_EXAMPLES, FIT_MASKS, FIT_RATES, draws_se, elbo_draws, fit_elbo_density,
+)
 from maskdiff.training.runs import load_run
 
 
-def estimates(model, batches, scheme, passes, reps, seed0, mask_id, normalizer):
+def estimates(model, batches, scheme, passes, reps, seed0, mask_id, normalizer, density=None):
     """(reps, n) estimates at ``passes`` forward passes, and (reps, n) their reported SEs."""
     chosen = ELBO_SCHEMES[scheme]
     rates = passes // chosen.passes(1)
-    estimators = chosen.estimators(mask_token_id=mask_id, rates=rates, normalizer=normalizer)
+    estimators = chosen.estimators(mask_token_id=mask_id, rates=rates, normalizer=normalizer,
+                                   density=density if chosen.fitted else None)
     means, ses = [], []
     for rep in range(reps):
         draws = torch.cat([elbo_draws(model, b, estimators, seed0 + 1000 * rep) for b in batches])
@@ -83,7 +91,9 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=6, help="independent repetitions per budget")
     p.add_argument("--budgets", default="2,4,8,16,32", help="forward passes per example")
     p.add_argument("--target", type=int, default=128, help="plain MC's budget to match")
-    p.add_argument("--schemes", default="mc,stratified,stratified-mirror,sqrt-stratified,sqrt-stratified-mirror")
+    p.add_argument("--schemes", default="mc,stratified,sqrt-stratified,sqrt-stratified-mirror,"
+                   "lowvar,lowvar-stratified,lowvar-mirror,ppots-stratified,"
+                   "ppots-stratified-mirror")
     p.add_argument("--crn-schemes", default="mc,stratified-mirror",
                    help="schemes of the common-random-numbers check (with --other)")
     p.add_argument("--seed", type=int, default=0)
@@ -104,15 +114,28 @@ def main(argv=None) -> int:
     schemes = args.schemes.split(",")
     normalizer = config.estimator.normalizer
     common = dict(mask_id=tok.mask_id, normalizer=normalizer)
+    density, fit = None, None
+    if any(ELBO_SCHEMES[s].fitted for s in schemes):
+        held = list(load_task(config.data).split("val"))[:FIT_EXAMPLES]
+        fit_started = time.time()
+        density = fit_elbo_density(loaded.model, collate(list(enumerate(held))),
+                                   mask_token_id=tok.mask_id, seed=args.seed,
+                                   normalizer=normalizer, cache_dir=Path(args.out) / "elbo_density",
+                                   key={"run": str(args.run)})
+        fit = {"examples": len(held), "rates": FIT_RATES, "masks": FIT_MASKS,
+               "forward_passes": len(held) * FIT_RATES * FIT_MASKS,
+               "seconds": time.time() - fit_started}
     result = {"run": args.run, "n": len(examples), "reps": args.reps, "budgets": budgets,
               "target": args.target, "seed": args.seed, "threads": args.threads,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-              "torch": torch.__version__, "normalizer": normalizer, "schemes": {}}
+              "torch": torch.__version__, "normalizer": normalizer, "density_fit": fit,
+              "schemes": {}}
     variances, reported = {}, {}
     for scheme in schemes:
         per_budget, se_ratio = [], []
         for k in budgets:
-            est, ses = estimates(loaded.model, batches, scheme, k, args.reps, args.seed, **common)
+            est, ses = estimates(loaded.model, batches, scheme, k, args.reps, args.seed,
+                                 density=density, **common)
             var = est.var(axis=0, ddof=1)  # (n,) per-example variance over repetitions
             per_budget.append(var)
             several = k > ELBO_SCHEMES[scheme].passes(1)  # an SE needs two draws of t

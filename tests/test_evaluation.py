@@ -16,7 +16,8 @@ from maskdiff.core.batch import Batch  # noqa: E402
 from maskdiff.evaluation import generate, load_eval_model, loglikelihoods  # noqa: E402
 from maskdiff.hf import HFAdapter  # noqa: E402
 from maskdiff.training.evaluate import (  # noqa: E402
-    ELBO_SCHEMES, EVAL_SCHEME, draws_se, elbo_draws, stratified_elbo, stratified_estimators,
+    ELBO_SCHEMES, EVAL_SCHEME, draws_se, elbo_draws, fit_elbo_density, stratified_elbo,
+    stratified_estimators,
 )
 from maskdiff.training.generate import generate_diffusion  # noqa: E402
 from test_hf import SPECIAL, WORDS, word_tokenizer  # noqa: E402
@@ -160,7 +161,8 @@ def test_every_scheme_is_unbiased_for_the_same_elbo(scheme):
                            seed=99)
     ref_mean, ref_se = reference.mean(1), draws_se(reference, False)
     chosen = ELBO_SCHEMES[scheme]
-    est = chosen.estimators(mask_token_id=11, rates=4)
+    density = fit_elbo_density(model, batch, mask_token_id=11, seed=0) if chosen.fitted else None
+    est = chosen.estimators(mask_token_id=11, rates=4, density=density)
     runs = [elbo_draws(model, batch, est, seed=s) for s in range(120)]
     means = torch.stack([r.mean(1) for r in runs])  # (120, 2)
     spread = means.std(0)

@@ -15,7 +15,7 @@ from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
 from maskdiff.fileio import atomic_write_text
 from maskdiff.training.evaluate import (
-    ELBO_SCHEMES, EVAL_SCHEME, causal_nll, elbo, elbo_scheme, pass_at_1, se_text,
+    ELBO_SCHEMES, EVAL_SCHEME, FIT_EXAMPLES, causal_nll, elbo, elbo_scheme, pass_at_1, se_text,
 )
 from maskdiff.training.config import block_layout
 from maskdiff.training.runs import load_run
@@ -66,7 +66,8 @@ def run(args) -> int:
     else:
         loss = elbo(loaded.model, examples, collate, mask_token_id=tok.mask_id,
                     rates_per_example=args.rates, seed=args.seed, scheme=args.scheme,
-                    normalizer=config.estimator.normalizer, device=args.device, layout=layout)
+                    normalizer=config.estimator.normalizer, device=args.device, layout=layout,
+                    **_fitted(args, config, loaded.checkpoint))
     report = {"checkpoint": str(loaded.checkpoint), "split": args.split, "loss": loss.to_dict(),
               **_scheme_keys(args, config.model.causal), "threads": threads}
     if layout is not None:
@@ -82,6 +83,19 @@ def run(args) -> int:
         print(f"pass@1 {gen.pass_at_1:.3f} over {gen.n} examples")
     atomic_write_text(Path(args.run) / "eval.json", jsonio.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _fitted(args, config, checkpoint) -> dict:
+    """A fitted scheme's density: fitted on the first examples of the *other* split (held out
+    from the evaluated ones), cached in RUN/elbo_density/ppots.json per checkpoint."""
+    if not elbo_scheme(args.scheme).fitted:
+        return {}
+    other = "val" if args.split == "test" else "test"
+    path = Path(checkpoint)
+    return {"fit_examples": list(load_task(config.data).split(other))[:FIT_EXAMPLES],
+            "density_cache": Path(args.run) / "elbo_density",
+            "density_key": {"checkpoint": str(path), "split": other,
+                            "mtime_ns": path.stat().st_mtime_ns if path.exists() else None}}
 
 
 def _scheme_keys(args, causal: bool) -> dict:

@@ -42,6 +42,8 @@ STREAM_CLASSIFIER = 7  # the digit classifier's initialisation and batch order
 STREAM_IMAGE_SAMPLING = 11  # the generation noise
 # Preference optimisation (maskdiff.preference):
 STREAM_PREFERENCE_REFERENCE = 21  # the reference model's own draws under an unshared estimator
+# Evaluation (maskdiff.training.elbo_schemes):
+STREAM_ELBO_DENSITY = 22  # the nested draws that fit a fitted ELBO scheme's importance density
 
 
 def _splitmix64(x: int) -> int:

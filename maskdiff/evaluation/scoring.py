@@ -23,7 +23,9 @@ import torch
 from maskdiff.core.batch import Batch
 from maskdiff.core.blocks import BlockLayout
 from maskdiff.evaluation.model import EvalModel
-from maskdiff.training.evaluate import EVAL_SCHEME, draws_se, elbo_draws, elbo_scheme
+from maskdiff.training.evaluate import (
+    EVAL_SCHEME, draws_se, elbo_draws, elbo_scheme, fit_elbo_density,
+)
 from maskdiff.training.generate import block_decoding_steps, generate_diffusion
 
 DEFAULT_RATES = 16  # with MIRROR: 32 forward passes per request (README: the SE benchmark)
@@ -84,11 +86,12 @@ def loglikelihoods(model: EvalModel, pairs: Sequence[tuple[str | Sequence[int], 
     Requests are batched by total length (no padding: a request's number never depends on its
     batch). Request ``k`` draws with index ``first_index + k``. ``greedy_check`` decodes each
     continuation's positions greedily (one token per step, as many passes as tokens) and
-    compares.
+    compares. A fitted scheme (``ppots-*``) fits its density on the first batch of requests
+    (:func:`~maskdiff.training.evaluate.fit_elbo_density`, draws independent of the scores').
     """
     chosen = elbo_scheme(scheme)
-    estimators = chosen.estimators(mask_token_id=model.mask_token_id, rates=rates,
-                                   normalizer="none", layout=model.layout)
+    estimators = None if chosen.fitted else chosen.estimators(
+        mask_token_id=model.mask_token_id, rates=rates, normalizer="none", layout=model.layout)
     encoded = [_fit(model, *_encode_pair(model, c, x)) for c, x in pairs]
     scores: list[Score | None] = [None] * len(pairs)
     was_training = model.model.training
@@ -103,6 +106,12 @@ def loglikelihoods(model: EvalModel, pairs: Sequence[tuple[str | Sequence[int], 
                     eligible[row, len(encoded[i][0]):] = True
                 batch = Batch(x0=x0, eligible=eligible, attention_mask=torch.ones_like(eligible),
                               example_index=torch.tensor([first_index + i for i in chunk]))
+                if estimators is None:  # a fitted scheme: its density from the first batch
+                    estimators = chosen.estimators(
+                        mask_token_id=model.mask_token_id, rates=rates, normalizer="none",
+                        layout=model.layout, density=fit_elbo_density(
+                            model.model, batch, mask_token_id=model.mask_token_id, seed=seed,
+                            normalizer="none"))
                 draws = elbo_draws(model.model, batch, estimators, seed).cpu()
                 ses = draws_se(draws, chosen.stratified)
                 for row, i in enumerate(chunk):
