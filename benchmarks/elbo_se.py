@@ -39,7 +39,8 @@ import torch
 from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
 from maskdiff.training.evaluate import (
-    ELBO_SCHEMES, FIT_EXAMPLES, FIT_MASKS, FIT_RATES, draws_se, elbo_draws, fit_elbo_density,
+    ELBO_SCHEMES, FIT_EXAMPLES, FIT_FORMS, FIT_MASKS, FIT_RATES, draws_se, elbo_draws,
+    fit_elbo_density,
 )
 from maskdiff.training.runs import load_run
 
@@ -96,6 +97,8 @@ def main(argv=None) -> int:
                    "ppots-stratified-mirror")
     p.add_argument("--crn-schemes", default="mc,stratified-mirror",
                    help="schemes of the common-random-numbers check (with --other)")
+    p.add_argument("--fit-form", choices=FIT_FORMS, default="moment",
+                   help="the fitted schemes' density form (fit_elbo_density)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/elbo_se")
@@ -121,8 +124,8 @@ def main(argv=None) -> int:
         density = fit_elbo_density(loaded.model, collate(list(enumerate(held))),
                                    mask_token_id=tok.mask_id, seed=args.seed,
                                    normalizer=normalizer, cache_dir=Path(args.out) / "elbo_density",
-                                   key={"run": str(args.run)})
-        fit = {"examples": len(held), "rates": FIT_RATES, "masks": FIT_MASKS,
+                                   form=args.fit_form, key={"run": str(args.run)})
+        fit = {"form": args.fit_form, "examples": len(held), "rates": FIT_RATES, "masks": FIT_MASKS,
                "forward_passes": len(held) * FIT_RATES * FIT_MASKS,
                "seconds": time.time() - fit_started}
     result = {"run": args.run, "n": len(examples), "reps": args.reps, "budgets": budgets,

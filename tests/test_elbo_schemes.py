@@ -2,6 +2,7 @@
 unbiased; LLaDA's count estimator and its MIRROR pair; the fitted (P-POTS) density seeded and
 cached; the preference estimators reuse the same draws."""
 
+import json
 import math
 
 import pytest
@@ -11,32 +12,10 @@ from maskdiff.cli import main
 from maskdiff.core.batch import Batch
 from maskdiff.core.counts import count_views, count_weights
 from maskdiff.core.seeding import BatchRandomness
-from maskdiff.models import TransformerConfig, build_model
 from maskdiff.preference import PREFERENCE_ESTIMATORS, exact_log_likelihood
 from maskdiff.training.evaluate import ELBO_SCHEMES, elbo_draws, fit_elbo_density
 
-V, MASK, LENGTH = 12, 11, 9
-
-
-def _model():
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(TransformerConfig(vocab_size=V, max_len=LENGTH, mask_token_id=MASK,
-                                              d_model=32, n_layers=1, n_heads=2)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)  # sharper than the initialisation's near-uniform predictions
-    return model
-
-
-def _batch() -> Batch:
-    x0 = torch.randint(0, 10, (3, LENGTH), generator=torch.Generator().manual_seed(0))
-    eligible = torch.zeros(3, LENGTH, dtype=torch.bool)
-    eligible[0, 3:8] = True
-    eligible[1, 2:6] = True
-    eligible[2, 0:9] = True
-    return Batch(x0=x0, eligible=eligible, attention_mask=torch.ones(3, LENGTH, dtype=torch.bool),
-                 example_index=torch.tensor([0, 1, 2]))
+from test_preference import MASK, _batch, _model  # noqa: E402  (the tiny model and batch)
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +77,23 @@ def test_the_fitted_density_is_seeded_cached_and_puts_mass_on_small_rates(tmp_pa
     model, batch = _model(), _batch()
     a = fit_elbo_density(model, batch, mask_token_id=MASK, seed=1, cache_dir=tmp_path,
                          key={"model": "tiny"})
-    assert (tmp_path / "ppots.json").exists()
-    mtime = (tmp_path / "ppots.json").stat().st_mtime_ns
+    path = tmp_path / "elbo_density.json"
+    mtime = path.stat().st_mtime_ns
     again = fit_elbo_density(model, batch, mask_token_id=MASK, seed=1, cache_dir=tmp_path,
                              key={"model": "tiny"})
-    assert again == a and (tmp_path / "ppots.json").stat().st_mtime_ns == mtime  # reused
+    assert again == a and path.stat().st_mtime_ns == mtime  # reused
     assert fit_elbo_density(model, batch, mask_token_id=MASK, seed=1)["p"] == a["p"]  # seeded
+    assert fit_elbo_density(model, batch, mask_token_id=MASK, seed=2)["p"] != a["p"]
     t, p = torch.tensor(a["t"]), torch.tensor(a["p"])
-    assert float(p[t < 0.1].mean()) > float(p[t > 0.9].mean())  # the 1/t tail is sampled more
+    assert float(p[t < 0.01].mean()) > 2 * float(p[t > 0.9].mean())  # the 1/t tail kept
+    # the fit is sqrt(a/t + b + c·t) of the measured second moments
+    doc = json.loads(path.read_text())
+    coef = doc["coefficients"]
+    assert min(coef) >= 0 and coef[0] > 0
+    assert a["p"][0] == pytest.approx(math.sqrt(coef[0] / a["t"][0] + coef[1] + coef[2] * a["t"][0]))
+    epr = fit_elbo_density(model, batch, mask_token_id=MASK, seed=1, form="epr",
+                           cache_dir=tmp_path, key={"model": "tiny"})
+    assert (tmp_path / "ppots.json").exists() and epr["p"] != a["p"]
     with pytest.raises(ValueError, match="ppots-stratified.*fitted density"):
         ELBO_SCHEMES["ppots-stratified"].estimators(mask_token_id=MASK, rates=2)
 
@@ -118,8 +106,6 @@ def test_count_schemes_refuse_a_block_layout_in_one_line():
 
 
 def test_evaluate_a_run_under_the_new_schemes(tmp_path, capsys):
-    import json
-
     run = tmp_path / "run"
     assert main(["train", "--preset", "smoke", "--seed", "3", "--set", "optim.max_steps=2",
                  "--out", str(run), "--quiet"]) == 0
@@ -129,4 +115,4 @@ def test_evaluate_a_run_under_the_new_schemes(tmp_path, capsys):
         report = json.loads((run / "eval.json").read_text())
         assert report["scheme"] == scheme and report["forward_passes_per_example"] == passes
         assert math.isfinite(report["loss"]["mean"]) and report["loss"]["mean"] > 0
-    assert (run / "elbo_density" / "ppots.json").exists()  # the fit, cached per run
+    assert (run / "elbo_density" / "elbo_density.json").exists()  # the fit, cached per run

@@ -24,11 +24,15 @@ from maskdiff.core.masking import Bernoulli, Masker, build_masker
 from maskdiff.core.objective import Estimator
 from maskdiff.core.samplers import DEFAULT_EPS, Importance, RateSampler, Uniform, Window
 from maskdiff.core.seeding import STREAM_ELBO_DENSITY, derive_seed
-from maskdiff.ppots import cached_density, density_table, estimate_ppots
+from maskdiff.jobs import reuse_or_run
+from maskdiff.ppots import (
+    cached_density, density_table, estimate_ppots, inverse_rate_density, model_p_hat,
+)
 
 Density = Mapping[str, list[float]]
 # The fitted schemes' nested design: examples × rates × masks forward passes, once per model.
 FIT_EXAMPLES, FIT_RATES, FIT_MASKS = 8, 32, 8
+FIT_FORMS = ("moment", "epr")
 
 
 def stratified_estimators(*, mask_token_id: int, rates_per_example: int = 4,
@@ -163,25 +167,45 @@ def elbo_scheme(name: str) -> ElboScheme:
 def fit_elbo_density(model, batch: Batch, *, mask_token_id: int, seed: int,
                      normalizer: str = "eligible", eps: float = DEFAULT_EPS,
                      n_rates: int = FIT_RATES, n_masks: int = FIT_MASKS, mix: float = 0.05,
-                     cache_dir: str | Path | None = None, key: Mapping | None = None) -> Density:
+                     form: str = "moment", cache_dir: str | Path | None = None,
+                     key: Mapping | None = None) -> Density:
     """The fitted schemes' importance density for ``model`` (docs/method.md §8): P-POTS's
-    nested design on ``batch`` (a few held-out examples: ``n_rates`` midpoint rates ×
-    ``n_masks`` Bernoulli masks each), ``p̂(t) ∝ sqrt(E[l_t² | t])``, its EPR fit, mixed with
-    ``mix`` of the uniform (weights ≤ 1/mix). The draws are seeded by
+    nested design on ``batch`` (a few held-out examples × ``n_rates`` midpoint rates ×
+    ``n_masks`` Bernoulli masks) measures ``E[l_t² | t]``; the density is ``p ∝ sqrt`` of its
+    fit — ``form="moment"`` (default): ``a/t + b + c·t``
+    (:func:`~maskdiff.ppots.inverse_rate_density`, which keeps the integrand's ``1/t`` tail
+    below the grid), ``"epr"``: P-POTS's EPR fit of ``p̂`` as training uses it — mixed with
+    ``mix`` of the uniform (weights ≤ 1/mix). Draws seeded by
     ``derive_seed(seed, STREAM_ELBO_DENSITY)``: independent of an evaluation under ``seed``, so
-    the evaluation stays unbiased (whatever the fit, its weights are exactly ``1/p``).
-    ``cache_dir``: the fit is reused from ``cache_dir/ppots.json`` when estimated under the
-    same ``key`` (with the settings here), else estimated and written there."""
+    the evaluation stays unbiased (whatever the fit, the weights are exactly ``1/p``).
+    ``cache_dir``: reused from ``cache_dir/elbo_density.json`` (``ppots.json`` for EPR) when
+    fitted under the same ``key`` and settings, else fitted and written there."""
+    if form not in FIT_FORMS:
+        raise ValueError(f"form must be one of {FIT_FORMS}, got {form!r}")
     fit_seed = derive_seed(int(seed), STREAM_ELBO_DENSITY)
-
-    def estimate():
-        return estimate_ppots(model, batch, mask_token_id=mask_token_id, n_rates=n_rates,
-                              n_masks=n_masks, eps=eps, mix=mix, normalizer=normalizer,
-                              seed=fit_seed, progress=False)
-
-    if cache_dir is None:
-        return density_table(estimate())
-    settings = {"what": "elbo-density", "examples": len(batch), "n_rates": n_rates,
-                "n_masks": n_masks, "seed": fit_seed, "eps": eps, "mix": mix,
+    settings = {"what": "elbo-density", "form": form, "examples": len(batch),
+                "n_rates": n_rates, "n_masks": n_masks, "seed": fit_seed, "eps": eps, "mix": mix,
                 "normalizer": normalizer, **dict(key or {})}
-    return cached_density(cache_dir, estimate, settings)
+    common = dict(mask_token_id=mask_token_id, n_rates=n_rates, n_masks=n_masks, eps=eps,
+                  normalizer=normalizer, seed=fit_seed, progress=False)
+    if form == "epr":
+        def estimate():
+            return estimate_ppots(model, batch, mix=mix, **common)
+
+        if cache_dir is None:
+            return density_table(estimate())
+        return cached_density(cache_dir, estimate, settings)
+
+    def moment() -> dict:
+        measured = model_p_hat(model, batch, **common)
+        table, coef = inverse_rate_density(measured.phat.t, measured.phat.second_moment, eps=eps)
+        return {**table, "mix": mix, "eps": eps, "coefficients": coef,
+                "rates": measured.phat.t.tolist(),
+                "second_moment": measured.phat.second_moment.tolist(),
+                "forward_passes": measured.forward_passes, "seconds": measured.seconds}
+
+    doc = (moment() if cache_dir is None else
+           reuse_or_run(Path(cache_dir) / "elbo_density.json", settings, moment,
+                        on_change="recompute", what="fitted ELBO density",
+                        required=("t", "p", "mix", "eps")))
+    return {k: doc[k] for k in ("t", "p", "mix", "eps")}

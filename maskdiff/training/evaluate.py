@@ -23,8 +23,8 @@ from maskdiff.core.objective import Estimator
 from maskdiff.core.samplers import DEFAULT_EPS
 from maskdiff.core.seeding import BatchRandomness
 from maskdiff.training.elbo_schemes import (  # noqa: F401  (re-exported)
-    ELBO_SCHEMES, EVAL_SCHEME, FIT_EXAMPLES, FIT_MASKS, FIT_RATES, Density, ElboScheme,
-    elbo_scheme, fit_elbo_density, stratified_estimators,
+    ELBO_SCHEMES, EVAL_SCHEME, FIT_EXAMPLES, FIT_FORMS, FIT_MASKS, FIT_RATES, Density,
+    ElboScheme, elbo_scheme, fit_elbo_density, stratified_estimators,
 )
 
 Collate = Callable[[Sequence[tuple[int, object]]], Batch]
