@@ -99,6 +99,8 @@ def main(argv=None) -> int:
                    help="schemes of the common-random-numbers check (with --other)")
     p.add_argument("--fit-form", choices=FIT_FORMS, default="moment",
                    help="the fitted schemes' density form (fit_elbo_density)")
+    p.add_argument("--merge", help="an earlier elbo_se.json of the same run and settings: its "
+                   "schemes not measured here are added (fitted ones named with their fit form)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/elbo_se")
@@ -158,6 +160,8 @@ def main(argv=None) -> int:
             "saving_ci95": [args.target / ci[1], args.target / ci[0]],
             "reported_var_over_true_var": reported[scheme]}
     result["target_se"] = math.sqrt(target_var.mean())
+    if args.merge:
+        merge(result, json.loads(Path(args.merge).read_text()), args.merge)
     if args.other:
         result["crn"] = crn_check(loaded.model, load_run(args.other, "best").model, batches,
                                   args.reps, args.seed, schemes=args.crn_schemes.split(","),
@@ -165,6 +169,24 @@ def main(argv=None) -> int:
     result["seconds"] = time.time() - started
     write(result, Path(args.out))
     return 0
+
+
+def merge(result: dict, earlier: dict, where: str) -> None:
+    """Add ``earlier``'s schemes to ``result`` (same run, examples, repetitions, budgets and
+    seed: plain MC's draws, hence the target, are then identical); a fitted scheme is renamed
+    ``NAME (FORM fit)``."""
+    for field in ("run", "n", "reps", "budgets", "target", "seed", "normalizer"):
+        if earlier.get(field) != result[field]:
+            raise ValueError(f"{where}: field {field!r} is {earlier.get(field)!r}, this run's "
+                             f"is {result[field]!r}: not comparable")
+    # files written before --fit-form record no form: their fits were EPR's
+    form = (earlier.get("density_fit") or {}).get("form", "epr")
+    result["merged"] = {"file": where, "density_fit": earlier.get("density_fit"),
+                        "seconds": earlier.get("seconds"), "target_se": earlier["target_se"]}
+    for name, entry in earlier["schemes"].items():
+        key = f"{name} ({form} fit)" if ELBO_SCHEMES[name].fitted else name
+        if key not in result["schemes"]:
+            result["schemes"][key] = entry
 
 
 def crn_check(model_a, model_b, batches, reps, seed, *, schemes, mask_id, normalizer, passes=8):
