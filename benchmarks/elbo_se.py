@@ -99,6 +99,9 @@ def main(argv=None) -> int:
                    help="schemes of the common-random-numbers check (with --other)")
     p.add_argument("--fit-form", choices=FIT_FORMS, default="moment",
                    help="the fitted schemes' density form (fit_elbo_density)")
+    p.add_argument("--against", default="sqrt-stratified-mirror",
+                   help="paired comparison: each scheme's saving over this one's, bootstrapped "
+                        "over the same resampled examples")
     p.add_argument("--merge", help="an earlier elbo_se.json of the same run and settings: its "
                    "schemes not measured here are added (fitted ones named with their fit form)")
     p.add_argument("--seed", type=int, default=0)
@@ -158,7 +161,11 @@ def main(argv=None) -> int:
             "se": [math.sqrt(v) for v in mean_var], "passes_for_target": point,
             "passes_for_target_ci95": ci.tolist(), "saving": args.target / point,
             "saving_ci95": [args.target / ci[1], args.target / ci[0]],
-            "reported_var_over_true_var": reported[scheme]}
+            "reported_var_over_true_var": reported[scheme],
+            "per_example_var": variances[scheme].tolist()}
+    if args.against in variances:
+        result["paired"] = paired(variances, np.array(budgets, float), target_var, args.against,
+                                  np.random.default_rng(args.seed))
     result["target_se"] = math.sqrt(target_var.mean())
     if args.merge:
         merge(result, json.loads(Path(args.merge).read_text()), args.merge)
@@ -169,6 +176,24 @@ def main(argv=None) -> int:
     result["seconds"] = time.time() - started
     write(result, Path(args.out))
     return 0
+
+
+def paired(variances, budgets, target_var, against, rng, n_boot=1000):
+    """Per scheme: passes(``against``) / passes(scheme) to reach the target, and its 95%
+    interval with both curves and the target on the same resampled examples (paired)."""
+    n = target_var.shape[0]
+    idx = [rng.integers(0, n, n) for _ in range(n_boot)]
+
+    def passes(var, i):
+        return passes_to_reach(budgets, var[:, i].mean(axis=1), target_var[i].mean())
+
+    out = {"against": against}
+    for name, var in variances.items():
+        ratios = [passes(variances[against], i) / passes(var, i) for i in idx]
+        every = np.arange(n)
+        out[name] = {"ratio": passes(variances[against], every) / passes(var, every),
+                     "ratio_ci95": np.percentile(ratios, [2.5, 97.5]).tolist()}
+    return out
 
 
 def merge(result: dict, earlier: dict, where: str) -> None:

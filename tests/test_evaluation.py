@@ -105,7 +105,7 @@ def test_evaluate_hf_on_a_jsonl_file_reports_the_evaluators_elbo(tmp_path, capsy
                  "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["loss"]["n"] == 3 and report["loss"]["se"] > 0
-    assert report["scheme"] == EVAL_SCHEME and report["forward_passes_per_example"] == 6
+    assert report["scheme"] == EVAL_SCHEME and report["forward_passes_per_example"] == 3
     from maskdiff.hf import hf_batch
     from maskdiff.training.evaluate import elbo
 

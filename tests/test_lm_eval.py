@@ -134,7 +134,7 @@ def test_simple_evaluate_by_name_and_the_maskdiff_lm_eval_command(offline, nativ
     assert json.loads(written[0].read_text())["results"]["maskdiff_tiny_mc"]["acc,none"] == acc
     rows = [json.loads(line) for line in se_file.read_text().splitlines()]
     assert len(rows) == sum(len(d["choices"]) for d in MC)
-    assert all(r["passes"] == 4 and r["se"] >= 0 for r in rows)
+    assert all(r["passes"] == 2 and r["se"] >= 0 for r in rows)  # rates=2, lowvar-stratified
 
 
 def _build(model_args, extra=None):

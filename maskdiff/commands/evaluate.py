@@ -15,10 +15,14 @@ from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
 from maskdiff.fileio import atomic_write_text
 from maskdiff.training.evaluate import (
-    ELBO_SCHEMES, EVAL_SCHEME, FIT_EXAMPLES, causal_nll, elbo, elbo_scheme, pass_at_1, se_text,
+    BLOCK_EVAL_SCHEME, ELBO_SCHEMES, EVAL_SCHEME, FIT_EXAMPLES, causal_nll, default_scheme, elbo,
+    elbo_scheme, pass_at_1, rates_for, se_text,
 )
 from maskdiff.training.config import block_layout
 from maskdiff.training.runs import load_run
+
+
+EVAL_PASSES = 8  # forward passes per example unless --rates is given
 
 
 def register(subparsers) -> None:
@@ -32,10 +36,12 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="with --hf: write the report (JSON) here")
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--n", type=positive, default=128, help="examples to evaluate")
-    p.add_argument("--scheme", choices=sorted(ELBO_SCHEMES), default=EVAL_SCHEME,
-                   help="how the ELBO spends its forward passes (docs/evaluation.md)")
-    p.add_argument("--rates", type=positive, default=4,
-                   help="rates of t per example (a *-mirror scheme: 2 forward passes each)")
+    p.add_argument("--scheme", choices=sorted(ELBO_SCHEMES), default=None,
+                   help=f"how the ELBO spends its forward passes (docs/evaluation.md; default "
+                        f"{EVAL_SCHEME}, {BLOCK_EVAL_SCHEME} for a block-diffusion run)")
+    p.add_argument("--rates", type=positive, default=None,
+                   help=f"draws per example (a *-mirror scheme: 2 forward passes each; "
+                        f"default: {EVAL_PASSES} forward passes)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the ELBO's common random numbers")
     p.add_argument("--pass-at-1", action="store_true", help="also generate and score answers")
     add_decoding_arguments(p)
@@ -61,6 +67,7 @@ def run(args) -> int:
                                            pad_policy=config.data.pad_policy,
                                            overflow=config.data.overflow))
     layout = block_layout(config)  # a block run: the block ELBO and block decoding (§12, §8)
+    _resolve(args, layout)
     if config.model.causal:
         loss = causal_nll(loaded.model, examples, collate, device=args.device)
     else:
@@ -83,6 +90,12 @@ def run(args) -> int:
         print(f"pass@1 {gen.pass_at_1:.3f} over {gen.n} examples")
     atomic_write_text(Path(args.run) / "eval.json", jsonio.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _resolve(args, layout) -> None:
+    """The default scheme (of the run's layout) and the rates that buy EVAL_PASSES passes."""
+    args.scheme = args.scheme or default_scheme(layout)
+    args.rates = args.rates or rates_for(args.scheme, EVAL_PASSES)
 
 
 def _fitted(args, config, checkpoint) -> dict:
@@ -119,6 +132,7 @@ def _run_hf(args, threads: int) -> int:
     if args.data is None:
         raise ValueError("--hf needs --data FILE.jsonl (the rows to evaluate on)")
     model = load_model_argument(args)
+    _resolve(args, None)
     report = evaluate_rows(model, args.data, n=args.n, scheme=args.scheme, rates=args.rates,
                            seed=args.seed, pass_at_1=args.pass_at_1, gen_length=args.gen_length,
                            steps=args.steps, block_length=args.block_length, device=args.device)

@@ -154,8 +154,20 @@ ELBO_SCHEMES: dict[str, ElboScheme] = {s.name: s for s in (
                "ppots-stratified rates with MIRROR's two complementary masks", fitted=True),
 )}
 # The evaluation entry points' default (maskdiff evaluate, the lm-evaluation-harness model):
-# the lowest standard error per forward pass in benchmarks/elbo_se.py (README, docs/evaluation.md).
-EVAL_SCHEME = "sqrt-stratified-mirror"
+# the lowest standard error per forward pass in benchmarks/elbo_se.py (README, docs/evaluation.md);
+# a block-diffusion run, which the count schemes do not cover, gets the best rate scheme.
+EVAL_SCHEME = "lowvar-stratified"
+BLOCK_EVAL_SCHEME = "sqrt-stratified-mirror"
+
+
+def default_scheme(layout: BlockLayout | None = None) -> str:
+    """:data:`EVAL_SCHEME`, or :data:`BLOCK_EVAL_SCHEME` under a block ``layout``."""
+    return EVAL_SCHEME if layout is None else BLOCK_EVAL_SCHEME
+
+
+def rates_for(scheme: str, passes: int) -> int:
+    """The draws that spend ``passes`` forward passes per example under ``scheme`` (≥ 1)."""
+    return max(1, passes // elbo_scheme(scheme).passes(1))
 
 
 def elbo_scheme(name: str) -> ElboScheme:

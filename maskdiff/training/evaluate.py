@@ -23,8 +23,8 @@ from maskdiff.core.objective import Estimator
 from maskdiff.core.samplers import DEFAULT_EPS
 from maskdiff.core.seeding import BatchRandomness
 from maskdiff.training.elbo_schemes import (  # noqa: F401  (re-exported)
-    ELBO_SCHEMES, EVAL_SCHEME, FIT_EXAMPLES, FIT_FORMS, FIT_MASKS, FIT_RATES, Density,
-    ElboScheme, elbo_scheme, fit_elbo_density, stratified_estimators,
+    BLOCK_EVAL_SCHEME, ELBO_SCHEMES, EVAL_SCHEME, FIT_EXAMPLES, FIT_FORMS, FIT_MASKS, FIT_RATES, Density,
+    ElboScheme, default_scheme, elbo_scheme, fit_elbo_density, rates_for, stratified_estimators,
 )
 
 Collate = Callable[[Sequence[tuple[int, object]]], Batch]
@@ -126,19 +126,20 @@ class ElboEstimate:
 
 @torch.no_grad()
 def elbo_estimate(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
-                  scheme: str = EVAL_SCHEME, rates: int = 8, seed: int = 1234,
+                  scheme: str | None = None, rates: int = 8, seed: int = 1234,
                   batch_size: int = 64, normalizer: str = "eligible", eps: float = DEFAULT_EPS,
                   device="cpu", layout: BlockLayout | None = None,
                   density: Density | None = None, fit_examples: Sequence | None = None,
                   density_cache=None, density_key=None) -> ElboEstimate:
     """Each example's full-range ELBO term under ``scheme`` (:data:`ELBO_SCHEMES`) with its
     Monte-Carlo standard error; draws are common random numbers keyed on (seed, draw, example)
-    (docs/method.md §8). A fitted scheme (``ppots-*``) uses ``density``, else fits it
+    (docs/method.md §8); ``scheme=None``: :func:`default_scheme` of ``layout``. A fitted scheme (``ppots-*``) uses ``density``, else fits it
     (:func:`fit_elbo_density`, cached in ``density_cache`` under ``density_key``) on the first
     few of ``fit_examples`` (held-out examples; default: ``examples``, with draws independent
     of the evaluation's)."""
     if not examples:
         raise ValueError("cannot evaluate on an empty list of examples")
+    scheme = scheme or default_scheme(layout)
     chosen = elbo_scheme(scheme)
     was_training = model.training
     model.eval()
