@@ -256,7 +256,7 @@ def plot(result: dict, path: Path) -> None:
     from maskdiff.plotting import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, s in result["schemes"].items():
         ax.loglog(result["budgets"], s["se"], marker="o", label=name)
     ax.axhline(result["target_se"], color="grey", ls="--", lw=1,
@@ -266,7 +266,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xlabel("forward passes per example")
     ax.set_ylabel("SE of the per-example ELBO (nats/token)")
     ax.set_title("ELBO standard error per forward pass")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
