@@ -110,8 +110,11 @@ PREFERENCE_ESTIMATORS: dict[str, PreferenceEstimator] = {e.name: e for e in (
                         "rates in the quantile strata of p(t) ∝ t^-1/2, importance-weighted; shared"),
     PreferenceEstimator("sqrt-stratified-mirror", "sqrt-stratified-mirror", True,
                         "sqrt-stratified rates with MIRROR's complementary masks; shared "
-                        "(maskdiff's evaluation default)"),
+                        "(maskdiff dpo's default; the evaluation default of block-diffusion runs)"),
 )}
+# The lowest SE of the DPO bracket (a shared-draw ELBO difference) measured at 8 and 32 passes
+# (README, benchmarks/dpo_bias.py); likelihood evaluation's lowvar-stratified wins for one ELBO,
+# not for this difference.
 DEFAULT_ESTIMATOR = "sqrt-stratified-mirror"
 
 
