@@ -59,6 +59,20 @@ def estimates(model, batches, scheme, passes, reps, seed0, mask_id, normalizer, 
     return torch.stack(means).numpy(), torch.stack(ses).numpy()
 
 
+def fitted_density(args, loaded, collate):
+    """The fitted schemes' density on the first validation examples, and what it cost."""
+    held = list(load_task(loaded.config.data).split("val"))[:FIT_EXAMPLES]
+    started = time.time()
+    density = fit_elbo_density(loaded.model, collate(list(enumerate(held))),
+                               mask_token_id=loaded.tokenizer.mask_id, seed=args.seed,
+                               normalizer=loaded.config.estimator.normalizer,
+                               cache_dir=Path(args.out) / "elbo_density", form=args.fit_form,
+                               key={"run": str(args.run)})
+    return density, {"form": args.fit_form, "examples": len(held), "rates": FIT_RATES,
+                     "masks": FIT_MASKS, "forward_passes": len(held) * FIT_RATES * FIT_MASKS,
+                     "seconds": time.time() - started}
+
+
 def passes_to_reach(budgets, variances, target):
     """Forward passes at which the (log-log interpolated) variance curve reaches ``target``."""
     logk, logv = np.log(budgets), np.log(variances)
@@ -122,17 +136,8 @@ def main(argv=None) -> int:
     schemes = args.schemes.split(",")
     normalizer = config.estimator.normalizer
     common = dict(mask_id=tok.mask_id, normalizer=normalizer)
-    density, fit = None, None
-    if any(ELBO_SCHEMES[s].fitted for s in schemes):
-        held = list(load_task(config.data).split("val"))[:FIT_EXAMPLES]
-        fit_started = time.time()
-        density = fit_elbo_density(loaded.model, collate(list(enumerate(held))),
-                                   mask_token_id=tok.mask_id, seed=args.seed,
-                                   normalizer=normalizer, cache_dir=Path(args.out) / "elbo_density",
-                                   form=args.fit_form, key={"run": str(args.run)})
-        fit = {"form": args.fit_form, "examples": len(held), "rates": FIT_RATES, "masks": FIT_MASKS,
-               "forward_passes": len(held) * FIT_RATES * FIT_MASKS,
-               "seconds": time.time() - fit_started}
+    density, fit = (fitted_density(args, loaded, collate)
+                    if any(ELBO_SCHEMES[s].fitted for s in schemes) else (None, None))
     result = {"run": args.run, "n": len(examples), "reps": args.reps, "budgets": budgets,
               "target": args.target, "seed": args.seed, "threads": args.threads,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -154,15 +159,7 @@ def main(argv=None) -> int:
     mc = variances["mc"]
     var1 = (mc * np.array(budgets)[:, None]).mean(axis=0)  # (n,) single-pass variance
     target_var = var1 / args.target
-    rng = np.random.default_rng(args.seed)
-    for scheme in schemes:
-        mean_var, point, ci = summarise(variances[scheme], np.array(budgets, float), target_var, rng)
-        result["schemes"][scheme] = {
-            "se": [math.sqrt(v) for v in mean_var], "passes_for_target": point,
-            "passes_for_target_ci95": ci.tolist(), "saving": args.target / point,
-            "saving_ci95": [args.target / ci[1], args.target / ci[0]],
-            "reported_var_over_true_var": reported[scheme],
-            "per_example_var": variances[scheme].tolist()}
+    score(result, variances, reported, target_var, np.random.default_rng(args.seed))
     if args.against in variances:
         result["paired"] = paired(variances, np.array(budgets, float), target_var, args.against,
                                   np.random.default_rng(args.seed))
@@ -176,6 +173,18 @@ def main(argv=None) -> int:
     result["seconds"] = time.time() - started
     write(result, Path(args.out))
     return 0
+
+
+def score(result, variances, reported, target_var, rng):
+    """Each scheme's SE per budget and passes (and saving) to reach the target, with CIs."""
+    budgets, target = np.array(result["budgets"], float), result["target"]
+    for scheme, var in variances.items():
+        mean_var, point, ci = summarise(var, budgets, target_var, rng)
+        result["schemes"][scheme] = {
+            "se": [math.sqrt(v) for v in mean_var], "passes_for_target": point,
+            "passes_for_target_ci95": ci.tolist(), "saving": target / point,
+            "saving_ci95": [target / ci[1], target / ci[0]],
+            "reported_var_over_true_var": reported[scheme], "per_example_var": var.tolist()}
 
 
 def paired(variances, budgets, target_var, against, rng, n_boot=1000):
