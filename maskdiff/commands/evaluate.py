@@ -100,7 +100,7 @@ def _resolve(args, layout) -> None:
 
 def _fitted(args, config, checkpoint) -> dict:
     """A fitted scheme's density: fitted on the first examples of the *other* split (held out
-    from the evaluated ones), cached in RUN/elbo_density/ppots.json per checkpoint."""
+    from the evaluated ones), cached in RUN/elbo_density/elbo_density.json per checkpoint."""
     if not elbo_scheme(args.scheme).fitted:
         return {}
     other = "val" if args.split == "test" else "test"
