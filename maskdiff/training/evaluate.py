@@ -55,14 +55,14 @@ def se_text(se: float | None, n: int, what: str = "example") -> str:
     return f"n/a ({n} {what}{'' if n == 1 else 's'})"
 
 
-def _summarise(per_example: torch.Tensor) -> EvalResult:
+def summarise_examples(per_example: torch.Tensor) -> EvalResult:
     values = per_example.double()
     n = len(values)
     se = float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
     return EvalResult(mean=float(values.mean()), se=se, n=n)
 
 
-def _batches(examples: Sequence, collate: Collate, batch_size: int, device):
+def example_batches(examples: Sequence, collate: Collate, batch_size: int, device):
     for start in range(0, len(examples), batch_size):
         items = [(start + k, ex) for k, ex in enumerate(examples[start:start + batch_size])]
         yield collate(items).to(device)
@@ -146,7 +146,7 @@ def elbo_estimate(model, examples: Sequence, collate: Collate, *, mask_token_id:
     try:
         if chosen.fitted and density is None:
             held = list(fit_examples if fit_examples is not None else examples)
-            batch = next(_batches(held[:FIT_EXAMPLES], collate, FIT_EXAMPLES, device))
+            batch = next(example_batches(held[:FIT_EXAMPLES], collate, FIT_EXAMPLES, device))
             density = fit_elbo_density(model, batch, mask_token_id=mask_token_id, seed=seed,
                                        normalizer=normalizer, eps=eps, cache_dir=density_cache,
                                        key=density_key)
@@ -154,7 +154,7 @@ def elbo_estimate(model, examples: Sequence, collate: Collate, *, mask_token_id:
                                        normalizer=normalizer, eps=eps, layout=layout,
                                        density=density)
         draws = torch.cat([elbo_draws(model, batch, estimators, seed).cpu()
-                           for batch in _batches(examples, collate, batch_size, device)])
+                           for batch in example_batches(examples, collate, batch_size, device)])
     finally:
         model.train(was_training)
     return ElboEstimate(mean=draws.mean(dim=1), se=draws_se(draws, chosen.stratified),
@@ -178,7 +178,7 @@ def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_
     model.eval()
     try:
         per_example = [stratified_elbo(model, batch, estimators, seed).cpu()
-                       for batch in _batches(examples, collate, batch_size, device)]
+                       for batch in example_batches(examples, collate, batch_size, device)]
     finally:
         model.train(was_training)
     return torch.cat(per_example)
@@ -196,11 +196,11 @@ def elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
     scheme's ``density`` / ``fit_examples`` / ``density_cache`` / ``density_key``, as
     :func:`elbo_estimate` takes them)."""
     if scheme == "stratified":
-        return _summarise(per_example_elbo(
+        return summarise_examples(per_example_elbo(
             model, examples, collate, mask_token_id=mask_token_id,
             rates_per_example=rates_per_example, seed=seed, batch_size=batch_size,
             normalizer=normalizer, eps=eps, device=device, layout=layout))
-    return _summarise(elbo_estimate(
+    return summarise_examples(elbo_estimate(
         model, examples, collate, mask_token_id=mask_token_id, scheme=scheme,
         rates=rates_per_example, seed=seed, batch_size=batch_size, normalizer=normalizer,
         eps=eps, device=device, layout=layout, **fitted).mean)
@@ -216,10 +216,10 @@ def causal_nll(model, examples: Sequence, collate: Collate, *, batch_size: int =
     model.eval()
     try:
         losses = [causal_lm_loss(model(b.x0, b.attention_mask), b.x0, b.eligible).cpu()
-                  for b in _batches(examples, collate, batch_size, device)]
+                  for b in example_batches(examples, collate, batch_size, device)]
     finally:
         model.train(was_training)
-    return _summarise(torch.cat(losses))
+    return summarise_examples(torch.cat(losses))
 
 
 @dataclass(frozen=True)
