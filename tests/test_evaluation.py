@@ -200,7 +200,10 @@ def test_loglikelihood_is_minus_the_summed_elbo_of_the_continuation(tmp_path):
     draws = elbo_draws(model.model, batch, est, seed=1234)
     assert scores[0].loglikelihood == pytest.approx(-float(draws.mean()), rel=1e-12)
     assert scores[0].se == pytest.approx(float(draws_se(draws, True)[0]), rel=1e-12)
-    assert scores[0].passes == 8 and scores[0].n_tokens == len(cont) == 4
+    assert scores[0].passes == ELBO_SCHEMES[EVAL_SCHEME].passes(4) == 4  # lowvar-stratified
+    assert scores[0].n_tokens == len(cont) == 4
+    default = loglikelihoods(model, pairs[:1], greedy_check=False)[0]  # rates unset: 32 passes
+    assert default.passes == 32
     # the draws of a request depend on its index, not on its batch: scoring it alone agrees
     alone = loglikelihoods(model, pairs[:1], rates=4, greedy_check=False)[0]
     assert alone.loglikelihood == scores[0].loglikelihood and alone.is_greedy is None
