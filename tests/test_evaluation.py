@@ -16,7 +16,8 @@ from maskdiff.core.batch import Batch  # noqa: E402
 from maskdiff.evaluation import generate, load_eval_model, loglikelihoods  # noqa: E402
 from maskdiff.hf import HFAdapter  # noqa: E402
 from maskdiff.training.evaluate import (  # noqa: E402
-    ELBO_SCHEMES, EVAL_SCHEME, draws_se, elbo_draws, stratified_elbo, stratified_estimators,
+    ELBO_SCHEMES, EVAL_SCHEME, draws_se, elbo_draws, fit_elbo_density, stratified_elbo,
+    stratified_estimators,
 )
 from maskdiff.training.generate import generate_diffusion  # noqa: E402
 from test_hf import SPECIAL, WORDS, word_tokenizer  # noqa: E402
@@ -104,7 +105,7 @@ def test_evaluate_hf_on_a_jsonl_file_reports_the_evaluators_elbo(tmp_path, capsy
                  "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["loss"]["n"] == 3 and report["loss"]["se"] > 0
-    assert report["scheme"] == EVAL_SCHEME and report["forward_passes_per_example"] == 6
+    assert report["scheme"] == EVAL_SCHEME and report["forward_passes_per_example"] == 3
     from maskdiff.hf import hf_batch
     from maskdiff.training.evaluate import elbo
 
@@ -160,7 +161,8 @@ def test_every_scheme_is_unbiased_for_the_same_elbo(scheme):
                            seed=99)
     ref_mean, ref_se = reference.mean(1), draws_se(reference, False)
     chosen = ELBO_SCHEMES[scheme]
-    est = chosen.estimators(mask_token_id=11, rates=4)
+    density = fit_elbo_density(model, batch, mask_token_id=11, seed=0) if chosen.fitted else None
+    est = chosen.estimators(mask_token_id=11, rates=4, density=density)
     runs = [elbo_draws(model, batch, est, seed=s) for s in range(120)]
     means = torch.stack([r.mean(1) for r in runs])  # (120, 2)
     spread = means.std(0)
@@ -198,7 +200,10 @@ def test_loglikelihood_is_minus_the_summed_elbo_of_the_continuation(tmp_path):
     draws = elbo_draws(model.model, batch, est, seed=1234)
     assert scores[0].loglikelihood == pytest.approx(-float(draws.mean()), rel=1e-12)
     assert scores[0].se == pytest.approx(float(draws_se(draws, True)[0]), rel=1e-12)
-    assert scores[0].passes == 8 and scores[0].n_tokens == len(cont) == 4
+    assert scores[0].passes == ELBO_SCHEMES[EVAL_SCHEME].passes(4) == 4  # lowvar-stratified
+    assert scores[0].n_tokens == len(cont) == 4
+    default = loglikelihoods(model, pairs[:1], greedy_check=False)[0]  # rates unset: 32 passes
+    assert default.passes == 32
     # the draws of a request depend on its index, not on its batch: scoring it alone agrees
     alone = loglikelihoods(model, pairs[:1], rates=4, greedy_check=False)[0]
     assert alone.loglikelihood == scores[0].loglikelihood and alone.is_greedy is None

@@ -69,7 +69,9 @@ def _check(results, model, harness_lm):
     for k, d in enumerate(harness_lm.details):  # request k draws with index k
         direct = loglikelihoods(model, [(d["context"], d["continuation"])], first_index=k)[0]
         assert d["loglikelihood"] == direct.loglikelihood and d["is_greedy"] == direct.is_greedy
-        assert d["se"] == direct.se > 0 and d["passes"] == 32
+        # a one-token continuation's count-scheme ELBO is exact (its one mask): SE 0
+        assert d["se"] == direct.se >= 0 and d["passes"] == 32
+        assert d["se"] > 0 or direct.n_tokens == 1
     hits = []
     for sample in sorted(samples, key=lambda s: s["doc_id"]):
         doc = MC[sample["doc_id"]]
@@ -134,7 +136,7 @@ def test_simple_evaluate_by_name_and_the_maskdiff_lm_eval_command(offline, nativ
     assert json.loads(written[0].read_text())["results"]["maskdiff_tiny_mc"]["acc,none"] == acc
     rows = [json.loads(line) for line in se_file.read_text().splitlines()]
     assert len(rows) == sum(len(d["choices"]) for d in MC)
-    assert all(r["passes"] == 4 and r["se"] >= 0 for r in rows)
+    assert all(r["passes"] == 2 and r["se"] >= 0 for r in rows)  # rates=2, lowvar-stratified
 
 
 def _build(model_args, extra=None):

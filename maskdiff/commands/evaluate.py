@@ -16,11 +16,15 @@ from maskdiff.data import Collator, CollatorConfig
 from maskdiff.data.setup import load_task
 from maskdiff.fileio import atomic_write_text
 from maskdiff.training.evaluate import (
-    ELBO_SCHEMES, EVAL_SCHEME, causal_nll, elbo, elbo_scheme, pass_at_1, se_text,
+    BLOCK_EVAL_SCHEME, ELBO_SCHEMES, EVAL_SCHEME, FIT_EXAMPLES, causal_nll, default_scheme, elbo,
+    elbo_scheme, pass_at_1, rates_for, se_text,
 )
 from maskdiff.training.config import block_layout
 from maskdiff.training.judge import load_judge
 from maskdiff.training.runs import load_run
+
+
+EVAL_PASSES = 8  # forward passes per example unless --rates is given
 
 
 def register(subparsers) -> None:
@@ -34,10 +38,12 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="with --hf: write the report (JSON) here")
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--n", type=positive, default=128, help="examples to evaluate")
-    p.add_argument("--scheme", choices=sorted(ELBO_SCHEMES), default=EVAL_SCHEME,
-                   help="how the ELBO spends its forward passes (docs/evaluation.md)")
-    p.add_argument("--rates", type=positive, default=4,
-                   help="rates of t per example (a *-mirror scheme: 2 forward passes each)")
+    p.add_argument("--scheme", choices=sorted(ELBO_SCHEMES), default=None,
+                   help=f"how the ELBO spends its forward passes (docs/evaluation.md; default "
+                        f"{EVAL_SCHEME}, {BLOCK_EVAL_SCHEME} for a block-diffusion run)")
+    p.add_argument("--rates", type=positive, default=None,
+                   help=f"draws per example (a *-mirror scheme: 2 forward passes each; "
+                        f"default: {EVAL_PASSES} forward passes)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the ELBO's common random numbers")
     p.add_argument("--pass-at-1", action="store_true", help="also generate and score answers")
     add_judge_arguments(p)
@@ -67,12 +73,14 @@ def run(args) -> int:
                                            pad_policy=config.data.pad_policy,
                                            overflow=config.data.overflow))
     layout = block_layout(config)  # a block run: the block ELBO and block decoding (§12, §8)
+    _resolve(args, layout)
     if config.model.causal:
         loss = causal_nll(loaded.model, examples, collate, device=args.device)
     else:
         loss = elbo(loaded.model, examples, collate, mask_token_id=tok.mask_id,
                     rates_per_example=args.rates, seed=args.seed, scheme=args.scheme,
-                    normalizer=config.estimator.normalizer, device=args.device, layout=layout)
+                    normalizer=config.estimator.normalizer, device=args.device, layout=layout,
+                    **_fitted(args, config, loaded.checkpoint))
     report = {"checkpoint": str(loaded.checkpoint), "split": args.split, "loss": loss.to_dict(),
               **_scheme_keys(args, config.model.causal), "threads": threads}
     if layout is not None:
@@ -90,6 +98,25 @@ def run(args) -> int:
         report["generation"] = run_judge(args, loaded, split, collate, layout)  # its own --samples
     atomic_write_text(Path(args.run) / "eval.json", jsonio.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _resolve(args, layout) -> None:
+    """The default scheme (of the run's layout) and the rates that buy EVAL_PASSES passes."""
+    args.scheme = args.scheme or default_scheme(layout)
+    args.rates = args.rates or rates_for(args.scheme, EVAL_PASSES)
+
+
+def _fitted(args, config, checkpoint) -> dict:
+    """A fitted scheme's density: fitted on the first examples of the *other* split (held out
+    from the evaluated ones), cached in RUN/elbo_density/elbo_density.json per checkpoint."""
+    if not elbo_scheme(args.scheme).fitted:
+        return {}
+    other = "val" if args.split == "test" else "test"
+    path = Path(checkpoint)
+    return {"fit_examples": list(load_task(config.data).split(other))[:FIT_EXAMPLES],
+            "density_cache": Path(args.run) / "elbo_density",
+            "density_key": {"checkpoint": str(path), "split": other,
+                            "mtime_ns": path.stat().st_mtime_ns if path.exists() else None}}
 
 
 def _scheme_keys(args, causal: bool) -> dict:
@@ -116,6 +143,7 @@ def _run_hf(args, threads: int) -> int:
         raise ValueError("--judge scores a native masked-diffusion run's samples: use it with "
                          "--run, not --hf")
     model = load_model_argument(args)
+    _resolve(args, None)
     report = evaluate_rows(model, args.data, n=args.n, scheme=args.scheme, rates=args.rates,
                            seed=args.seed, pass_at_1=args.pass_at_1, gen_length=args.gen_length,
                            steps=args.steps, block_length=args.block_length, device=args.device)

@@ -42,6 +42,8 @@ STREAM_CLASSIFIER = 7  # the digit classifier's initialisation and batch order
 STREAM_IMAGE_SAMPLING = 11  # the generation noise
 # Preference optimisation (maskdiff.preference):
 STREAM_PREFERENCE_REFERENCE = 21  # the reference model's own draws under an unshared estimator
+# Evaluation (maskdiff.training.elbo_schemes):
+STREAM_ELBO_DENSITY = 22  # the nested draws that fit a fitted ELBO scheme's importance density
 # The generation judge (maskdiff.training.judge), keyed further by the example index:
 STREAM_JUDGE_SAMPLING = 31  # the sampled tokens' Gumbel noise
 STREAM_JUDGE_PROBE = 32  # which tokens the partial-mask probe masks

@@ -26,7 +26,6 @@ from lm_eval.api.registry import register_model
 from maskdiff import jsonio
 from maskdiff.evaluation.model import load_eval_model
 from maskdiff.evaluation.scoring import DEFAULT_RATES, generate, loglikelihoods
-from maskdiff.training.evaluate import EVAL_SCHEME
 
 MODEL_NAME = "maskdiff"
 LOAD_ARGS = ("checkpoint", "mask_token_id", "trust_remote_code", "logit_shift", "dtype",
@@ -42,7 +41,7 @@ class MaskdiffLM(LM):
     (decoding), ``max_length``, ``batch_size``, ``device``, ``greedy_check``, ``se_file``."""
 
     def __init__(self, run: str | None = None, pretrained: str | None = None, *,
-                 scheme: str = EVAL_SCHEME, rates: int = DEFAULT_RATES, seed: int = 1234,
+                 scheme: str | None = None, rates: int | None = DEFAULT_RATES, seed: int = 1234,
                  gen_length: int | None = None, steps: int | None = None,
                  block_length: int | None = None, batch_size: int | str | None = 16,
                  device: str | None = None, greedy_check: bool = True,
@@ -56,7 +55,8 @@ class MaskdiffLM(LM):
         load = {k: v for k, v in kwargs.items() if k in LOAD_ARGS and v is not None}
         self._device = _usable_device(device)
         self.lm = load_eval_model(run=run, hf=pretrained, device=self._device, **load)
-        self.scheme, self.rates, self.seed = scheme, int(rates), int(seed)
+        self.scheme, self.seed = scheme, int(seed)
+        self.rates = None if rates is None else int(rates)
         self.decoding = {"gen_length": gen_length, "steps": steps, "block_length": block_length}
         auto = batch_size is None or str(batch_size).startswith("auto")
         self.batch_size = 16 if auto else int(batch_size)

@@ -12,11 +12,11 @@ from maskdiff.evaluation.scoring import generate
 from maskdiff.hf.collate import hf_batch
 from maskdiff.hf.source import check_context, read_numbered_rows
 from maskdiff.training.answers import answers_match, extract_answer, gold_answer
-from maskdiff.training.evaluate import EVAL_SCHEME, elbo
+from maskdiff.training.evaluate import default_scheme, elbo
 
 
 def evaluate_rows(model: EvalModel, data: str | os.PathLike, *, n: int | None = None,
-                  scheme: str = EVAL_SCHEME, rates: int = 4, seed: int = 1234,
+                  scheme: str | None = None, rates: int = 8, seed: int = 1234,
                   pass_at_1: bool = False, gen_length: int | None = None,
                   steps: int | None = None, block_length: int | None = None,
                   batch_size: int = 16, device="cpu") -> dict[str, Any]:
@@ -42,7 +42,7 @@ def evaluate_rows(model: EvalModel, data: str | os.PathLike, *, n: int | None = 
 
     report: dict[str, Any] = {"loss_result": elbo(
         model.model, rows, collate, mask_token_id=model.mask_token_id, rates_per_example=rates,
-        seed=seed, batch_size=batch_size, scheme=scheme, device=device)}
+        seed=seed, batch_size=batch_size, scheme=scheme or default_scheme(), device=device)}
     if pass_at_1:
         missing = [k for k, row in enumerate(rows) if "prompt" not in row or "response" not in row]
         if missing:

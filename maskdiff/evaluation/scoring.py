@@ -23,10 +23,15 @@ import torch
 from maskdiff.core.batch import Batch
 from maskdiff.core.blocks import BlockLayout
 from maskdiff.evaluation.model import EvalModel
-from maskdiff.training.evaluate import EVAL_SCHEME, draws_se, elbo_draws, elbo_scheme
+from maskdiff.training.evaluate import (
+    default_scheme, draws_se, elbo_draws, elbo_scheme, fit_elbo_density, rates_for,
+)
 from maskdiff.training.generate import block_decoding_steps, generate_diffusion
 
-DEFAULT_RATES = 16  # with MIRROR: 32 forward passes per request (README: the SE benchmark)
+# Forward passes per request unless ``rates`` is given (README: the SE benchmark); the rates
+# (draws) they buy depend on the scheme (a *-mirror scheme spends 2 per draw).
+DEFAULT_PASSES = 32
+DEFAULT_RATES = None  # rates unset: DEFAULT_PASSES forward passes
 DEFAULT_GEN_LENGTH = 64  # a HF model's generated positions unless told (native runs: to max_len)
 
 
@@ -75,7 +80,7 @@ def _groups(keys: Sequence[object]) -> dict[object, list[int]]:
 
 @torch.no_grad()
 def loglikelihoods(model: EvalModel, pairs: Sequence[tuple[str | Sequence[int], str | Sequence[int]]], *,
-                   scheme: str = EVAL_SCHEME, rates: int = DEFAULT_RATES, seed: int = 1234,
+                   scheme: str | None = None, rates: int | None = None, seed: int = 1234,
                    batch_size: int = 16, greedy_check: bool = True, device="cpu",
                    first_index: int = 0) -> list[Score]:
     """The Monte-Carlo ELBO of each continuation given its context (module docstring); a
@@ -84,11 +89,15 @@ def loglikelihoods(model: EvalModel, pairs: Sequence[tuple[str | Sequence[int], 
     Requests are batched by total length (no padding: a request's number never depends on its
     batch). Request ``k`` draws with index ``first_index + k``. ``greedy_check`` decodes each
     continuation's positions greedily (one token per step, as many passes as tokens) and
-    compares.
+    compares. ``scheme=None``: :func:`~maskdiff.training.evaluate.default_scheme` of the model's
+    layout; ``rates=None``: :data:`DEFAULT_PASSES` forward passes per request. A fitted scheme (``ppots-*``) fits its density on the first batch of requests
+    (:func:`~maskdiff.training.evaluate.fit_elbo_density`, draws independent of the scores').
     """
+    scheme = scheme or default_scheme(model.layout)
     chosen = elbo_scheme(scheme)
-    estimators = chosen.estimators(mask_token_id=model.mask_token_id, rates=rates,
-                                   normalizer="none", layout=model.layout)
+    rates = rates or rates_for(scheme, DEFAULT_PASSES)
+    estimators = None if chosen.fitted else chosen.estimators(
+        mask_token_id=model.mask_token_id, rates=rates, normalizer="none", layout=model.layout)
     encoded = [_fit(model, *_encode_pair(model, c, x)) for c, x in pairs]
     scores: list[Score | None] = [None] * len(pairs)
     was_training = model.model.training
@@ -103,6 +112,12 @@ def loglikelihoods(model: EvalModel, pairs: Sequence[tuple[str | Sequence[int], 
                     eligible[row, len(encoded[i][0]):] = True
                 batch = Batch(x0=x0, eligible=eligible, attention_mask=torch.ones_like(eligible),
                               example_index=torch.tensor([first_index + i for i in chunk]))
+                if estimators is None:  # a fitted scheme: its density from the first batch
+                    estimators = chosen.estimators(
+                        mask_token_id=model.mask_token_id, rates=rates, normalizer="none",
+                        layout=model.layout, density=fit_elbo_density(
+                            model.model, batch, mask_token_id=model.mask_token_id, seed=seed,
+                            normalizer="none"))
                 draws = elbo_draws(model.model, batch, estimators, seed).cpu()
                 ses = draws_se(draws, chosen.stratified)
                 for row, i in enumerate(chunk):

@@ -11,7 +11,7 @@ Everything public is re-exported here: ``from maskdiff.ppots import estimate_ppo
 
 from maskdiff.ppots.estimate import (  # noqa: F401
     ESTIMATORS, TARGETS, ModelPHat, PHat, PPotsResult, estimate_p_hat, estimate_ppots, fit_ppots,
-    model_p_hat,
+    inverse_rate_density, model_p_hat,
 )
 from maskdiff.ppots.fit import (  # noqa: F401
     EPR_KEYS, MIN_GRID_POINTS, MIN_TABLE_POINTS, DensityTable, EPRFit, PolyFit, check_table,

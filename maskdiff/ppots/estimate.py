@@ -244,3 +244,27 @@ def estimate_ppots(model, batch, *, mask_token_id: int, n_rates: int = 70, n_mas
                        p_hat_direct=phat.p_hat_direct, forward_passes=measured.forward_passes,
                        target=target)
     return replace(result, seconds=time.perf_counter() - start)
+
+
+def inverse_rate_density(t: np.ndarray, second_moment: np.ndarray, *, eps: float = 1e-3,
+                         n_points: int = 512) -> tuple[dict[str, list[float]], list[float]]:
+    """``p(t) ∝ sqrt(a/t + b + c·t)`` fitted to measured ``E[l² | t]`` (docs/method.md §8).
+
+    Under Bernoulli masks the ELBO integrand's second moment is ``A(t)/t + B(t)`` (the masked
+    tokens' squared losses over ``t·L²``, plus their cross terms), with ``A``, ``B`` smooth:
+    non-negative least squares of ``t·E[l² | t]`` on ``(1, t, t²)``, rows weighted ``√t``
+    (the estimate's noise grows like ``1/√t``). Unlike EPR, the form keeps the integrand's
+    ``1/t`` singularity below the grid's first rate. Returns the table ``{"t", "p"}`` on
+    ``n_points`` rates, log-spaced near ``eps``, and ``[a, b, c]``."""
+    from scipy.optimize import nnls
+
+    t, m2 = _as_float64(t), _as_float64(second_moment)
+    weight = np.sqrt(t)
+    design = np.stack([np.ones_like(t), t, t * t], axis=1) * weight[:, None]
+    coef, _ = nnls(design, t * m2 * weight)
+    if not coef.sum() > 0:
+        raise ValueError("the measured second moments are zero at every rate (all losses zero?)")
+    grid = np.unique(np.concatenate([eps + np.geomspace(1e-6, 0.5, n_points // 2),
+                                     np.linspace(eps, 1.0, n_points // 2)]).clip(eps, 1.0))
+    p = np.sqrt(coef[0] / grid + coef[1] + coef[2] * grid)
+    return {"t": grid.tolist(), "p": p.tolist()}, [float(c) for c in coef]

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from maskdiff.core.batch import Batch
-from maskdiff.core.masking import View, build_masker
-from maskdiff.core.objective import masked_token_losses
+from maskdiff.core.counts import count_weights, lowvar_view  # noqa: F401  (re-exported)
+from maskdiff.core.masking import build_masker
 from maskdiff.core.samplers import DEFAULT_EPS
 from maskdiff.core.seeding import STREAM_PREFERENCE_REFERENCE, BatchRandomness, derive_seed
 from maskdiff.training.evaluate import elbo_scheme
@@ -34,21 +34,20 @@ ROLES = ("policy", "reference")
 class PreferenceEstimator:
     """How ``B̂`` spends its budget and whether the policy and the reference share draws.
 
-    ``scheme`` names an :data:`~maskdiff.training.evaluate.ELBO_SCHEMES` entry (rates and
-    masks), or is ``"lowvar"``: LLaDA's low-variance estimator (exactly ``l ~ U{1..L}`` of the
-    ``L`` response tokens masked, :func:`lowvar_view`).
+    ``scheme`` names an :data:`~maskdiff.training.evaluate.ELBO_SCHEMES` entry (rates or
+    mask counts, and masks): e.g. ``"lowvar"``, LLaDA's low-variance estimator (exactly
+    ``l ~ U{1..L}`` of the ``L`` response tokens masked, :mod:`maskdiff.core.counts`).
     """
 
     name: str
     scheme: str
     shared: bool
     description: str
-    stratified: bool = False  # lowvar: draw j's l from stratum j of the n draws
 
     @property
     def views(self) -> int:
         """Forward passes per draw of ``t`` (2 for MIRROR's complementary pair)."""
-        return 1 if self.scheme == "lowvar" else build_masker(elbo_scheme(self.scheme).masker).n_views
+        return build_masker(elbo_scheme(self.scheme).masker).n_views
 
     def draws(self, budget: int) -> int:
         """Draws (rates, or values of ``l``) a budget of ``budget`` forward passes buys."""
@@ -78,13 +77,6 @@ class PreferenceEstimator:
         key = self.seed_for(seed, role)
         indices = batch.example_index.tolist()
         total = torch.zeros(len(batch), dtype=torch.float32, device=batch.x0.device)
-        if self.scheme == "lowvar":
-            for j in range(n):
-                view = lowvar_view(batch, BatchRandomness.for_batch(key, j, indices),
-                                   mask_token_id, eps, stratum=(j, n) if self.stratified else None)
-                logits = model(view.xt, batch.attention_mask)
-                total = total + masked_token_losses(logits, batch.x0, view).sum(dim=1)
-            return -total / n
         estimators = elbo_scheme(self.scheme).estimators(
             mask_token_id=mask_token_id, rates=n, normalizer="none", eps=eps)
         ones = torch.ones(len(batch), dtype=torch.float32, device=batch.x0.device)
@@ -109,15 +101,20 @@ PREFERENCE_ESTIMATORS: dict[str, PreferenceEstimator] = {e.name: e for e in (
     PreferenceEstimator("lowvar", "lowvar", True,
                         "LLaDA's low-variance estimator: l ~ U{1..L} response tokens masked "
                         "uniformly, each weighted L·c(l) (L/l at eps = 0); shared draws"),
-    PreferenceEstimator("lowvar-stratified", "lowvar", True,
-                        "lowvar with l stratified: draw j of n takes u in [j/n, (j+1)/n); shared",
-                        stratified=True),
+    PreferenceEstimator("lowvar-stratified", "lowvar-stratified", True,
+                        "lowvar with l stratified: draw j of n takes u in [j/n, (j+1)/n); shared"),
+    PreferenceEstimator("lowvar-mirror", "lowvar-mirror", True,
+                        "lowvar-stratified with the complementary mask: l ~ U{0..L} and the "
+                        "other L - l tokens, each weighted (L+1)·c(size); shared"),
     PreferenceEstimator("sqrt-stratified", "sqrt-stratified", True,
                         "rates in the quantile strata of p(t) ∝ t^-1/2, importance-weighted; shared"),
     PreferenceEstimator("sqrt-stratified-mirror", "sqrt-stratified-mirror", True,
                         "sqrt-stratified rates with MIRROR's complementary masks; shared "
-                        "(maskdiff's evaluation default)"),
+                        "(maskdiff dpo's default; the evaluation default of block-diffusion runs)"),
 )}
+# The lowest SE of the DPO bracket (a shared-draw ELBO difference) measured at 8 and 32 passes
+# (README, benchmarks/dpo_bias.py); likelihood evaluation's lowvar-stratified wins for one ELBO,
+# not for this difference.
 DEFAULT_ESTIMATOR = "sqrt-stratified-mirror"
 
 
@@ -125,62 +122,6 @@ def preference_estimator(name: str) -> PreferenceEstimator:
     if name not in PREFERENCE_ESTIMATORS:
         raise ValueError(f"unknown ELBO estimator {name!r}; known: {sorted(PREFERENCE_ESTIMATORS)}")
     return PREFERENCE_ESTIMATORS[name]
-
-
-def _binomial_cdf_below(n: torch.Tensor, eps: float, max_l: int) -> torch.Tensor:
-    """``P(Bin(n_b, eps) ≤ l − 1)`` for ``l = 1..max_l``: float64 (B, max_l)."""
-    n = n.double()[:, None]
-    if eps <= 0:  # Bin(n, 0) is 0 surely
-        return torch.ones(n.shape[0], max_l, dtype=torch.float64, device=n.device)
-    k = torch.arange(max_l, dtype=torch.float64, device=n.device)[None, :]
-    rest = (n - k).clamp(min=0)
-    log_pmf = (torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(rest + 1)
-               + k * math.log(eps) + rest * math.log1p(-eps))
-    pmf = torch.where(k <= n, log_pmf.exp(), torch.zeros_like(log_pmf))
-    return pmf.cumsum(dim=1).clamp(max=1.0)
-
-
-def count_weights(n_tokens: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """``c(l)`` for ``l = 1..max L``, float64 (B, max L) (zero where ``l > L``): the weight the
-    eps-floored ELBO puts on the loss of ``l`` uniformly chosen masked tokens out of ``L``,
-
-        ELBO = Σ_l c(l) · E_{|S| = l}[Σ_{i∈S} −log p(x_i | x with S masked)],
-        c(l) = (1/(1 − eps)) · (1/l) · P(Bin(L, eps) ≤ l − 1)
-
-    (docs/method.md §13); at ``eps = 0``, ``c(l) = 1/l``."""
-    n_tokens = n_tokens.long()
-    max_l = max(int(n_tokens.max()) if n_tokens.numel() else 0, 1)
-    l = torch.arange(1, max_l + 1, dtype=torch.float64, device=n_tokens.device)[None, :]
-    c = _binomial_cdf_below(n_tokens, eps, max_l) / (l * (1.0 - eps))
-    return torch.where(l <= n_tokens.double()[:, None], c, torch.zeros_like(c))
-
-
-def lowvar_view(batch: Batch, randomness: BatchRandomness, mask_token_id: int,
-                eps: float = DEFAULT_EPS, stratum: tuple[int, int] | None = None) -> View:
-    """LLaDA's low-variance draw: ``l = 1 + ⌊u·L⌋`` (uniform on 1..L) of the example's ``L``
-    eligible tokens masked, the ``l`` with the smallest seeded uniforms; each masked token
-    weighted ``L · c(l)`` (:func:`count_weights`, LLaDA's ``L/l`` at ``eps = 0``), stored as
-    the view's ``inclusion_prob = 1/(L · c(l))`` so that the objective's division applies it.
-    ``stratum=(j, n)``: ``u`` is drawn in ``[j/n, (j+1)/n)`` (the mean over the ``n`` strata is
-    unbiased: ``l`` is a function of ``u``)."""
-    eligible, x0 = batch.eligible, batch.x0
-    n_tokens = eligible.sum(dim=1)
-    u = randomness.rate_uniforms().to(x0.device)
-    if stratum is not None:
-        u = (stratum[0] + u) / stratum[1]
-    count = torch.minimum((u * n_tokens.double()).floor().long() + 1, n_tokens)
-    scores = randomness.mask_uniforms(1, x0.shape[1])[0].to(x0.device)
-    scores = scores.masked_fill(~eligible, 2.0)
-    rank = torch.empty_like(x0)
-    rank.scatter_(1, scores.argsort(dim=1),
-                  torch.arange(x0.shape[1], device=x0.device).expand_as(x0).contiguous())
-    masked = eligible & (rank < count[:, None])
-    c = count_weights(n_tokens, eps)
-    picked = c.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1)
-    weight = n_tokens.double() * picked
-    prob = torch.where(weight > 0, 1.0 / weight.clamp(min=1e-300), torch.ones_like(weight))
-    xt = torch.where(masked, torch.full_like(x0, mask_token_id), x0)
-    return View(xt=xt, masked=masked, inclusion_prob=prob.float()[:, None].expand_as(x0))
 
 
 def exact_log_likelihood(model, batch: Batch, *, mask_token_id: int, eps: float = DEFAULT_EPS,

@@ -18,11 +18,14 @@ from maskdiff.training.answers import answers_match, extract_answer, gold_answer
 from maskdiff.core.batch import Batch
 from maskdiff.core.blocks import BlockLayout
 from maskdiff.training.generate import block_decoding_steps, generate_causal, generate_diffusion
-from maskdiff.core.masking import Bernoulli, Masker, build_masker
 from maskdiff.models.transformer import causal_lm_loss
 from maskdiff.core.objective import Estimator
-from maskdiff.core.samplers import DEFAULT_EPS, Importance, RateSampler, Uniform, Window
+from maskdiff.core.samplers import DEFAULT_EPS
 from maskdiff.core.seeding import BatchRandomness
+from maskdiff.training.elbo_schemes import (  # noqa: F401  (re-exported)
+    BLOCK_EVAL_SCHEME, ELBO_SCHEMES, EVAL_SCHEME, FIT_EXAMPLES, FIT_FORMS, FIT_MASKS, FIT_RATES, Density,
+    ElboScheme, default_scheme, elbo_scheme, fit_elbo_density, rates_for, stratified_estimators,
+)
 
 Collate = Callable[[Sequence[tuple[int, object]]], Batch]
 
@@ -63,111 +66,6 @@ def example_batches(examples: Sequence, collate: Collate, batch_size: int, devic
     for start in range(0, len(examples), batch_size):
         items = [(start + k, ex) for k, ex in enumerate(examples[start:start + batch_size])]
         yield collate(items).to(device)
-
-
-def stratified_estimators(*, mask_token_id: int, rates_per_example: int = 4,
-                          normalizer: str = "eligible", eps: float = DEFAULT_EPS,
-                          syntax_eligible: bool = False, masker: Masker | None = None,
-                          layout: BlockLayout | None = None) -> list[Estimator]:
-    """One estimator per stratum: ``U`` over the j-th of ``rates_per_example`` equal strata of
-    [eps, 1], ``masker`` masks (default Bernoulli), no weights, no control variate
-    (docs/method.md §8). Under a block ``layout`` each block draws its own rate in the stratum
-    and the terms are the block ELBO's (docs/method.md §12)."""
-    if rates_per_example < 1:
-        raise ValueError(f"rates_per_example must be >= 1, got {rates_per_example}")
-    masker = Bernoulli() if masker is None else masker
-    edges = [eps + (1 - eps) * j / rates_per_example for j in range(rates_per_example + 1)]
-    return [Estimator(rate_sampler=Window(edges[j], edges[j + 1], eps=eps), masker=masker,
-                      mask_token_id=mask_token_id, normalizer=normalizer,
-                      syntax_eligible=syntax_eligible, layout=layout)
-            for j in range(rates_per_example)]
-
-
-class _QuantileStratum(RateSampler):
-    """Stratum ``j`` of ``k`` equal strata in the quantile space of an importance sampler:
-    ``t = F^-1((j + u)/k)``, ``w = 1/((1 - eps)·p(t))``; the mean over the k strata is unbiased
-    for U[eps, 1] (docs/method.md §8)."""
-
-    name = "quantile_stratum"
-
-    def __init__(self, inner: Importance, j: int, k: int) -> None:
-        self.inner, self.j, self.k, self.eps = inner, j, k, inner.eps
-
-    def target_interval(self) -> tuple[float, float]:
-        return self.inner.target_interval()
-
-    def sample_at(self, u, positions, global_batch_size, batch_generator):
-        return self.inner.sample_at((self.j + u) / self.k, positions, global_batch_size,
-                                    batch_generator)
-
-
-def _sqrt_density(t: torch.Tensor) -> torch.Tensor:
-    """p(t) ∝ t^(-1/2): the ELBO's per-rate variance grows like 1/t, so sampling small rates
-    more often (with weights 1/p) bounds the weights the plain estimator spends on them."""
-    return t.rsqrt()
-
-
-@dataclass(frozen=True)
-class ElboScheme:
-    """How the ELBO spends its forward passes (docs/method.md §8): ``rates`` draws of ``t`` per
-    example, iid U[eps, 1] or one per equal stratum (of [eps, 1], or of the quantiles of
-    ``density`` with importance weights), each with ``masker``'s views."""
-
-    name: str
-    stratified: bool
-    masker: str
-    description: str
-    density: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    def estimators(self, *, mask_token_id: int, rates: int, normalizer: str = "eligible",
-                   eps: float = DEFAULT_EPS, syntax_eligible: bool = False,
-                   layout: BlockLayout | None = None) -> list[Estimator]:
-        masker = build_masker(self.masker)
-        if self.density is not None:
-            if rates < 1:
-                raise ValueError(f"rates must be >= 1, got {rates}")
-            inner = Importance(self.density, eps=eps)
-            return [Estimator(rate_sampler=_QuantileStratum(inner, j, rates), masker=masker,
-                              mask_token_id=mask_token_id, normalizer=normalizer,
-                              syntax_eligible=syntax_eligible, layout=layout)
-                    for j in range(rates)]
-        if self.stratified:
-            return stratified_estimators(mask_token_id=mask_token_id, rates_per_example=rates,
-                                         normalizer=normalizer, eps=eps,
-                                         syntax_eligible=syntax_eligible, masker=masker,
-                                         layout=layout)
-        if rates < 1:
-            raise ValueError(f"rates must be >= 1, got {rates}")
-        one = Estimator(rate_sampler=Uniform(eps), masker=masker, mask_token_id=mask_token_id,
-                        normalizer=normalizer, syntax_eligible=syntax_eligible, layout=layout)
-        return [one] * rates  # draw j is keyed on (seed, j, example): independent draws
-
-    def passes(self, rates: int) -> int:
-        """Forward passes per example for ``rates`` draws of ``t``."""
-        return rates * build_masker(self.masker).n_views
-
-
-ELBO_SCHEMES: dict[str, ElboScheme] = {s.name: s for s in (
-    ElboScheme("mc", False, "bernoulli",
-               "plain Monte Carlo as LLaDA evaluates: iid U[eps,1] rates, independent masks"),
-    ElboScheme("stratified", True, "bernoulli",
-               "one rate per equal stratum of [eps,1], Bernoulli masks (training validation)"),
-    ElboScheme("stratified-mirror", True, "mirror",
-               "one rate per stratum, MIRROR's two complementary masks per rate"),
-    ElboScheme("sqrt-stratified", True, "bernoulli",
-               "one rate per quantile stratum of p(t) ∝ t^-1/2, importance-weighted", _sqrt_density),
-    ElboScheme("sqrt-stratified-mirror", True, "mirror",
-               "sqrt-stratified rates with MIRROR's two complementary masks", _sqrt_density),
-)}
-# The evaluation entry points' default (maskdiff evaluate, the lm-evaluation-harness model):
-# the lowest standard error per forward pass in benchmarks/elbo_se.py (README, docs/evaluation.md).
-EVAL_SCHEME = "sqrt-stratified-mirror"
-
-
-def elbo_scheme(name: str) -> ElboScheme:
-    if name not in ELBO_SCHEMES:
-        raise ValueError(f"unknown ELBO scheme {name!r}; known: {sorted(ELBO_SCHEMES)}")
-    return ELBO_SCHEMES[name]
 
 
 @torch.no_grad()
@@ -228,20 +126,33 @@ class ElboEstimate:
 
 @torch.no_grad()
 def elbo_estimate(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
-                  scheme: str = EVAL_SCHEME, rates: int = 8, seed: int = 1234,
+                  scheme: str | None = None, rates: int = 8, seed: int = 1234,
                   batch_size: int = 64, normalizer: str = "eligible", eps: float = DEFAULT_EPS,
-                  device="cpu", layout: BlockLayout | None = None) -> ElboEstimate:
+                  device="cpu", layout: BlockLayout | None = None,
+                  density: Density | None = None, fit_examples: Sequence | None = None,
+                  density_cache=None, density_key=None) -> ElboEstimate:
     """Each example's full-range ELBO term under ``scheme`` (:data:`ELBO_SCHEMES`) with its
     Monte-Carlo standard error; draws are common random numbers keyed on (seed, draw, example)
-    (docs/method.md §8)."""
+    (docs/method.md §8); ``scheme=None``: :func:`default_scheme` of ``layout``. A fitted scheme (``ppots-*``) uses ``density``, else fits it
+    (:func:`fit_elbo_density`, cached in ``density_cache`` under ``density_key``) on the first
+    few of ``fit_examples`` (held-out examples; default: ``examples``, with draws independent
+    of the evaluation's)."""
     if not examples:
         raise ValueError("cannot evaluate on an empty list of examples")
+    scheme = scheme or default_scheme(layout)
     chosen = elbo_scheme(scheme)
-    estimators = chosen.estimators(mask_token_id=mask_token_id, rates=rates,
-                                   normalizer=normalizer, eps=eps, layout=layout)
     was_training = model.training
     model.eval()
     try:
+        if chosen.fitted and density is None:
+            held = list(fit_examples if fit_examples is not None else examples)
+            batch = next(example_batches(held[:FIT_EXAMPLES], collate, FIT_EXAMPLES, device))
+            density = fit_elbo_density(model, batch, mask_token_id=mask_token_id, seed=seed,
+                                       normalizer=normalizer, eps=eps, cache_dir=density_cache,
+                                       key=density_key)
+        estimators = chosen.estimators(mask_token_id=mask_token_id, rates=rates,
+                                       normalizer=normalizer, eps=eps, layout=layout,
+                                       density=density)
         draws = torch.cat([elbo_draws(model, batch, estimators, seed).cpu()
                            for batch in example_batches(examples, collate, batch_size, device)])
     finally:
@@ -276,11 +187,14 @@ def per_example_elbo(model, examples: Sequence, collate: Collate, *, mask_token_
 def elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
          rates_per_example: int = 4, seed: int = 1234, batch_size: int = 64,
          normalizer: str = "eligible", eps: float = DEFAULT_EPS, device="cpu",
-         scheme: str = "stratified", layout: BlockLayout | None = None) -> EvalResult:
+         scheme: str = "stratified", layout: BlockLayout | None = None,
+         **fitted) -> EvalResult:
     """The full-range objective over U[eps, 1] (docs/method.md §1, §8) with common random
     numbers: the mean over examples and its standard error. ``scheme="stratified"`` (training
     validation's, the default here) is :func:`per_example_elbo`; the other
-    :data:`ELBO_SCHEMES` spend ``rates_per_example`` rates as they say."""
+    :data:`ELBO_SCHEMES` spend ``rates_per_example`` rates as they say (``fitted``: a fitted
+    scheme's ``density`` / ``fit_examples`` / ``density_cache`` / ``density_key``, as
+    :func:`elbo_estimate` takes them)."""
     if scheme == "stratified":
         return summarise_examples(per_example_elbo(
             model, examples, collate, mask_token_id=mask_token_id,
@@ -289,7 +203,7 @@ def elbo(model, examples: Sequence, collate: Collate, *, mask_token_id: int,
     return summarise_examples(elbo_estimate(
         model, examples, collate, mask_token_id=mask_token_id, scheme=scheme,
         rates=rates_per_example, seed=seed, batch_size=batch_size, normalizer=normalizer,
-        eps=eps, device=device, layout=layout).mean)
+        eps=eps, device=device, layout=layout, **fitted).mean)
 
 
 @torch.no_grad()
