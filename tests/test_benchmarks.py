@@ -33,6 +33,7 @@ def test_step_flops_counts_weights_attention_and_views():
     assert overhead.step_flops(1000, 2, 8, 16, 10, 2) == 2 * 10 * (6000 + 3072)
 
 
+@pytest.mark.slow  # ~35 s: the whole GPU check script on the CPU
 def test_gpu_check_dry_run_prints_one_table_and_writes_the_json(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "MASKDIFF_PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}

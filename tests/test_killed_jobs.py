@@ -52,7 +52,8 @@ def _wait(predicate, seconds: float, what: str):
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow),  # ~32 s
+                                    signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_compare_workers_die_with_the_job_and_the_job_resumes(tmp_path, signum, capsys):
     psutil = pytest.importorskip("psutil")
     out = tmp_path / "cmp"

@@ -114,6 +114,7 @@ def test_harness_end_to_end_on_a_hf_model(offline, tmp_path):
     assert len(lm.details) == sum(len(d["choices"]) for d in MC)
 
 
+@pytest.mark.slow  # ~30 s: lm_eval.simple_evaluate end to end (the harness is tested in the default run)
 def test_simple_evaluate_by_name_and_the_maskdiff_lm_eval_command(offline, native_run, tmp_path):
     import lm_eval
     from lm_eval.tasks import TaskManager
