@@ -31,6 +31,7 @@ from maskdiff import jsonio
 from maskdiff.experiments import stats
 from maskdiff.experiments.compare import CompareJob
 from maskdiff.experiments.compare_presets import ComparePreset
+from maskdiff.experiments.report_md import interval
 from maskdiff.fileio import atomic_write_text
 
 REFERENCE_METHODS = ("standard", "ar")  # the plain point: b = L and the causal twin
@@ -172,11 +173,7 @@ def point_row(label: str, block_size: int | None, m: dict, reference: dict | Non
 
 
 def _ci(d: dict | None, scale: float, digits: int, sign: str = "") -> str:
-    if not d:
-        return "–"
-    f = lambda x: f"{scale * x:{sign}.{digits}f}"  # noqa: E731
-    cell = f"{f(d['mean'])} [{f(d['lo'])}, {f(d['hi'])}]"
-    return f"{cell} (p = {d['p']:.2g})" if "p" in d else cell
+    return interval(d, scale=scale, digits=digits, sign=sign, p=True)
 
 
 def _num(x, fmt: str) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from maskdiff.core.methods import BASELINE, get_method
 from maskdiff.experiments.compare_report import multiplier
+from maskdiff.experiments.report_md import interval
 from maskdiff.jobs import read_record
 
 # (results file under docs/results/, the regime as the table names it)
@@ -39,10 +40,7 @@ NO_EFFECT = "no measurable effect"
 
 def _interval(d: dict | None, scale: float = 1.0, digits: int = 1) -> str:
     """``mean [lo, hi]``, signed, ``scale`` times the values."""
-    if not d or d.get("lo") is None:
-        return "–"
-    f = lambda x: f"{scale * x:+.{digits}f}"  # noqa: E731
-    return f"{f(d['mean'])} [{f(d['lo'])}, {f(d['hi'])}]"
+    return interval(d, scale=scale, digits=digits, sign="+")
 
 
 def verdict(vs: dict) -> str:
@@ -62,25 +60,33 @@ def _verdict(comp: dict, worse_pass: bool) -> str:
     return "more compute" if slower else NO_EFFECT
 
 
-def regime_rows(results: dict, regime: str) -> list[str]:
-    """The table rows of one regime: a row per method with a verdict, one for the rest."""
+def _rows(regime: str, entries) -> list[str]:
+    """Table rows from ``(label, compute per step, multiplier cell, effect cell, verdict)``
+    entries: a row per method with a verdict, one row naming the rest."""
     rows, quiet = [], []
-    for label, m in results["methods"].items():
-        vs = m.get("vs_standard")
-        if (label == BASELINE or not vs or m["test_loss_kind"] != "ELBO"
-                or label != m["method"] or get_method(m["method"]).base == BASELINE):
-            continue
-        said = verdict(vs)
+    for label, ratio, comp, effect, said in entries:
         if said == NO_EFFECT:
             quiet.append(label)
-            continue
-        pass_d = (vs.get("pass_at_1") or {}).get("difference")
-        effect = "–" if not pass_d else f"pass@1 {_interval(pass_d, 100)} points"
-        rows.append(f"| {regime} | {label} | {vs['fwd_ratio']:.0f} | "
-                    f"{multiplier(vs.get('compute'))} | {effect} | **{said}** |")
+        else:
+            rows.append(f"| {regime} | {label} | {ratio:.0f} | {comp} | {effect} | **{said}** |")
     if quiet:
         rows.append(f"| {regime} | {', '.join(quiet)} | | | | {NO_EFFECT} |")
     return rows
+
+
+def regime_rows(results: dict, regime: str) -> list[str]:
+    """The rows of a fine-tuning job: the compute multiplier to standard's final validation
+    ELBO, the pass@1 difference as generation."""
+    def entries():
+        for label, m in results["methods"].items():
+            vs = m.get("vs_standard")
+            if (label == BASELINE or not vs or m["test_loss_kind"] != "ELBO"
+                    or label != m["method"] or get_method(m["method"]).base == BASELINE):
+                continue
+            pass_d = (vs.get("pass_at_1") or {}).get("difference")
+            effect = "–" if not pass_d else f"pass@1 {_interval(pass_d, 100)} points"
+            yield label, vs["fwd_ratio"], multiplier(vs.get("compute")), effect, verdict(vs)
+    return _rows(regime, entries())
 
 
 def decision_table(results_dir: Path) -> list[str]:
@@ -113,25 +119,20 @@ def _pretrain_multiplier(comp: dict | None) -> str:
 def pretrain_rows(results: dict, regime: str) -> list[str]:
     """The rows of a pretraining job (``compare --regime pretrain``): the compute multiplier to
     standard's final test ELBO, the judge's continuation NLL difference as generation."""
-    rows, quiet = [], []
-    for label, m in results["methods"].items():
-        vs = m.get("vs_standard")
-        if label == BASELINE or not vs or get_method(label).base == BASELINE:
-            continue
-        comp = next((c for c in vs.get("compute_to_target") or [] if c["fraction"] == 1.0), None)
-        gen = ((m.get("generation") or {}).get("continuation_nll") or {}).get("vs_standard")
-        worse = bool(gen) and gen.get("lo") is not None and gen["lo"] > 0
-        censored = comp is not None and comp.get("multiplier") is None
-        said = _verdict({} if comp is None or censored else comp, worse)
-        if censored and not worse:
-            said = "more compute"  # it never reaches standard's final test ELBO on some seed
-        if said == NO_EFFECT:
-            quiet.append(label)
-            continue
-        effect = "–" if not gen else f"judge NLL {_interval(gen, digits=3)} nats/token"
-        ratio = m["fwd_per_step"] / results["methods"][BASELINE]["fwd_per_step"]
-        rows.append(f"| {regime} | {label} | {ratio:.0f} | {_pretrain_multiplier(comp)} | "
-                    f"{effect} | **{said}** |")
-    if quiet:
-        rows.append(f"| {regime} | {', '.join(quiet)} | | | | {NO_EFFECT} |")
-    return rows
+    def entries():
+        for label, m in results["methods"].items():
+            vs = m.get("vs_standard")
+            if label == BASELINE or not vs or get_method(label).base == BASELINE:
+                continue
+            comp = next((c for c in vs.get("compute_to_target") or []
+                         if c["fraction"] == 1.0), None)
+            gen = ((m.get("generation") or {}).get("continuation_nll") or {}).get("vs_standard")
+            worse = bool(gen) and gen.get("lo") is not None and gen["lo"] > 0
+            censored = comp is not None and comp.get("multiplier") is None
+            said = _verdict({} if comp is None or censored else comp, worse)
+            if censored and not worse:
+                said = "more compute"  # it never reaches standard's final test ELBO on some seed
+            effect = "–" if not gen else f"judge NLL {_interval(gen, digits=3)} nats/token"
+            ratio = m["fwd_per_step"] / results["methods"][BASELINE]["fwd_per_step"]
+            yield label, ratio, _pretrain_multiplier(comp), effect, said
+    return _rows(regime, entries())

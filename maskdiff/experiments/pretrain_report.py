@@ -7,14 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from maskdiff.experiments.report_md import write_report_md
+from maskdiff.experiments.report_md import interval, write_report_md
 
 
 def _ci(d: dict | None, digits: int = 4, sign: str = "") -> str:
-    if not d or d.get("lo") is None:
-        return "–" if not d else f"{d['mean']:{sign}.{digits}f}"
-    cell = f"{d['mean']:{sign}.{digits}f} [{d['lo']:{sign}.{digits}f}, {d['hi']:{sign}.{digits}f}]"
-    return f"{cell} (p = {d['p']:.2g})" if "p" in d else cell
+    return interval(d, digits=digits, sign=sign, p=True)
 
 
 def multiplier_cell(row: dict) -> str:

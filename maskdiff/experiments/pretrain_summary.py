@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import math
 import platform
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 
 import numpy as np
 import torch
-from scipy import stats as st
 
 from maskdiff.core.methods import BASELINE, get_method
 from maskdiff.experiments import stats
@@ -78,13 +76,8 @@ def multiplier(f_base: Sequence[float], f_m: Sequence[float], last: Sequence[flo
     out["fwd_method"] = float(f_m.mean())
     out["multiplier"] = _ratio_of_means(f_base, f_m, np.arange(n))
     if n >= 3 and np.all(f_m > 0):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = st.bootstrap((np.arange(n),), lambda i: _ratio_of_means(f_base, f_m, i),
-                               vectorized=False, confidence_level=level, n_resamples=n_boot,
-                               method="percentile", random_state=np.random.default_rng(seed))
-        out["lo"], out["hi"] = stats._f(res.confidence_interval.low), stats._f(
-            res.confidence_interval.high)
+        out["lo"], out["hi"] = stats.seed_bootstrap(
+            n, lambda i: _ratio_of_means(f_base, f_m, i), level=level, n_boot=n_boot, seed=seed)
     return out
 
 

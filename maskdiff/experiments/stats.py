@@ -234,6 +234,20 @@ def first_crossing(x: Sequence[float], y: Sequence[float], target: float) -> flo
     return float(xs[k - 1] + frac * (xs[k] - xs[k - 1]))
 
 
+def seed_bootstrap(n: int, statistic, *, level: float = LEVEL, n_boot: int = 2000,
+                   seed: int = 0) -> tuple[float | None, float | None]:
+    """The percentile interval of ``statistic(idx)`` over ``n`` seeds resampled with
+    replacement: ``idx`` indexes every paired array the statistic reads, so pairs stay together
+    (``scipy.stats.bootstrap``); None where a bound is not finite."""
+    _check_level(level)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((np.arange(n),), statistic, vectorized=False,
+                              confidence_level=level, n_resamples=n_boot, method="percentile",
+                              random_state=np.random.default_rng(seed))
+    return _f(res.confidence_interval.low), _f(res.confidence_interval.high)
+
+
 def _multiplier(x_base, base, x_m, curves, idx) -> np.ndarray:
     idx = np.atleast_2d(idx)
     out = []
@@ -269,13 +283,8 @@ def compute_multiplier(x_base: Sequence[float], base: np.ndarray, x_m: Sequence[
     fwd_base = first_crossing(x_base, base.mean(0), target)
     lo = hi = None
     if n >= 3:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap((np.arange(n),), lambda i: _multiplier(x_base, base, x_m,
-                                                                         curves, i)[0],
-                                  vectorized=False, confidence_level=level, n_resamples=n_boot,
-                                  method="percentile", random_state=np.random.default_rng(seed))
-        lo, hi = _f(res.confidence_interval.low), _f(res.confidence_interval.high)
+        lo, hi = seed_bootstrap(n, lambda i: _multiplier(x_base, base, x_m, curves, i)[0],
+                                level=level, n_boot=n_boot, seed=seed)
     return {"multiplier": value, "lo": lo, "hi": hi, "target": target, "fwd_base": fwd_base,
             "fwd_method": _f(first_crossing(x_m, curves.mean(0), target)),
             "reached": value > 0,
