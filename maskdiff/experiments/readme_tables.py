@@ -31,30 +31,12 @@ BLOCK = re.compile(r"(<!-- results:([\w.-]+):([\w-]+) -->\n)(.*?)(" + re.escape(
                    re.DOTALL)
 
 
-def _sweep(results: dict) -> list[str]:
-    from maskdiff.experiments.compare_sweep import sweep_table
+def _lazy(module: str, name: str) -> Callable[[dict], list[str]]:
+    """The table ``name`` of ``maskdiff.experiments.<module>``, imported when first rendered."""
+    def table(doc: dict) -> list[str]:
+        import importlib
 
-    return sweep_table(results)
-
-
-def _block_sweep(doc: dict) -> list[str]:
-    from maskdiff.experiments.compare_blocks import block_sweep_table
-
-    return block_sweep_table(doc)
-
-
-def _block_sweep_setup(doc: dict) -> list[str]:
-    from maskdiff.experiments.compare_blocks import block_sweep_setup
-
-    return block_sweep_setup(doc)
-
-
-def _pretrain(name: str) -> Callable[[dict], list[str]]:
-    """A table of ``compare --regime pretrain``'s report (:mod:`pretrain_report`'s ``name``)."""
-    def table(results: dict) -> list[str]:
-        from maskdiff.experiments import pretrain_report
-
-        return getattr(pretrain_report, name)(results)
+        return getattr(importlib.import_module(f"maskdiff.experiments.{module}"), name)(doc)
 
     return table
 
@@ -141,13 +123,15 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "equal-words": report.equal_compute_words,
     "ceiling": ceiling_table,
     "power": report.power_lines,
-    "sweep": _sweep,
+    "sweep": _lazy("compare_sweep", "sweep_table"),
     "block-setup": _block_setup,
-    "block-sweep": _block_sweep,
-    "block-sweep-setup": _block_sweep_setup,
-    "pretrain": _pretrain("tables"),  # compare --regime pretrain's results.json
-    "pretrain-setup": _pretrain("setup_lines"),
-    "pretrain-generation": _pretrain("generation_table"),
+    "block-sweep": _lazy("compare_blocks", "block_sweep_table"),
+    "block-sweep-setup": _lazy("compare_blocks", "block_sweep_setup"),
+    "pretrain": _lazy("pretrain_report", "tables"),  # compare --regime pretrain's results.json
+    "pretrain-setup": _lazy("pretrain_report", "setup_lines"),
+    "pretrain-generation": _lazy("pretrain_report", "generation_table"),
+    "dpo-gain": _lazy("dpo_gain", "gain_table"),  # benchmarks/dpo_gain.py's results.json
+    "dpo-gain-setup": _lazy("dpo_gain", "gain_setup"),
 }
 
 DIRECTORY_TABLES: dict[str, Callable[[Path], list[str]]] = {"decision": decision_table}
