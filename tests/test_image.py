@@ -163,6 +163,13 @@ def test_image_smoke_writes_results(tmp_path):
     # Two-forward methods spend twice the forward passes of standard on the same steps.
     fwd = {k: m["forward_passes"] for k, m in results["methods"].items()}
     assert fwd["mirror"] == 2 * fwd["standard"]
+    # The README's table: a row per method; the differences from standard in points, ± their SE.
+    from maskdiff.experiments.image_report import differences, readme_table
+
+    table = readme_table(results)
+    assert len(table) == 2 + 3 and table[2].startswith("| standard | ")
+    d = next(x for x in differences(results, "standard") if x["method"] == "mirror")
+    assert f"| {100 * d['diff']:+.1f} ± {100 * d['se']:.1f} (z = {d['z']:+.1f}) |" in table[3]
     # A rerun reuses every finished run; a run finished under another configuration is refused.
     # A damaged record (here emptied) is named, set aside and redone from its finished run.
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("image.json")}

@@ -229,6 +229,26 @@ def _score_tables(results: dict) -> list[str]:
     return lines
 
 
+def readme_table(results: dict) -> list[str]:
+    """The README's table (``readme-tables``, table ``image``): per method the class accuracy,
+    mean p(class) and Fréchet distance (mean ± sd over seeds), the forward passes, and the class
+    accuracy's difference from standard and from standard@2x (± SE, z), in points."""
+    diffs = {(d["method"], d["baseline"]): d for b in BASELINES for d in differences(results, b)}
+
+    def diff(method: str, baseline: str) -> str:
+        d = diffs.get((method, baseline))
+        return "" if d is None else (f"{100 * d['diff']:+.1f} ± {100 * d['se']:.1f} "
+                                     f"(z = {d['z']:+.1f})")
+
+    lines = ["| method | class accuracy | mean p(class) | Fréchet ↓ | forward passes | "
+             "accuracy Δ vs standard, points | vs standard@2x |", "|---|---|---|---|---|---|---|"]
+    for method, m in results["methods"].items():
+        lines.append(f"| {method} | {_fmt(m['accuracy_stats'])} | {_fmt(m['mean_prob_stats'])} | "
+                     f"{_fmt(m['frechet_stats'], 2)} | {m['forward_passes']:,.0f} | "
+                     f"{diff(method, BASELINES[0])} | {diff(method, BASELINES[1])} |")
+    return lines
+
+
 def _picture_lines(results: dict) -> list[str]:
     """The pictures section and the notes on the P-POTS density and the starting checkpoint."""
     first = results["seeds"][0]

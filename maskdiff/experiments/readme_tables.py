@@ -132,6 +132,7 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "pretrain-generation": _lazy("pretrain_report", "generation_table"),
     "dpo-gain": _lazy("dpo_gain", "gain_table"),  # benchmarks/dpo_gain.py's results.json
     "dpo-gain-setup": _lazy("dpo_gain", "gain_setup"),
+    "image": _lazy("image_report", "readme_table"),  # maskdiff image's results.json
 }
 
 DIRECTORY_TABLES: dict[str, Callable[[Path], list[str]]] = {"decision": decision_table}
