@@ -89,6 +89,8 @@ def test_the_pretraining_regime_reads_its_own_results(tmp_path):
                                               "censored": 2, "n": 6, "upper_bound": 0.8},
                                    fwd=2),
         "annealed": _pretrain_method("annealed", {"multiplier": 1.0, "lo": 0.9, "hi": 1.1}),
+        "window": _pretrain_method("window", {"multiplier": None, "lo": None, "hi": None,
+                                              "censored": 2, "n": 6, "upper_bound": 2.0}),
         "standard@2x": _pretrain_method("standard@2x", {"multiplier": 0.8, "lo": 0.7,
                                                         "hi": 0.9}, fwd=2),
     }}
@@ -101,5 +103,7 @@ def test_the_pretraining_regime_reads_its_own_results(tmp_path):
         f"| {regime} | bell_iw | 1 | 1.30 [1.10, 1.50] | judge NLL -0.015 [-0.050, +0.020] "
         "nats/token | **faster** |",
         f"| {regime} | mirror | 2 | not reached (2/6 seeds), ≤ 0.80 | – | **more compute** |",
+        f"| {regime} | window | 1 | not reached (2/6 seeds), ≤ 2.00 | – | "
+        "**unreliable: not reached on 2/6 seeds** |",
         f"| {regime} | annealed | | | | {NO_EFFECT} |",
     ]

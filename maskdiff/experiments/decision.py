@@ -15,6 +15,8 @@ intervals only:
 - **more compute** — the multiplier's interval lies below 1 (the seeds resampled, a method
   that never reaches standard's final ELBO counts 0) and generation is not significantly worse;
 - **worse generation** — generation is significantly worse and the method is not faster;
+- **unreliable** (pretraining) — the method never reaches standard's final test ELBO on some
+  seeds, yet reaching it at its last evaluation there would make it faster (the bound above 1);
 - otherwise no measurable effect: such methods share one row per regime, so the table stays
   small and every method the regime ran is named.
 """
@@ -130,8 +132,10 @@ def pretrain_rows(results: dict, regime: str) -> list[str]:
             worse = bool(gen) and gen.get("lo") is not None and gen["lo"] > 0
             censored = comp is not None and comp.get("multiplier") is None
             said = _verdict({} if comp is None or censored else comp, worse)
-            if censored and not worse:
-                said = "more compute"  # it never reaches standard's final test ELBO on some seed
+            if censored and not worse:  # it never reaches standard's final test ELBO on a seed
+                bound = comp.get("upper_bound")
+                said = ("more compute" if bound is not None and bound <= 1 else
+                        f"unreliable: not reached on {comp['censored']}/{comp['n']} seeds")
             effect = "–" if not gen else f"judge NLL {_interval(gen, digits=3)} nats/token"
             ratio = m["fwd_per_step"] / results["methods"][BASELINE]["fwd_per_step"]
             yield label, ratio, _pretrain_multiplier(comp), effect, said
