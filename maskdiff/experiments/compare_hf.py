@@ -33,6 +33,7 @@ from maskdiff.training.generate import generate_diffusion
 from maskdiff.fileio import atomic_write_text
 from maskdiff.training.config import TrainConfig
 from maskdiff.training.needs import apply_method
+from maskdiff.training.optimizers import build_optimizer
 from maskdiff.training.runs import reuse_run_result
 
 HOLDOUT = 0.1
@@ -233,16 +234,14 @@ def training_arguments(config: TrainConfig, run_dir: Path, **overrides):
 
 
 def optimizers(model: torch.nn.Module, config: TrainConfig):
-    """AdamW (weight decay on matrices only) and the learning rate of maskdiff's own trainer:
-    linear warm-up, then linear decay to ``min_lr_ratio · lr`` (``OptimConfig.lr_at``)."""
+    """The optimiser of maskdiff's own trainer (:func:`build_optimizer`: AdamW or SGD, weight
+    decay on matrices only) and its learning rate: linear warm-up, then linear decay to
+    ``min_lr_ratio · lr`` (``OptimConfig.lr_at``)."""
     optim = config.optim
-    params = [p for p in model.parameters() if p.requires_grad]
-    adamw = torch.optim.AdamW(
-        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
-         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-        lr=optim.lr, betas=(optim.beta1, optim.beta2))
-    schedule = torch.optim.lr_scheduler.LambdaLR(adamw, lambda step: optim.lr_at(step) / optim.lr)
-    return adamw, schedule
+    optimizer = build_optimizer(model.parameters(), optim)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                 lambda step: optim.lr_at(step) / optim.lr)
+    return optimizer, schedule
 
 
 def _trainer(model, config, spec, run_dir, train, val, kwargs, mask_id):

@@ -84,9 +84,13 @@ class DataConfig:
             raise ValueError(f"data.tokenizer must be 'char' or 'bpe', got {self.tokenizer!r}")
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    """AdamW with linear warm-up then linear decay to ``min_lr_ratio·lr``."""
+    """AdamW (or SGD with momentum ``beta1``: ``optimizer="sgd"``) with linear warm-up then
+    linear decay to ``min_lr_ratio·lr``."""
 
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -98,9 +102,13 @@ class OptimConfig:
     grad_clip: float = 1.0
     batch_size: int = 32  # the global batch: examples per optimiser step on all ranks together
     grad_accum: int = 1
+    optimizer: str = "adamw"  # or "sgd" (maskdiff.training.optimizers)
 
     def __post_init__(self) -> None:
         check_fields(self, "optim")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optim.optimizer must be one of {OPTIMIZERS}, got "
+                             f"{self.optimizer!r}")
         if not (self.lr > 0):
             raise ValueError(f"optim.lr must be positive, got {self.lr!r}")
         if self.weight_decay < 0:

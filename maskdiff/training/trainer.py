@@ -36,6 +36,7 @@ from maskdiff.training.evaluate import EvalResult, causal_nll, elbo
 from maskdiff.training.needs import resolve_estimator
 from maskdiff.models import TransformerConfig, build_model
 from maskdiff.training.objective import build_objective
+from maskdiff.training.optimizers import build_optimizer
 from maskdiff.training.data_sizes import resolve_data_sizes
 from maskdiff.training.extend import extension_of, fresh_start
 from maskdiff.training.runs import (TOKENIZER_FILE, check_step_memory, checked_weights,
@@ -119,7 +120,7 @@ class Trainer:
             layout=self.layout, max_steps=optim.max_steps)
         check_step_memory(config, tok.vocab_size, per_rank, self.estimator.forward_passes)
         self.ddp = distributed.wrap(self.model, self.device)
-        self.optimizer = _adamw(self.model, optim)
+        self.optimizer = build_optimizer(self.model.parameters(), optim)
         self.order = DataOrder(len(self.task.train), config.seed)
         self.proxy = VarianceProxy()
         self.out_dir = Path(config.out_dir)
@@ -383,16 +384,6 @@ class Trainer:
         ckpt = load_checkpoint(path)
         weights_fit_config(self.task.tokenizer)(ckpt)
         self.model.load_state_dict(ckpt.weights)
-
-
-def _adamw(model: torch.nn.Module, optim) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": optim.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=optim.lr, betas=(optim.beta1, optim.beta2))
 
 
 def train(config: TrainConfig, *, resume: bool = True, **trainer_kwargs) -> TrainResult:
