@@ -167,7 +167,8 @@ class CompareJob:
             optim=replace(base.optim, max_steps=self.preset.pretrain_steps,
                           warmup_steps=min(50, self.preset.pretrain_steps),
                           batch_size=self.preset.start_batch,
-                          lr=self.preset.pretrain_lr or base.optim.lr),
+                          lr=self.preset.pretrain_lr or base.optim.lr,
+                          optimizer="adamw"),  # one start whatever the fine-tuning optimiser
             eval=replace(base.eval, every=max(1, self.preset.pretrain_steps // 4), patience=0),
             out_dir=str(self.shared_dir / "start" / f"{task}-{'causal' if causal else 'diffusion'}"))
 

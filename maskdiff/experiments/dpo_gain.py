@@ -166,7 +166,7 @@ def seed_job(job: tuple[int, str, str, dict]) -> dict:
         if not rows:
             raise ValueError(f"{run}: no prompt among {len(prompts)} gave both a correct and a "
                              f"wrong sample; raise --samples or --temperature")
-        atomic_write_text(pairs_path, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(pairs_path, "".join(jsonio.dumps(r) + "\n" for r in rows))
         n_right = sum(answers_match(extract_answer(t), gold_answer(ex.response))
                       for ex, texts in zip(prompts, answers) for t in texts)
         return {"pairs": len(rows), "prompts": len(prompts),
