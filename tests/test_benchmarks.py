@@ -3,7 +3,6 @@ failed row while the rest still runs, a part over its limit is killed; overhead.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERHEAD_NAMES = ["bare loop (plain PyTorch step)", "trainer standard", "trainer MIRROR fused",
@@ -20,10 +20,7 @@ PASSES = {"maskdiff mirror": 2, "maskdiff mirror (unfused)": 2}
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"benchmarks/{name}.py")
 
 
 def test_step_flops_counts_weights_attention_and_views():

@@ -2,11 +2,10 @@
 from sampled answers, seeded sampling, the paired summary, and the whole benchmark end to end
 with resume."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 from maskdiff.data.examples import Example
 from maskdiff.experiments import dpo_gain
@@ -104,11 +103,7 @@ def test_no_pair_is_one_line_naming_the_run(runs, tmp_path, monkeypatch):
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dpo_gain.py"
-    spec = importlib.util.spec_from_file_location("bench_dpo_gain", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/dpo_gain.py")
 
 
 def test_the_benchmark_end_to_end_and_resumed(runs, tmp_path, monkeypatch, capsys):

@@ -297,13 +297,9 @@ def test_a_pair_that_does_not_fit_is_refused_naming_the_line(smoke_run, tmp_path
 
 @pytest.mark.slow
 def test_the_dpo_bias_benchmark_runs_and_shared_draws_are_exact_at_the_start(tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from scripts import load_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dpo_bias.py"
-    spec = importlib.util.spec_from_file_location("bench_dpo_bias", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/dpo_bias.py")
     assert bench.main(["--run-steps", "6", "--pairs", "4", "--reps", "3", "--high-budget", "32",
                        "--dpo-steps", "2", "--budget", "2", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "dpo_bias.json").read_text())
