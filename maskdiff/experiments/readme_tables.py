@@ -133,6 +133,7 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "dpo-gain": _lazy("dpo_gain", "gain_table"),  # benchmarks/dpo_gain.py's results.json
     "dpo-gain-setup": _lazy("dpo_gain", "gain_setup"),
     "image": _lazy("image_report", "readme_table"),  # maskdiff image's results.json
+    "noise-training": _lazy("noise_training", "table"),  # benchmarks/noise_during_training.py
 }
 
 DIRECTORY_TABLES: dict[str, Callable[[Path], list[str]]] = {"decision": decision_table}
