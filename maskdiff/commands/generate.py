@@ -12,7 +12,7 @@ from maskdiff.commands import (
     load_model_argument, positive,
 )
 from maskdiff.core.blocks import BlockLayout
-from maskdiff.training.generate import generate_causal
+from maskdiff.training.generate import generate_causal, response_text
 from maskdiff.training.runs import load_run
 
 
@@ -91,8 +91,5 @@ def _causal(args, loaded) -> int:
             raise ValueError(f"the prompt has {ids.shape[1]} tokens: no room left within "
                              f"max_len={loaded.config.data.max_len}")
         out = generate_causal(loaded.model, ids, max_new_tokens=n_new, eos_id=tok.eos_id)
-        generated = out[0, ids.shape[1]:].tolist()
-        if tok.eos_id in generated:
-            generated = generated[:generated.index(tok.eos_id)]
-        print(tok.decode(generated, skip_special=True))
+        print(response_text(tok, out[0, ids.shape[1]:].tolist()))
     return 0

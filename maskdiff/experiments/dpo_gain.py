@@ -42,6 +42,7 @@ from maskdiff.fileio import atomic_write_text
 from maskdiff.preference import DPOConfig, train_dpo
 from maskdiff.training.answers import answers_match, extract_answer, gold_answer
 from maskdiff.training.fill import fill_masked
+from maskdiff.training.generate import by_prompt_length, response_text
 from maskdiff.training.runs import load_run
 
 ESTIMATORS = ("naive", "vrpo", "lowvar-stratified", "sqrt-stratified-mirror")
@@ -92,12 +93,9 @@ def sample_answers(model, examples: Sequence, tokenizer, *, gen_length: int, ste
     most confident committed); sample ``j`` of example ``i`` is seeded by
     ``(seed, i, j)`` alone, so it does not depend on the batch."""
     out: list[list[str]] = [[] for _ in examples]
-    by_length: dict[int, list[int]] = {}
     encoded = [tokenizer.encode(ex.prompt) for ex in examples]
-    for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
     mask = tokenizer.mask_id
-    for length, members in sorted(by_length.items()):
+    for length, members in by_prompt_length(encoded).items():
         rows = [(i, j) for i in members for j in range(samples)]
         ids = torch.full((len(rows), length + gen_length), mask, dtype=torch.long)
         ids[:, :length] = torch.tensor([encoded[i] for i, _ in rows], dtype=torch.long)
@@ -105,10 +103,7 @@ def sample_answers(model, examples: Sequence, tokenizer, *, gen_length: int, ste
         filled = fill_masked(model, ids, mask_token_id=mask, steps=steps,
                              temperature=temperature, seeds=seeds)
         for (i, _), row in zip(rows, filled.tolist()):
-            generated = row[length:]
-            if tokenizer.eos_id in generated:
-                generated = generated[:generated.index(tokenizer.eos_id)]
-            out[i].append(tokenizer.decode(generated, skip_special=True))
+            out[i].append(response_text(tokenizer, row[length:]))
     return out
 
 

@@ -17,7 +17,9 @@ import torch
 from maskdiff.training.answers import answers_match, extract_answer, gold_answer
 from maskdiff.core.batch import Batch
 from maskdiff.core.blocks import BlockLayout
-from maskdiff.training.generate import block_decoding_steps, generate_causal, generate_diffusion
+from maskdiff.training.generate import (
+    block_decoding_steps, by_prompt_length, generate_causal, generate_diffusion, response_text,
+)
 from maskdiff.models.transformer import causal_lm_loss
 from maskdiff.core.objective import Estimator
 from maskdiff.core.samplers import DEFAULT_EPS
@@ -251,12 +253,9 @@ def pass_at_1(model, examples: Sequence, tokenizer, *, max_len: int,
     """
     if not examples:
         raise ValueError("cannot evaluate on an empty list of examples")
-    by_length: dict[int, list[int]] = {}
     encoded = [tokenizer.encode(ex.prompt) for ex in examples]
-    for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
     texts: list[str] = [""] * len(examples)
-    for length, members in sorted(by_length.items()):
+    for length, members in by_prompt_length(encoded).items():
         n_new = gen_length or max_len - length
         if n_new < 1 or length + n_new > max_len:
             raise ValueError(f"a prompt of {length} tokens leaves no room to generate "
@@ -275,10 +274,7 @@ def pass_at_1(model, examples: Sequence, tokenizer, *, max_len: int,
                                          block_length=block_length or n_new,
                                          mask_token_id=tokenizer.mask_id)
             for row, i in enumerate(chunk):
-                generated = out[row, length:].tolist()
-                if tokenizer.eos_id in generated:
-                    generated = generated[:generated.index(tokenizer.eos_id)]
-                texts[i] = tokenizer.decode(generated, skip_special=True)
+                texts[i] = response_text(tokenizer, out[row, length:].tolist())
     golds = [gold_answer(ex.response) or "" for ex in examples]
     hits = [answers_match(extract_answer(text), gold) for text, gold in zip(texts, golds)]
     return GenerationResult(pass_at_1=sum(hits) / len(hits), n=len(hits),

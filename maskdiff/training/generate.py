@@ -34,7 +34,7 @@ previous training mode afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -94,6 +94,23 @@ def _extend_attention(attention: torch.Tensor | None, n_new: int) -> torch.Tenso
         return None
     ones = torch.ones(attention.shape[0], n_new, dtype=torch.bool, device=attention.device)
     return torch.cat((attention, ones), dim=1)
+
+
+def by_prompt_length(encoded: Sequence[Sequence[int]]) -> dict[int, list[int]]:
+    """The indices of ``encoded`` prompts grouped by length, shortest first (the decoders take
+    batches of equal-length prompts)."""
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        groups.setdefault(len(ids), []).append(i)
+    return dict(sorted(groups.items()))
+
+
+def response_text(tokenizer, generated: Sequence[int]) -> str:
+    """The text of generated token ids up to the first EOS, special tokens dropped."""
+    generated = list(generated)
+    if tokenizer.eos_id in generated:
+        generated = generated[:generated.index(tokenizer.eos_id)]
+    return tokenizer.decode(generated, skip_special=True)
 
 
 def generate_diffusion(
