@@ -9,7 +9,8 @@ The fine-tuned runs are a compare job's ``standard`` runs (``runs/<task>/standar
     python benchmarks/dpo_gain.py --runs runs/compare/windows/runs/arithmetic/standard \\
         --out runs/dpo_gain --workers 2
 
-Resumable: rerun the same command and every finished step (pairs, a score, a DPO run) is kept.
+Resumable: rerun the same command and every finished step (pairs, a score, a DPO run) is kept;
+one finished under other settings is refused, naming them.
 Prints the table and writes ``OUT/results.json`` (the README's table comes from a copy of it
 under ``docs/results/dpo-gain.json``).
 """
@@ -23,6 +24,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from maskdiff.experiments.dpo_gain import GainConfig, gain_setup, gain_table, run_benchmark
+from maskdiff.jobs import JobRefused
 
 
 def find_runs(root: Path, seeds: str | None) -> dict[int, Path]:
@@ -66,8 +68,11 @@ def main(argv=None) -> int:
     runs = find_runs(args.runs, args.seeds)
     print(f"dpo_gain: {len(runs)} seeds × {len(config.estimators)} estimators -> {args.out}",
           file=sys.stderr)
-    doc = run_benchmark(runs, args.out, config, workers=args.workers,
-                        progress=lambda r: print(f"  seed {r['seed']} done", file=sys.stderr))
+    try:
+        doc = run_benchmark(runs, args.out, config, workers=args.workers,
+                            progress=lambda r: print(f"  seed {r['seed']} done", file=sys.stderr))
+    except JobRefused as err:  # a finished step of --out made under other settings
+        raise SystemExit(f"dpo_gain: {err}") from None
     print("\n".join(gain_setup(doc) + [""] + gain_table(doc)))
     print(f"\n{args.out / 'results.json'}")
     return 0

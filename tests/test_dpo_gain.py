@@ -130,6 +130,9 @@ def test_the_benchmark_end_to_end_and_resumed(runs, tmp_path, monkeypatch, capsy
     assert _bench().main(argv) == 0  # resumed: nothing recomputed, the same summary
     assert (tmp_path / "s0" / "vrpo.json").stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "results.json").read_text())["estimators"] == doc["estimators"]
+    changed = [a if a != "2" or argv[i - 1] != "--steps" else "3" for i, a in enumerate(argv)]
+    with pytest.raises(SystemExit, match=r"dpo_gain: .*naive\.json.*steps"):
+        _bench().main(changed)  # a finished DPO run is not silently reused under new settings
 
 
 def test_the_benchmark_refuses_too_few_runs(runs, tmp_path):

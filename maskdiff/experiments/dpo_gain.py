@@ -22,7 +22,6 @@ For every fine-tuned run (one per seed, e.g. a compare job's ``standard`` runs):
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from maskdiff import jsonio
+from maskdiff.core.checks import int_at_least
 from maskdiff.data.setup import load_task
 from maskdiff.experiments import stats
 from maskdiff.experiments.compare_eval import score_pass_at_1
@@ -39,6 +39,7 @@ from maskdiff.experiments.compare_presets import PRESETS, Decoding
 from maskdiff.experiments.pool import worker_pool
 from maskdiff.experiments.report_md import interval
 from maskdiff.fileio import atomic_write_text
+from maskdiff.jobs import reuse_or_run
 from maskdiff.preference import DPOConfig, train_dpo
 from maskdiff.training.answers import answers_match, extract_answer, gold_answer
 from maskdiff.training.fill import fill_masked
@@ -70,8 +71,7 @@ class GainConfig:
             raise ValueError(f"estimators must include {BASELINE!r} (the baseline), got "
                              f"{list(self.estimators)}")
         for name in ("n_prompts", "samples", "n_test"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            int_at_least(getattr(self, name), name)
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0 (pairs need varied samples), got "
                              f"{self.temperature}")
@@ -128,18 +128,10 @@ def _score(model, problems, tokenizer, config: GainConfig, max_len: int) -> dict
             "eval_seconds": time.perf_counter() - t0}
 
 
-def _cached(path: Path, compute) -> dict:
-    """``path``'s JSON, or ``compute()`` written there (a finished step is never redone)."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    record = compute()
-    atomic_write_text(path, jsonio.dumps(record, indent=2) + "\n")
-    return record
-
-
 def seed_job(job: tuple[int, str, str, dict]) -> dict:
     """Everything of one seed (pairs, the start's pass@1, one DPO run and its pass@1 per
-    estimator) under ``out/s<seed>/``; resumable step by step."""
+    estimator) under ``out/s<seed>/``; resumable step by step: a finished step is reused, one
+    finished under other settings refused (:func:`maskdiff.jobs.reuse_or_run`)."""
     seed, run, out, raw = job
     config = GainConfig(**{**raw, "decoding": Decoding(**raw["decoding"])})
     run, out = Path(run), Path(out) / f"s{seed}"
@@ -167,22 +159,30 @@ def seed_job(job: tuple[int, str, str, dict]) -> dict:
         return {"pairs": len(rows), "prompts": len(prompts),
                 "sample_accuracy": n_right / (len(prompts) * config.samples)}
 
+    test_key = {"run": str(run), "n_test": config.n_test, "decoding": asdict(config.decoding)}
+    pairs_key = {"run": str(run), "seed": seed, "n_prompts": config.n_prompts,
+                 "samples": config.samples, "temperature": config.temperature,
+                 "decoding": test_key["decoding"]}
     record = {"seed": seed, "run": str(run),
-              "pairs": _cached(out / "pairs.json", make_pairs),
-              "start": _cached(out / "start.json", lambda: _score(
-                  loaded.model.eval(), problems, loaded.tokenizer, config, max_len))}
+              "pairs": reuse_or_run(out / "pairs.json", pairs_key, make_pairs, what="pairs"),
+              "start": reuse_or_run(out / "start.json", test_key, lambda: _score(
+                  loaded.model.eval(), problems, loaded.tokenizer, config, max_len),
+                  what="start's pass@1")}
     for estimator in config.estimators:
-        def tune(estimator=estimator) -> dict:
-            dpo = config.dpo(run, pairs_path, out / estimator, estimator, seed)
+        dpo = config.dpo(run, pairs_path, out / estimator, estimator, seed)
+
+        def tune(dpo=dpo) -> dict:
             t0 = time.perf_counter()
             result = train_dpo(dpo, quiet=True)
             seconds = time.perf_counter() - t0
-            tuned = load_run(out / estimator, "latest")
+            tuned = load_run(dpo.out_dir, "latest")
             return {**_score(tuned.model.eval(), problems, loaded.tokenizer, config, max_len),
                     "dpo_seconds": seconds, **{k: result.get(k) for k in (
                         "final_loss", "reward_margin", "accuracy", "policy_forward_passes",
                         "reference_forward_passes")}}
-        record[estimator] = _cached(out / f"{estimator}.json", tune)
+        record[estimator] = reuse_or_run(
+            out / f"{estimator}.json", {**test_key, "pairs": pairs_key, "dpo": dpo.to_dict()},
+            tune, what=f"{estimator}'s DPO run")
     return record
 
 
