@@ -50,6 +50,7 @@ def one_seed(job: CompareJob, seed: int, every: int, draws: int) -> dict:
                                 mask_token_id=task.tokenizer.mask_id)[0]
              for m, c in configs.items()}
     pool = example_batch(job.preset.base, task, min(256, len(task.train)))
+    cost = built[METHOD].forward_passes / built["standard"].forward_passes  # MIRROR: 2
     batch = job.preset.base.optim.batch_size
     points, result = [], None
     steps = job.preset.base.optim.max_steps
@@ -61,11 +62,11 @@ def one_seed(job: CompareJob, seed: int, every: int, draws: int) -> dict:
         b = {m: noise["methods"][m]["b_noise"] for m in built}
         trace = {m: noise["methods"][m]["trace_cov"] for m in built}
         full = (None if None in b.values() else
-                predicted_multiplier(b["standard"], b[METHOD], batch, 2.0))
+                predicted_multiplier(b["standard"], b[METHOD], batch, cost))
         points.append({"step": stop, "trace_cov": trace, "g_norm_sq": noise["g_norm_sq_pooled"],
                        "b_noise": b, "predicted": full,
                        # B_noise >> B: the prediction tends to tr Σ_std / (cost · tr Σ_m)
-                       "predicted_limit": trace["standard"] / (2.0 * trace[METHOD])})
+                       "predicted_limit": trace["standard"] / (cost * trace[METHOD])})
     mirror = Trainer(configs[METHOD], task=task, quiet=True, init_weights=init).fit(resume=True)
     return {"seed": seed, "points": points,
             "standard": {"history": result.history,

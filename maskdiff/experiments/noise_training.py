@@ -5,26 +5,24 @@ measured one, per optimiser; ``maskdiff readme-tables`` renders them from the be
 
 from __future__ import annotations
 
-import numpy as np
-
 from maskdiff.experiments import stats
+from maskdiff.experiments.compare_summary import curves
 
 METHOD = "mirror"
 
 
-def curve(history: list[dict], fwd_per_step: float) -> tuple[np.ndarray, np.ndarray]:
-    """Forward passes and the best-so-far validation ELBO of a run's history."""
-    steps = np.array([h["step"] for h in history], np.float64)
-    vals = np.minimum.accumulate(np.array([h["val_loss"] for h in history], np.float64))
-    return steps * fwd_per_step, vals
+def _rows(records: list[dict], method: str) -> list[dict]:
+    """A method's runs as :func:`compare_summary.curves` reads them (forward passes per
+    evaluation)."""
+    return [{"history": [{**h, "fwd": h["step"] * r[method]["fwd_per_step"]}
+                         for h in r[method]["history"]]} for r in records]
 
 
 def summarise(records: list[dict]) -> dict:
     """The measured multiplier (seed bootstrap) and, per step, the noise and the prediction."""
-    base = [curve(r["standard"]["history"], r["standard"]["fwd_per_step"]) for r in records]
-    meth = [curve(r[METHOD]["history"], r[METHOD]["fwd_per_step"]) for r in records]
-    measured = stats.compute_multiplier(base[0][0], np.stack([y for _, y in base]), meth[0][0],
-                                        np.stack([y for _, y in meth]))
+    _, x_base, base = curves(_rows(records, "standard"))
+    _, x_m, meth = curves(_rows(records, METHOD))
+    measured = stats.compute_multiplier(x_base, base, x_m, meth)
     steps = [p["step"] for p in records[0]["points"]]
     per_step = []
     for i, step in enumerate(steps):
