@@ -27,6 +27,7 @@ from pathlib import Path
 
 from maskdiff.core.methods import BASELINE, get_method
 from maskdiff.experiments.compare_report import multiplier
+from maskdiff.experiments.pretrain_report import multiplier_cell
 from maskdiff.experiments.report_md import interval
 from maskdiff.jobs import read_record
 
@@ -108,14 +109,7 @@ def decision_table(results_dir: Path) -> list[str]:
 
 
 def _pretrain_multiplier(comp: dict | None) -> str:
-    if not comp:
-        return "–"
-    if comp.get("multiplier") is None:
-        bound = comp.get("upper_bound")
-        return (f"not reached ({comp['censored']}/{comp['n']} seeds)"
-                + ("" if bound is None else f", ≤ {bound:.2f}"))
-    ci = "" if comp.get("lo") is None else f" [{comp['lo']:.2f}, {comp['hi']:.2f}]"
-    return f"{comp['multiplier']:.2f}{ci}"
+    return "–" if not comp else multiplier_cell(comp, sep=", ")
 
 
 def pretrain_rows(results: dict, regime: str) -> list[str]:

@@ -14,10 +14,11 @@ def _ci(d: dict | None, digits: int = 4, sign: str = "") -> str:
     return interval(d, digits=digits, sign=sign, p=True)
 
 
-def multiplier_cell(row: dict) -> str:
-    """``1.32 [1.10, 1.61]``; censored: ``not reached (2/6 seeds); ≤ 0.85``."""
+def multiplier_cell(row: dict, sep: str = "; ") -> str:
+    """``1.32 [1.10, 1.61]``; censored: ``not reached (2/6 seeds); ≤ 0.85`` (``sep`` before
+    the bound)."""
     if row["multiplier"] is None:
-        bound = f"; ≤ {row['upper_bound']:.2f}" if row.get("upper_bound") is not None else ""
+        bound = f"{sep}≤ {row['upper_bound']:.2f}" if row.get("upper_bound") is not None else ""
         return f"not reached ({row['censored']}/{row['n']} seeds){bound}"
     if row["lo"] is None:
         return f"{row['multiplier']:.2f}"
