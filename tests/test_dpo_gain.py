@@ -97,7 +97,7 @@ def test_config_refuses_a_benchmark_without_naive_or_with_temperature_0():
 def test_no_pair_is_one_line_naming_the_run(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(dpo_gain, "sample_answers",
                         lambda model, prompts, *a, **k: [["#### 999"] for _ in prompts])
-    config = GainConfig(n_prompts=4, n_test=2).to_dict()
+    config = GainConfig(n_prompts=4, n_test=2)
     with pytest.raises(ValueError, match=r"s0: no prompt among 4 gave both"):
         dpo_gain.seed_job((0, str(runs / "runs" / "s0"), str(tmp_path), config))
 

@@ -128,12 +128,11 @@ def _score(model, problems, tokenizer, config: GainConfig, max_len: int) -> dict
             "eval_seconds": time.perf_counter() - t0}
 
 
-def seed_job(job: tuple[int, str, str, dict]) -> dict:
+def seed_job(job: tuple[int, str, str, GainConfig]) -> dict:
     """Everything of one seed (pairs, the start's pass@1, one DPO run and its pass@1 per
     estimator) under ``out/s<seed>/``; resumable step by step: a finished step is reused, one
     finished under other settings refused (:func:`maskdiff.jobs.reuse_or_run`)."""
-    seed, run, out, raw = job
-    config = GainConfig(**{**raw, "decoding": Decoding(**raw["decoding"])})
+    seed, run, out, config = job
     run, out = Path(run), Path(out) / f"s{seed}"
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_run(run)
@@ -191,8 +190,7 @@ def run_benchmark(runs: dict[int, Path], out: Path, config: GainConfig, *, worke
     """Every seed's :func:`seed_job` (``workers`` processes of one thread), then
     :func:`summarise`, written to ``out/results.json``."""
     t0 = time.perf_counter()
-    raw = config.to_dict()
-    jobs = [(seed, str(path), str(out), raw) for seed, path in sorted(runs.items())]
+    jobs = [(seed, str(path), str(out), config) for seed, path in sorted(runs.items())]
     records = []
     with worker_pool(workers, 1) as pool:
         for record in pool.map(seed_job, jobs):
