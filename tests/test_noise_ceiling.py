@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from maskdiff.experiments.compare import PRESETS, plan
-from maskdiff.experiments.compare_ceiling import ceiling_label, ceiling_section
+from maskdiff.experiments.compare_ceiling import ceiling_label, ceiling_section, ceiling_table
 from maskdiff.experiments.compare_summary import summarise
 from maskdiff.experiments.stats import ratio_of_means
 
@@ -93,7 +93,10 @@ def test_no_ceiling_without_an_equal_compute_control():
     records = [_record("standard", s, 0.3, 1.0) for s in (1, 2, 3)]
     records += [_record("mirror", s, 0.3, 1.0, fwd=200) for s in (1, 2, 3)]
     out = summarise(PRESETS["smoke"], records, seconds=1.0, ppots=None, window=None)
-    assert out["ceiling"] is None and ceiling_section(out) == []
+    assert out["ceiling"] is None and ceiling_table(out) == []
+    section = ceiling_section(out)  # every report has the section: how to add the ceiling
+    assert section[0] == "## Noise ceiling"
+    assert "`--methods standard,mirror,standard@4x`" in section[2]
     assert ceiling_label(out["methods"]) is None
 
 

@@ -63,3 +63,23 @@ def test_readme_tables_rewrites_a_block_and_check_finds_a_stale_one(tmp_path, ca
     assert main(args) == 2
     with pytest.raises(ValueError, match="no results file"):
         update("<!-- results:missing:pass -->\n<!-- /results -->\n", results)
+
+
+def test_the_benchmark_tables_mark_the_librarys_defaults():
+    """The ELBO-SE and DPO-bias tables name the default from the library, not from the file:
+    exactly one row each, and the numbers are the file's (closed-form rounding checked)."""
+    from maskdiff.experiments.benchmark_tables import dpo_bias_table, elbo_se_table
+    from maskdiff.preference.elbo import DEFAULT_ESTIMATOR
+    from maskdiff.training.elbo_schemes import default_scheme
+
+    se = json.loads((RESULTS / "elbo-se.json").read_text())
+    rows = [r for r in elbo_se_table(se) if "(default" in r]
+    assert len(rows) == 1 and rows[0].startswith(f"| `{default_scheme()}` (default) |")
+    s = se["schemes"][default_scheme()]
+    assert f"| {s['passes_for_target']:.0f} (" in rows[0] and f"{s['saving']:.1f}× (" in rows[0]
+    bias = json.loads((RESULTS / "dpo-bias.json").read_text())
+    rows = [r for r in dpo_bias_table(bias) if "(default)" in r]
+    assert len(rows) == 1 and rows[0].startswith(f"| `{DEFAULT_ESTIMATOR}` (default) |")
+    # the first data row is naive: the loss bias at the largest beta, to two decimals
+    naive = bias["trained"]["naive"]["beta"][str(max(bias["betas"]))]
+    assert f"{naive['loss_bias']:+.2f} ± {naive['loss_bias_se']:.2f}" in dpo_bias_table(bias)[2]

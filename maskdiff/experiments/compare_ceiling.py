@@ -108,10 +108,17 @@ def ceiling_table(results: dict) -> list[str]:
 
 
 def ceiling_section(results: dict) -> list[str]:
-    """The report's "Noise ceiling" section (nothing when the job ran no ceiling)."""
+    """The report's "Noise ceiling" section; a job that ran no ceiling says so and how to add
+    one (every compare report has the section)."""
     table = ceiling_table(results)
     if not table:
-        return []
+        methods = ",".join(label for label, m in results["methods"].items()
+                           if label == m["method"])
+        return ["## Noise ceiling", "", "This job ran no noise ceiling, so it cannot say how "
+                "much of standard's pass@1 a perfect variance reducer could buy here. Rerun it "
+                f"with `--methods {methods},standard@4x` to add one (finished runs are reused); "
+                "the README's noise-ceiling search measures it in several fine-tuning regimes.",
+                ""]
     return ["## Noise ceiling", "", "What standard with k times the batch (1/k of its gradient "
             "noise) gains over standard, and each method's gain as a share of it (Fieller "
             "interval; unbounded when the ceiling's own gain is not significant):", "",

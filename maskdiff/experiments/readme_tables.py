@@ -134,6 +134,9 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "dpo-gain-setup": _lazy("dpo_gain", "gain_setup"),
     "image": _lazy("image_report", "readme_table"),  # maskdiff image's results.json
     "noise-training": _lazy("noise_training", "table"),  # benchmarks/noise_during_training.py
+    "elbo-se": _lazy("benchmark_tables", "elbo_se_table"),  # benchmarks/elbo_se.py
+    "dpo-bias": _lazy("benchmark_tables", "dpo_bias_table"),  # benchmarks/dpo_bias.py
+    "ceiling-search": _lazy("ceiling_search", "search_table"),  # benchmarks/ceiling_search.py
 }
 
 DIRECTORY_TABLES: dict[str, Callable[[Path], list[str]]] = {"decision": decision_table}
