@@ -136,6 +136,8 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "noise-training": _lazy("noise_training", "table"),  # benchmarks/noise_during_training.py
     "elbo-se": _lazy("benchmark_tables", "elbo_se_table"),  # benchmarks/elbo_se.py
     "dpo-bias": _lazy("benchmark_tables", "dpo_bias_table"),  # benchmarks/dpo_bias.py
+    "prior-policy": _lazy("prior_policy", "table"),  # benchmarks/prior_policy.py
+    "prior-line": _lazy("prior_policy", "prior_line"),
     "ceiling-search": _lazy("ceiling_search", "search_table"),  # benchmarks/ceiling_search.py
 }
 
