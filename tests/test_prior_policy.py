@@ -50,3 +50,26 @@ def test_the_committed_table_is_the_stored_hits_against_the_prior(tmp_path):
     assert fresh["prior"] == committed["prior"]
     assert fresh["prior"]["answers"] == {"+": "6", "-": "0"} and fresh["prior"]["hits"] == 365
     assert fresh["sources"]["DPO"] == committed["sources"]["DPO"]
+
+
+def test_a_compare_job_reports_each_method_against_the_prior():
+    """versus_prior on run records: the outside-the-prior pass@1 per seed, paired with
+    standard's; the report section shows it; a task without arithmetic has no prior."""
+    prior = {"answers": {"+": "6"}, "pass_at_1": 0.5, "hits": "1100"}
+    rec = lambda label, seed, hits: {"label": label, "method": label, "seed": seed,  # noqa: E731
+                                     "hits": hits}
+    by_label = {"standard": [rec("standard", 1, "1000"), rec("standard", 2, "0100"),
+                             rec("standard", 3, "1101")],
+                "mirror": [rec("mirror", 1, "1110"), rec("mirror", 2, "1111"),
+                           rec("mirror", 3, "1100")]}
+    out = pp.versus_prior(by_label, prior)
+    # outside the prior (problems 3 and 4), in points of 4 problems: standard 0, 0, 25
+    assert out["standard"]["outside"]["mean"] == pytest.approx(25 / 3)
+    d = out["mirror"]["outside_vs_standard"]  # mirror 25, 50, 0 → differences 25, 50, -25
+    assert d["mean"] == pytest.approx(50 / 3) and d["n"] == 3
+    assert out["mirror"]["collapsed"] == 1 and "outside_vs_standard" not in out["standard"]
+    section = pp.prior_section({"task": {"operator_prior": prior}, "operator_prior": out})
+    assert section[0] == "## Operator prior" and "scores 50.0% pass@1" in section[2]
+    assert section[-2].startswith("| mirror | 75.0 | 100% | 25.0 [") and "1 of 3 |" in section[-2]
+    assert pp.versus_prior(by_label, None) is None and pp.prior_section({"task": {}}) == []
+    assert pp.operator_prior([Ex(response="a story\n#### 4")], [Ex(response="x\n#### 1")]) is None

@@ -18,9 +18,9 @@ Protocol (as in fine-tuning a pretrained model):
 4. Each run's best validation checkpoint is scored on fixed test items
    (:mod:`maskdiff.experiments.compare_eval`): pass@1 and the test ELBO with common random
    numbers, per item.
-5. The summary (:mod:`maskdiff.experiments.compare_summary`) gives every method's mean with
-   its 95% CI, the paired difference to standard, the seed sd and spread ratio with CIs and
-   tests, the evaluation floor and the compute multiplier.
+5. The summary (:mod:`maskdiff.experiments.compare_summary`): every method's mean with its
+   95% CI, the paired difference to standard, the seed sd and spread ratio with CIs and tests,
+   the evaluation floor, the compute multiplier, the noise ceiling and the operator prior.
 
 A finished run leaves ``compare.json`` in its directory and is reused when the job restarts
 (:mod:`maskdiff.jobs`: only under the configuration it was made under, else refused in one line;
@@ -47,10 +47,10 @@ from maskdiff.experiments.compare_eval import (
     rescore_outdated_block_run, score_run, scoring_key,
 )
 from maskdiff.experiments.pool import worker_pool
+from maskdiff.experiments.prior_policy import operator_prior
 from maskdiff.experiments.compare_presets import (  # noqa: F401  (re-exported)
     DEFAULT_SEEDS, DEMO_METHODS, EQUAL_COMPUTE, PRESETS, SEEDS, START_DATA_OFFSET, ComparePreset,
-    Decoding, finetune_config,
-)
+    Decoding, finetune_config)
 from maskdiff.fileio import atomic_write_text
 from maskdiff.jobs import load_record, reuse_or_run
 from maskdiff.training.config import DataConfig, TrainConfig, block_layout, to_dict
@@ -102,8 +102,7 @@ def plan(preset: ComparePreset, seeds: Sequence[int] | None = None) -> list[RunS
     return runs
 
 
-# ----------------------------------------------------------------------------- job
-OTHER_TASK_MAX_LEN = 160
+OTHER_TASK_MAX_LEN = 160  # ------------------------------------------------------------ job
 
 
 @dataclass
@@ -381,7 +380,8 @@ class CompareJob:
         task = self.task(main_task(self.preset))
         return {"name": main_task(self.preset), "train_file": data.train_file,
                 "difficulty": None if data.train_file else data.difficulty,
-                "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test)}
+                "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
+                "operator_prior": operator_prior(task.train, list(task.test)[:self.preset.n_test])}
 
     def _window_info(self, specs: list[RunSpec]) -> list[float] | None:
         return list(self.window()) if any("window" in get_method(s.method).needs

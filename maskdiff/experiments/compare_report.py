@@ -1,8 +1,6 @@
 """``report.md`` of a ``maskdiff compare`` job, and the tables the README shows, from
-``results.json`` alone (docs/method.md §11).
-
-The table functions return Markdown lines; :mod:`maskdiff.experiments.readme_tables` puts the
-same tables into the README from the results files under ``docs/results/``.
+``results.json`` alone (docs/method.md §11). The table functions return Markdown lines;
+:mod:`maskdiff.experiments.readme_tables` puts them into the README from ``docs/results/``.
 """
 
 from __future__ import annotations
@@ -11,6 +9,7 @@ from pathlib import Path
 
 from maskdiff.core.methods import BASELINE
 from maskdiff.experiments.compare_ceiling import ceiling_section
+from maskdiff.experiments.prior_policy import prior_section
 from maskdiff.experiments.compare_plots import write_plots
 from maskdiff.experiments.compare_summary import paired_labels
 from maskdiff.experiments.compare_eval import predicted_multiplier
@@ -357,7 +356,7 @@ def write_report(out_dir: Path, results: dict) -> None:
         lines += ["## Equal compute", "", "Each two-view method against standard with twice the "
                   "batch (the same forward passes), paired by seed:", "", *equal, "",
                   *equal_compute_words(results), ""]
-    lines += ceiling_section(results)
+    lines += ceiling_section(results) + prior_section(results)
     if results.get("grad_noise"):
         lines += ["## Gradient noise scale on the starting checkpoint", ""] + noise_table(results)
         lines += ["", "Predicted multiplier: (1 + B_std/B) / ((1 + B_m/B) · forward passes per "

@@ -19,6 +19,7 @@ import numpy as np
 from maskdiff.core.methods import BASELINE, get_method
 from maskdiff.experiments import stats
 from maskdiff.experiments.compare_ceiling import noise_ceiling
+from maskdiff.experiments.prior_policy import versus_prior
 from maskdiff.jobs import load_record
 
 BIG_FIELDS = ("hits", "elbo_items")  # per-item scores: in each run's compare.json only
@@ -193,11 +194,15 @@ def summarise(preset, records: list[dict], *, seconds: float, ppots: dict | None
         if served:
             ppots = {**ppots, "cost_fraction": ppots["seconds"] / float(np.mean(served))}
     seeds = sorted({r["seed"] for r in records})
+    prior = versus_prior({label: rows for label, rows in by_label.items()
+                          if rows[0]["label"] == rows[0]["method"]},  # the main task's
+                         (task or {}).get("operator_prior"))
     return {"preset": preset.name, "seeds": seeds, "task": task or {"name": preset.base.data.task},
             "methods": methods, "power": power_analysis(methods, len(seeds)),
             "runs": [{k: v for k, v in r.items() if k not in BIG_FIELDS} for r in records],
             "seconds": seconds, "ppots": ppots, "window": window, "grad_noise": grad_noise,
             "workers": workers, "threads": threads, "block": block, "ceiling": ceiling,
+            "operator_prior": prior,
             "machine": f"{platform.machine()}, {platform.system()}, "
                        f"Python {platform.python_version()}",
             "config": _config(preset)}

@@ -66,7 +66,8 @@ def summarise(models: dict[str, list[str]], prior: Sequence[bool]) -> dict:
         outside = [100 * r["outside"] / n for r in rows]
         out[label] = {"n": len(rows),
                       "pass_at_1": 100 * sum(h.count("1") for h in strings) / (n * len(rows)),
-                      "inside_share": sum(r["inside"] for r in rows) / (n_prior * len(rows)),
+                      "inside_share": (sum(r["inside"] for r in rows) / (n_prior * len(rows))
+                                       if n_prior else None),
                       "outside": stats.mean_ci(outside) if len(rows) > 1 else
                       {"mean": outside[0], "lo": None, "hi": None},
                       "collapsed": sum(r["collapsed"] for r in rows)}
@@ -95,6 +96,10 @@ def dpo_models(doc: dict) -> dict[str, list[str]]:
     return {label: [r[label]["hits"] for r in doc["records"]] for label in labels}
 
 
+def _share(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
 def table(doc: dict) -> list[str]:
     """One row per source and label (bold: the models that collapsed onto the prior)."""
     prior = doc["prior"]
@@ -107,7 +112,7 @@ def table(doc: dict) -> list[str]:
             ci = "" if o["lo"] is None else f" [{o['lo']:.1f}, {o['hi']:.1f}]"
             collapsed = f"{s['collapsed']} of {s['n']}"
             lines.append(f"| {source}: `{label}` | {s['n']} | {s['pass_at_1']:.1f} | "
-                         f"{100 * s['inside_share']:.0f}% | {o['mean']:.1f}{ci} | "
+                         f"{_share(s['inside_share'])} | {o['mean']:.1f}{ci} | "
                          f"{f'**{collapsed}**' if s['collapsed'] else collapsed} |")
     return lines
 
@@ -119,3 +124,56 @@ def prior_line(doc: dict) -> list[str]:
     return [f"Operator prior (fitted on the {p['n_train']} training problems): {answers}; "
             f"pass@1 {100 * p['pass_at_1']:.1f}% ({p['hits']} of the {p['n_test']} test "
             "problems)."]
+
+
+def operator_prior(train: Sequence, test: Sequence) -> dict | None:
+    """What a compare job records of the prior (its answers, pass@1 and hit string on the
+    scored test problems), or None for a task that is not arithmetic."""
+    try:
+        prior = prior_policy(train, test)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return {"answers": prior["answers"], "pass_at_1": prior["pass_at_1"],
+            "hits": "".join("1" if h else "0" for h in prior["hits"])}
+
+
+def versus_prior(by_label: dict[str, list[dict]], prior: dict | None) -> dict | None:
+    """Per label of a compare job (its run records, with hit strings): the prior summary of
+    :func:`summarise`, and the paired difference of the pass@1 outside the prior to
+    standard's (points); None without a prior."""
+    if not prior:
+        return None
+    hits = [c == "1" for c in prior["hits"]]
+    models = {label: rows for label, rows in by_label.items()
+              if all(len(r.get("hits") or "") == len(hits) for r in rows)}
+    out = summarise({label: [r["hits"] for r in rows] for label, rows in models.items()}, hits)
+    base = {r["seed"]: overlap(r["hits"], hits)["outside"] for r in models.get("standard", [])}
+    for label, rows in models.items():
+        mine = {r["seed"]: overlap(r["hits"], hits)["outside"] for r in rows}
+        seeds = sorted(set(mine) & set(base))
+        if label != "standard" and len(seeds) >= 2:
+            out[label]["outside_vs_standard"] = stats.paired_difference(
+                [100 * mine[s] / len(hits) for s in seeds], [100 * base[s] / len(hits) for s in seeds])
+    return out
+
+
+def prior_section(results: dict) -> list[str]:
+    """The compare report's "Operator prior" section (nothing for a task without one)."""
+    prior, rows = (results.get("task") or {}).get("operator_prior"), results.get("operator_prior")
+    if not prior or not rows:
+        return []
+    answers = ", ".join(f"`{op}` → {a}" for op, a in prior["answers"].items())
+    lines = ["## Operator prior", "", f"Answering the training split's most frequent answer per "
+             f"operation ({answers}) scores {100 * prior['pass_at_1']:.1f}% pass@1 without any "
+             "arithmetic (docs/method.md §11, \"What pass@1 measures here\"). Per method: the "
+             "share of the prior's hits reproduced, the pass@1 outside them, its paired "
+             "difference to standard's, and the runs whose hits are the prior's exactly.", "",
+             "| method | pass@1 % | prior's hits reproduced | outside the prior, points [95% CI] "
+             "| Δ outside vs standard [95% CI] (p) | collapsed |", "|---|---|---|---|---|---|"]
+    for label, s in rows.items():
+        o, d = s["outside"], s.get("outside_vs_standard")
+        ci = "" if o["lo"] is None else f" [{o['lo']:.1f}, {o['hi']:.1f}]"
+        diff = (f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}] ({d['p']:.2g})" if d else "")
+        lines.append(f"| {label} | {s['pass_at_1']:.1f} | {_share(s['inside_share'])} | "
+                     f"{o['mean']:.1f}{ci} | {diff} | {s['collapsed']} of {s['n']} |")
+    return lines + [""]
