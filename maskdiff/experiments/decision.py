@@ -34,6 +34,7 @@ from maskdiff.jobs import read_record
 # (results file under docs/results/, the regime as the table names it)
 REGIMES = (
     ("compare-full", "fine-tuning (`--preset full`)"),
+    ("compare-ceiling", "fine-tuning, the noise-ceiling regime (`ceiling_search.py`)"),
     ("compare-windows", "fine-tuning windows (`--preset windows`)"),
     ("compare-block", "block diffusion, b = 8 (`--preset block`)"),
     ("compare-pretrain", "pretraining from scratch (`--regime pretrain`)"),

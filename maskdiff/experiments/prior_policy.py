@@ -157,18 +157,13 @@ def versus_prior(by_label: dict[str, list[dict]], prior: dict | None) -> dict | 
     return out
 
 
-def prior_section(results: dict) -> list[str]:
-    """The compare report's "Operator prior" section (nothing for a task without one)."""
-    prior, rows = (results.get("task") or {}).get("operator_prior"), results.get("operator_prior")
-    if not prior or not rows:
+def prior_table(results: dict) -> list[str]:
+    """A compare job's methods against the operator prior, as Markdown lines (empty for a task
+    without one)."""
+    rows = results.get("operator_prior")
+    if not rows:
         return []
-    answers = ", ".join(f"`{op}` → {a}" for op, a in prior["answers"].items())
-    lines = ["## Operator prior", "", f"Answering the training split's most frequent answer per "
-             f"operation ({answers}) scores {100 * prior['pass_at_1']:.1f}% pass@1 without any "
-             "arithmetic (docs/method.md §11, \"What pass@1 measures here\"). Per method: the "
-             "share of the prior's hits reproduced, the pass@1 outside them, its paired "
-             "difference to standard's, and the runs whose hits are the prior's exactly.", "",
-             "| method | pass@1 % | prior's hits reproduced | outside the prior, points [95% CI] "
+    lines = ["| method | pass@1 % | prior's hits reproduced | outside the prior, points [95% CI] "
              "| Δ outside vs standard [95% CI] (p) | collapsed |", "|---|---|---|---|---|---|"]
     for label, s in rows.items():
         o, d = s["outside"], s.get("outside_vs_standard")
@@ -176,4 +171,19 @@ def prior_section(results: dict) -> list[str]:
         diff = (f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}] ({d['p']:.2g})" if d else "")
         lines.append(f"| {label} | {s['pass_at_1']:.1f} | {_share(s['inside_share'])} | "
                      f"{o['mean']:.1f}{ci} | {diff} | {s['collapsed']} of {s['n']} |")
-    return lines + [""]
+    return lines
+
+
+def prior_section(results: dict) -> list[str]:
+    """The compare report's "Operator prior" section (nothing for a task without one)."""
+    prior = (results.get("task") or {}).get("operator_prior")
+    table = prior_table(results)
+    if not prior or not table:
+        return []
+    answers = ", ".join(f"`{op}` → {a}" for op, a in prior["answers"].items())
+    return ["## Operator prior", "", f"Answering the training split's most frequent answer per "
+            f"operation ({answers}) scores {100 * prior['pass_at_1']:.1f}% pass@1 without any "
+            "arithmetic (docs/method.md §11, \"What pass@1 measures here\"). Per method: the "
+            "share of the prior's hits reproduced, the pass@1 outside them, its paired "
+            "difference to standard's, and the runs whose hits are the prior's exactly.", "",
+            *table, ""]

@@ -138,6 +138,7 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "dpo-bias": _lazy("benchmark_tables", "dpo_bias_table"),  # benchmarks/dpo_bias.py
     "prior-policy": _lazy("prior_policy", "table"),  # benchmarks/prior_policy.py
     "prior-line": _lazy("prior_policy", "prior_line"),
+    "prior": _lazy("prior_policy", "prior_table"),  # a compare job's methods against the prior
     "ceiling-search": _lazy("ceiling_search", "search_table"),  # benchmarks/ceiling_search.py
 }
 
