@@ -66,8 +66,8 @@ REGIMES = (
     Regime("batch8", "batch 8: a quarter of the examples, 4× the gradient noise per step",
            optim={"batch_size": 8}),
     Regime("lr3e-3", "3× the fine-tuning learning rate (3e-3)", optim={"lr": 3e-3}),
-    Regime("weak-start", "a starting checkpoint of 250 steps instead of 1,000: the "
-           "fine-tuning learns more of the task", pretrain_steps=250),
+    Regime("weak-start", "a starting checkpoint of 250 steps instead of 1,000: a start that "
+           "knows less of the task", pretrain_steps=250),
 )
 
 
