@@ -137,8 +137,8 @@ class CeilingSearch:
                "search_seeds": list(self.search_seeds), "regimes": regimes, "chosen": chosen,
                "confirm": None}
         if chosen is not None and confirm:
-            job = self.job(regime(chosen), self.confirm_methods, self.confirm_seeds,
-                           f"{chosen}-confirm")
+            picked = next(r for r in self.regimes if r.name == chosen)
+            job = self.job(picked, self.confirm_methods, self.confirm_seeds, f"{chosen}-confirm")
             results = job.run()
             doc["confirm"] = {"regime": chosen, "results": f"{job.out_dir.name}/results.json",
                               **_summary(results)}
