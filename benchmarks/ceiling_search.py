@@ -27,7 +27,7 @@ import torch
 from maskdiff import jsonio
 from maskdiff.experiments.ceiling_search import (CONFIRM_METHODS, REGIMES, CeilingSearch, regime,
                                                  search_table, plot_search)
-from maskdiff.experiments.compare_presets import PRESETS
+from maskdiff.experiments.compare_presets import PRESETS, SEEDS
 from maskdiff.fileio import atomic_write_text
 
 
@@ -45,8 +45,6 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=min(4, torch.get_num_threads() or 1))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    from maskdiff.experiments.compare_presets import SEEDS
-
     if args.seeds + args.confirm_seeds > len(SEEDS) or args.seeds < 2:
         p.error(f"--seeds (>= 2) and --confirm-seeds take at most {len(SEEDS)} seeds together")
     search = CeilingSearch(

@@ -23,6 +23,8 @@ from pathlib import Path
 from maskdiff.core.methods import BASELINE
 from maskdiff.experiments.compare import CompareJob
 from maskdiff.experiments.compare_presets import PRESETS, SEEDS, ComparePreset, with_base
+from maskdiff.experiments.compare_report import p_eq
+from maskdiff.experiments.report_md import interval
 
 CEILING = "standard@4x"
 SEARCH_SEEDS = SEEDS[:10]
@@ -147,11 +149,10 @@ class CeilingSearch:
 
 
 def _diff(d: dict | None, scale: float, digits: int) -> str:
+    """A paired difference with its interval and p, in bold when significant."""
     if not d:
         return "–"
-    f = lambda x: f"{scale * x:+.{digits}f}"  # noqa: E731
-    p = "< 0.001" if d["p"] < 0.001 else f"{d['p']:.3f}"
-    text = f"{f(d['mean'])} [{f(d['lo'])}, {f(d['hi'])}] (p {'' if p[0] == '<' else '= '}{p})"
+    text = f"{interval(d, scale=scale, digits=digits, sign='+')} ({p_eq(d['p'])})"
     return f"**{text}**" if d["p"] < ALPHA else text
 
 

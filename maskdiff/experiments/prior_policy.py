@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from maskdiff.experiments import stats
+from maskdiff.experiments.report_md import interval
 from maskdiff.training.answers import gold_answer
 
 _OPS = re.compile(r"(?<=\d)\s*([-+*/])")
@@ -108,11 +109,9 @@ def table(doc: dict) -> list[str]:
              "|---|---|---|---|---|---|"]
     for source, labels in doc["sources"].items():
         for label, s in labels.items():
-            o = s["outside"]
-            ci = "" if o["lo"] is None else f" [{o['lo']:.1f}, {o['hi']:.1f}]"
             collapsed = f"{s['collapsed']} of {s['n']}"
             lines.append(f"| {source}: `{label}` | {s['n']} | {s['pass_at_1']:.1f} | "
-                         f"{_share(s['inside_share'])} | {o['mean']:.1f}{ci} | "
+                         f"{_share(s['inside_share'])} | {interval(s['outside'], digits=1)} | "
                          f"{f'**{collapsed}**' if s['collapsed'] else collapsed} |")
     return lines
 
@@ -166,11 +165,11 @@ def prior_table(results: dict) -> list[str]:
     lines = ["| method | pass@1 % | prior's hits reproduced | outside the prior, points [95% CI] "
              "| Δ outside vs standard [95% CI] (p) | collapsed |", "|---|---|---|---|---|---|"]
     for label, s in rows.items():
-        o, d = s["outside"], s.get("outside_vs_standard")
-        ci = "" if o["lo"] is None else f" [{o['lo']:.1f}, {o['hi']:.1f}]"
-        diff = (f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}] ({d['p']:.2g})" if d else "")
+        d = s.get("outside_vs_standard")
+        diff = interval(d, digits=1, sign="+", p=True) if d else ""
         lines.append(f"| {label} | {s['pass_at_1']:.1f} | {_share(s['inside_share'])} | "
-                     f"{o['mean']:.1f}{ci} | {diff} | {s['collapsed']} of {s['n']} |")
+                     f"{interval(s['outside'], digits=1)} | {diff} | "
+                     f"{s['collapsed']} of {s['n']} |")
     return lines
 
 
